@@ -1,0 +1,184 @@
+/*
+ * proxy-wasm <-> CPython shim.
+ *
+ * Exports every proxy-wasm 0.2.1 callback and forwards it to the Python
+ * dispatcher (proxywasm.dispatcher); offers every env.proxy_* import to Python
+ * as the native module `_proxywasm`. The per-function glue is generated from
+ * plugin/proxywasm/abi.py into abi_glue.c, which this file includes.
+ *
+ * Python starts lazily on the first callback after the module's own start-up,
+ * because V8 traps on proxy_* calls made from _initialize.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Frozen module tables and the plugin's entry module (generated). */
+extern const struct _frozen pw_frozen_stdlib[];
+extern const struct _frozen pw_frozen_plugin[];
+extern const char pw_entry_module[];
+
+static PyObject *pw_arg_count(const char *name, Py_ssize_t want, Py_ssize_t got) {
+  PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, want, got);
+  return NULL;
+}
+
+/* Borrow the bytes of a bytes or bytearray argument. */
+static int pw_bytes(PyObject *o, const char **p, Py_ssize_t *n) {
+  if (PyBytes_Check(o)) {
+    *p = PyBytes_AS_STRING(o);
+    *n = PyBytes_GET_SIZE(o);
+    return 0;
+  }
+  if (PyByteArray_Check(o)) {
+    *p = PyByteArray_AS_STRING(o);
+    *n = PyByteArray_GET_SIZE(o);
+    return 0;
+  }
+  PyErr_Format(PyExc_TypeError, "expected bytes, got %.100s", Py_TYPE(o)->tp_name);
+  return -1;
+}
+
+/* Wrap a host-allocated buffer as bytes and free it. */
+static PyObject *pw_take_bytes(char *p, size_t n) {
+  PyObject *b = PyBytes_FromStringAndSize(p ? p : "", p ? (Py_ssize_t)n : 0);
+  free(p);
+  return b;
+}
+
+/* (status, out1, ...): steals the references to the outputs; None-fills on failure. */
+static PyObject *pw_result(int32_t st, int n, ...) {
+  PyObject *t = PyTuple_New(n + 1);
+  va_list ap;
+  va_start(ap, n);
+  for (int i = 0; i < n; i++) {
+    PyObject *o = va_arg(ap, PyObject *);
+    if (st != 0) {
+      Py_XDECREF(o);
+      o = Py_NewRef(Py_None);
+    }
+    if (o == NULL) o = Py_NewRef(Py_None);
+    PyTuple_SET_ITEM(t, i + 1, o);
+  }
+  va_end(ap);
+  PyTuple_SET_ITEM(t, 0, PyLong_FromLong(st));
+  return t;
+}
+
+static int32_t pw_call_export(int idx, const int32_t *v, int n, int32_t dflt);
+
+#include "abi_glue.c"
+
+static struct PyModuleDef pw_module = {
+    PyModuleDef_HEAD_INIT, "_proxywasm", "proxy-wasm host calls", -1, pw_methods,
+};
+
+static PyObject *pw_init_module(void) { return PyModule_Create(&pw_module); }
+
+static PyObject *pw_exports[PW_NUM_EXPORTS];
+static int pw_state; /* 0: not started, 1: ready, -1: failed */
+
+static void pw_log_error(const char *msg) { proxy_log(4, msg, strlen(msg)); }
+
+/* Log the pending Python exception with its traceback through sys.stderr. */
+static void pw_print_error(const char *where) {
+  char buf[160];
+  snprintf(buf, sizeof buf, "python: unhandled exception in %s", where);
+  pw_log_error(buf);
+  PyErr_Print();
+}
+
+static struct _frozen *pw_merge_frozen(void) {
+  size_t a = 0, b = 0;
+  while (pw_frozen_stdlib[a].name) a++;
+  while (pw_frozen_plugin[b].name) b++;
+  struct _frozen *all = calloc(a + b + 1, sizeof *all);
+  if (!all) return NULL;
+  /* Plugin modules first so that they win over a stdlib module of the same name. */
+  memcpy(all, pw_frozen_plugin, b * sizeof *all);
+  memcpy(all + b, pw_frozen_stdlib, a * sizeof *all);
+  return all;
+}
+
+static void pw_start_python(void) {
+  pw_state = -1;
+  struct _frozen *frozen = pw_merge_frozen();
+  if (!frozen) {
+    pw_log_error("python: out of memory");
+    return;
+  }
+  PyImport_FrozenModules = frozen;
+  if (PyImport_AppendInittab("_proxywasm", pw_init_module) < 0) {
+    pw_log_error("python: cannot register _proxywasm");
+    return;
+  }
+  PyConfig config;
+  PyConfig_InitIsolatedConfig(&config);
+  config.site_import = 0;
+  config.use_frozen_modules = 1;
+  config.write_bytecode = 0;
+  config.buffered_stdio = 0;
+  config.install_signal_handlers = 0;
+  config.pathconfig_warnings = 0;
+  config.module_search_paths_set = 1; /* empty: everything is frozen */
+  PyStatus st = PyConfig_SetString(&config, &config.home, L"/python");
+  if (!PyStatus_Exception(st)) st = PyConfig_SetString(&config, &config.program_name, L"proxywasm");
+  if (!PyStatus_Exception(st)) st = Py_InitializeFromConfig(&config);
+  PyConfig_Clear(&config);
+  if (PyStatus_Exception(st)) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "python: initialisation failed: %s: %s", st.func ? st.func : "?",
+             st.err_msg ? st.err_msg : "?");
+    pw_log_error(buf);
+    return;
+  }
+  PyObject *entry = PyImport_ImportModule(pw_entry_module);
+  if (!entry) {
+    pw_print_error("plugin import");
+    return;
+  }
+  Py_DECREF(entry);
+  PyObject *disp = PyImport_ImportModule("proxywasm.dispatcher");
+  if (!disp) {
+    pw_print_error("dispatcher import");
+    return;
+  }
+  for (int i = 0; i < PW_NUM_EXPORTS; i++) {
+    pw_exports[i] = PyObject_GetAttrString(disp, pw_export_names[i]);
+    if (!pw_exports[i]) PyErr_Clear(); /* callback not implemented: host gets the default */
+  }
+  Py_DECREF(disp);
+  pw_state = 1;
+}
+
+static int32_t pw_call_export(int idx, const int32_t *v, int n, int32_t dflt) {
+  if (pw_state == 0) pw_start_python();
+  if (pw_state != 1 || !pw_exports[idx]) return dflt;
+  PyObject *args[8];
+  for (int i = 0; i < n; i++) args[i] = PyLong_FromUnsignedLong((uint32_t)v[i]);
+  PyObject *r = PyObject_Vectorcall(pw_exports[idx], args, (size_t)n, NULL);
+  for (int i = 0; i < n; i++) Py_DECREF(args[i]);
+  if (!r) {
+    pw_print_error(pw_export_names[idx]);
+    return dflt;
+  }
+  int32_t out = dflt;
+  if (r != Py_None) {
+    out = (int32_t)PyLong_AsLong(r);
+    if (out == -1 && PyErr_Occurred()) {
+      pw_print_error(pw_export_names[idx]);
+      out = dflt;
+    }
+  }
+  Py_DECREF(r);
+  return out;
+}
+
+__attribute__((export_name("proxy_abi_version_0_2_1"))) void proxy_abi_version_0_2_1(void) {}
+
+__attribute__((export_name("proxy_on_memory_allocate"))) void *proxy_on_memory_allocate(size_t size) {
+  return malloc(size ? size : 1);
+}

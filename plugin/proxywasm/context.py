@@ -1,0 +1,192 @@
+"""Root and HTTP contexts. Every callback defaults to a no-op that continues."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+from . import hostcalls as hc
+from . import streams
+from .abi import Action, BufferType, LogLevel, MapType, StreamType
+from .rules import RuleSet
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """Invalid plugin configuration; the message names the field."""
+
+
+@dataclass
+class CalloutResponse:
+    """An HTTP callout's answer (``status`` is 0 when the call failed or timed out)."""
+
+    headers: list[tuple[str, str]]
+    body: bytes
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def status(self) -> int:
+        for k, v in self.headers:
+            if k == ":status":
+                return int(v) if v.isdigit() else 0
+        return 0
+
+    def header(self, name: str) -> str | None:
+        return next((v for k, v in self.headers if k == name), None)
+
+
+CalloutCallback = Callable[[CalloutResponse], None]
+
+
+class _Context:
+    context_id: int
+
+    def http_call(self, cluster: str, headers: hc.HeaderInput, body: bytes = b"",
+                  callback: CalloutCallback | None = None, timeout_ms: int = 5000,
+                  trailers: hc.HeaderInput = ()) -> int:
+        """Send an HTTP request to ``cluster``; ``callback`` runs bound to this context."""
+        from .dispatcher import register_callout
+
+        token = hc.http_call(cluster, headers, body, trailers, timeout_ms)
+        register_callout(token, self, callback)
+        return token
+
+    @staticmethod
+    def log(level: LogLevel, message: str) -> None:
+        hc.log(level, message)
+
+    def on_done(self) -> bool:
+        return True
+
+    def on_log(self) -> None:
+        pass
+
+    def on_delete(self) -> None:
+        pass
+
+
+class RootContext(_Context, Generic[C]):
+    """One per plugin per VM. Parses configuration and creates HTTP contexts.
+
+    Subclasses set ``http_context`` to their HttpContext class and override
+    :meth:`parse_config` to turn a config object (dict) into a typed config,
+    raising :class:`ConfigError` for bad input.
+    """
+
+    http_context: ClassVar[type[HttpContext] | None] = None
+    fail_closed: bool = False
+
+    def __init__(self, context_id: int) -> None:
+        self.context_id = context_id
+        self.rules: RuleSet[C] | None = None
+
+    # -- configuration --
+
+    def parse_config(self, config: dict[str, Any]) -> C:
+        return config  # type: ignore[return-value]
+
+    def on_vm_start(self, vm_config: bytes) -> bool:
+        return True
+
+    def on_configure(self, config: bytes) -> bool:
+        """Parse JSON config with Higress ``_rules_``; a bad config fails plugin start."""
+        try:
+            doc = json.loads(config or b"{}")
+            if not isinstance(doc, dict):
+                raise ConfigError("configuration must be a JSON object")
+            self.fail_closed = bool(doc.pop("_fail_closed_", type(self).fail_closed))
+            self.rules = RuleSet.parse(doc, self.parse_config)
+        except (ValueError, TypeError, KeyError) as e:
+            hc.log(LogLevel.CRITICAL, f"invalid plugin configuration: {e}")
+            return False
+        return True
+
+    def on_tick(self) -> None:
+        pass
+
+    def on_queue_ready(self, queue_id: int) -> None:
+        pass
+
+    def on_foreign_function(self, function_id: int, data_size: int) -> None:
+        pass
+
+    def set_tick_period_ms(self, period: int) -> None:
+        hc.set_tick_period_ms(period)
+
+    def new_http_context(self, context_id: int) -> HttpContext | None:
+        cls = type(self).http_context
+        return cls(context_id, self) if cls else None
+
+
+class HttpContext(_Context, Generic[C]):
+    """One per HTTP stream."""
+
+    request_headers = streams.REQUEST_HEADERS
+    request_trailers = streams.REQUEST_TRAILERS
+    response_headers = streams.RESPONSE_HEADERS
+    response_trailers = streams.RESPONSE_TRAILERS
+    request_body = streams.REQUEST_BODY
+    response_body = streams.RESPONSE_BODY
+
+    def __init__(self, context_id: int, root: RootContext[C]) -> None:
+        self.context_id = context_id
+        self.root = root
+        self._config: C | None = None
+
+    @property
+    def config(self) -> C | None:
+        """The config of the first ``_rules_`` entry matching this stream, else the global one."""
+        if self._config is None and self.root.rules is not None:
+            self._config = self.root.rules.select()
+        return self._config
+
+    def on_request_headers(self, num_headers: int, end_of_stream: bool) -> Action:
+        return Action.CONTINUE
+
+    def on_request_body(self, body_size: int, end_of_stream: bool) -> Action:
+        return Action.CONTINUE
+
+    def on_request_trailers(self, num_trailers: int) -> Action:
+        return Action.CONTINUE
+
+    def on_response_headers(self, num_headers: int, end_of_stream: bool) -> Action:
+        return Action.CONTINUE
+
+    def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
+        return Action.CONTINUE
+
+    def on_response_trailers(self, num_trailers: int) -> Action:
+        return Action.CONTINUE
+
+    # -- actions on this stream --
+
+    @staticmethod
+    def send_local_response(status: int, body: bytes | str = b"", headers: hc.HeaderInput = (),
+                            details: str = "") -> None:
+        hc.send_local_response(status, body, headers, details.replace(" ", "_"))
+
+    @staticmethod
+    def resume_request() -> None:
+        hc.continue_stream(StreamType.REQUEST)
+
+    @staticmethod
+    def resume_response() -> None:
+        hc.continue_stream(StreamType.RESPONSE)
+
+    @staticmethod
+    def close_request() -> None:
+        hc.close_stream(StreamType.REQUEST)
+
+    @staticmethod
+    def property(path: str | tuple[str, ...]) -> bytes | None:
+        return hc.get_property(path)
+
+
+def read_callout_response(num_headers: int, body_size: int, num_trailers: int) -> CalloutResponse:
+    headers = hc.get_header_map_pairs(MapType.HTTP_CALL_RESPONSE_HEADERS) if num_headers else []
+    body = (hc.get_buffer(BufferType.HTTP_CALL_RESPONSE_BODY, 0, body_size) or b"") if body_size else b""
+    trailers = hc.get_header_map_pairs(MapType.HTTP_CALL_RESPONSE_TRAILERS) if num_trailers else []
+    return CalloutResponse(headers, body, trailers)

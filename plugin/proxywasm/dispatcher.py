@@ -1,0 +1,184 @@
+"""The callbacks the C shim calls: each finds its context and delegates.
+
+Exceptions never reach the host: they are logged with their traceback and the
+stream continues, or gets a 500 when the plugin is configured fail-closed.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+
+from . import hostcalls as hc
+from .abi import Action, BufferType, LogLevel
+from .context import CalloutCallback, HttpContext, RootContext, _Context, read_callout_response
+
+_root_factory: Callable[[int], RootContext] | None = None
+_contexts: dict[int, _Context] = {}
+_callouts: dict[int, tuple[_Context, CalloutCallback | None]] = {}
+
+_FAIL_BODY = b'{"error":{"message":"internal plugin error","type":"server_error","code":500}}'
+
+
+def set_root_context(factory: Callable[[int], RootContext]) -> None:
+    """Register the plugin: ``factory(context_id)`` builds its root context."""
+    global _root_factory
+    _root_factory = factory
+
+
+def reset() -> None:
+    """Forget all contexts (test hosts call this when they start a new VM)."""
+    _contexts.clear()
+    _callouts.clear()
+
+
+def register_callout(token: int, ctx: _Context, callback: CalloutCallback | None) -> None:
+    _callouts[token] = (ctx, callback)
+
+
+def _failed(ctx: _Context | None, where: str) -> int:
+    hc.log(LogLevel.ERROR, f"{where}: {traceback.format_exc()}")
+    if isinstance(ctx, HttpContext) and ctx.root.fail_closed:
+        try:
+            hc.send_local_response(500, _FAIL_BODY, [("content-type", "application/json")], "plugin_error")
+        except hc.HostError:
+            pass
+        return Action.PAUSE
+    return Action.CONTINUE
+
+
+def proxy_on_context_create(context_id: int, parent_id: int) -> None:
+    try:
+        if parent_id == 0:
+            if _root_factory is None:
+                raise RuntimeError("no plugin registered: call proxywasm.set_root_context()")
+            _contexts[context_id] = _root_factory(context_id)
+            return
+        root = _contexts.get(parent_id)
+        if isinstance(root, RootContext):
+            ctx = root.new_http_context(context_id)
+            if ctx is not None:
+                _contexts[context_id] = ctx
+    except Exception:
+        _failed(None, "on_context_create")
+
+
+def _root(context_id: int) -> RootContext | None:
+    ctx = _contexts.get(context_id)
+    return ctx if isinstance(ctx, RootContext) else None
+
+
+def proxy_on_vm_start(root_id: int, size: int) -> int:
+    root = _root(root_id)
+    if root is None:
+        return 0
+    try:
+        return int(bool(root.on_vm_start(hc.get_buffer(BufferType.VM_CONFIGURATION, 0, size) or b"")))
+    except Exception:
+        _failed(root, "on_vm_start")
+        return 0
+
+
+def proxy_on_configure(root_id: int, size: int) -> int:
+    root = _root(root_id)
+    if root is None:
+        return 0
+    try:
+        config = hc.get_buffer(BufferType.PLUGIN_CONFIGURATION, 0, size) if size else b""
+        return int(bool(root.on_configure(config or b"")))
+    except Exception:
+        _failed(root, "on_configure")
+        return 0
+
+
+def proxy_on_tick(root_id: int) -> None:
+    root = _root(root_id)
+    if root is not None:
+        try:
+            root.on_tick()
+        except Exception:
+            _failed(root, "on_tick")
+
+
+def proxy_on_queue_ready(root_id: int, queue_id: int) -> None:
+    root = _root(root_id)
+    if root is not None:
+        try:
+            root.on_queue_ready(queue_id)
+        except Exception:
+            _failed(root, "on_queue_ready")
+
+
+def proxy_on_foreign_function(root_id: int, function_id: int, size: int) -> None:
+    root = _root(root_id)
+    if root is not None:
+        try:
+            root.on_foreign_function(function_id, size)
+        except Exception:
+            _failed(root, "on_foreign_function")
+
+
+def _stream(name: str) -> Callable[..., int]:
+    """Build the export for stream callback ``name`` (bool-ish args become bools)."""
+
+    def export(context_id: int, *args: int) -> int:
+        ctx = _contexts.get(context_id)
+        if ctx is None:
+            return Action.CONTINUE
+        try:
+            return getattr(ctx, name)(*args[:1], *(bool(a) for a in args[1:]))
+        except Exception:
+            return _failed(ctx, name)
+
+    export.__name__ = "proxy_" + name
+    return export
+
+
+proxy_on_request_headers = _stream("on_request_headers")
+proxy_on_request_body = _stream("on_request_body")
+proxy_on_request_trailers = _stream("on_request_trailers")
+proxy_on_response_headers = _stream("on_response_headers")
+proxy_on_response_body = _stream("on_response_body")
+proxy_on_response_trailers = _stream("on_response_trailers")
+
+
+def proxy_on_http_call_response(root_id: int, token: int, num_headers: int, body_size: int,
+                                num_trailers: int) -> None:
+    ctx, callback = _callouts.pop(token, (None, None))
+    if ctx is None or callback is None or ctx.context_id not in _contexts:
+        return  # the stream that made the call is gone
+    try:
+        if ctx.context_id != root_id:
+            hc.set_effective_context(ctx.context_id)
+        callback(read_callout_response(num_headers, body_size, num_trailers))
+    except Exception:
+        _failed(ctx, "on_http_call_response")
+
+
+def proxy_on_done(context_id: int) -> int:
+    ctx = _contexts.get(context_id)
+    if ctx is None:
+        return 1
+    try:
+        return int(bool(ctx.on_done()))
+    except Exception:
+        _failed(ctx, "on_done")
+        return 1
+
+
+def proxy_on_log(context_id: int) -> None:
+    ctx = _contexts.get(context_id)
+    if ctx is not None:
+        try:
+            ctx.on_log()
+        except Exception:
+            _failed(ctx, "on_log")
+
+
+def proxy_on_delete(context_id: int) -> None:
+    ctx = _contexts.pop(context_id, None)
+    if ctx is not None:
+        try:
+            ctx.on_delete()
+        except Exception:
+            _failed(ctx, "on_delete")

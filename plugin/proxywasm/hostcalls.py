@@ -1,0 +1,321 @@
+"""Typed wrappers over the ``env.proxy_*`` imports: one thin function per call.
+
+Statuses other than OK raise :class:`HostError`; NOT_FOUND (and EMPTY for queues)
+becomes ``None`` where "absent" is an ordinary answer. The raw calls come from the
+native module ``_proxywasm`` inside the .wasm, or from a test host bound with
+:func:`bind` on ordinary CPython.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .abi import BufferType, LogLevel, MapType, MetricType, Result, StreamType
+
+try:
+    import _proxywasm as _h  # type: ignore[import-not-found]
+except ImportError:  # ordinary CPython: a test host binds itself later
+    _h = None
+
+Pairs = list[tuple[str, str]]
+HeaderInput = Iterable[tuple[str, str]]
+
+
+class HostError(Exception):
+    """A host call returned a status other than OK."""
+
+    def __init__(self, call: str, status: int) -> None:
+        self.call = call
+        self.status = Result(status) if status in Result._value2member_map_ else status
+        name = self.status.name if isinstance(self.status, Result) else str(status)
+        super().__init__(f"{call} failed: {name}")
+
+
+class CasMismatch(HostError):
+    """Shared data changed since it was read (compare-and-swap lost)."""
+
+
+def bind(host: Any) -> None:
+    """Route host calls to ``host`` (an object with the ``_proxywasm`` functions)."""
+    global _h
+    _h = host
+
+
+def _check(call: str, status: int) -> None:
+    if status != 0:
+        raise (CasMismatch if status == Result.CAS_MISMATCH else HostError)(call, status)
+
+
+def _b(s: str | bytes) -> bytes:
+    return s if isinstance(s, bytes) else s.encode("utf-8", "surrogateescape")
+
+
+def _s(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+# --- header-map serialisation: u32 count, (u32 klen, u32 vlen)*, then "k\0v\0"* ---
+
+def pack_pairs(pairs: HeaderInput) -> bytes:
+    items = [(_b(k), _b(v)) for k, v in pairs]
+    sizes: list[int] = [len(items)]
+    for k, v in items:
+        sizes += (len(k), len(v))
+    return struct.pack(f"<{len(sizes)}I", *sizes) + b"".join(k + b"\0" + v + b"\0" for k, v in items)
+
+
+def unpack_pairs(buf: bytes) -> Pairs:
+    if len(buf) < 4:
+        return []
+    (n,) = struct.unpack_from("<I", buf)
+    sizes = struct.unpack_from(f"<{2 * n}I", buf, 4)
+    pos = 4 + 8 * n
+    out: Pairs = []
+    for i in range(n):
+        kl, vl = sizes[2 * i], sizes[2 * i + 1]
+        k = buf[pos : pos + kl]
+        pos += kl + 1
+        v = buf[pos : pos + vl]
+        pos += vl + 1
+        out.append((_s(k), _s(v)))
+    return out
+
+
+# --- logging, time, lifecycle ---
+
+def log(level: int, message: str) -> None:
+    _h.proxy_log(int(level), _b(message))
+
+
+def get_log_level() -> LogLevel:
+    st, level = _h.proxy_get_log_level()
+    _check("proxy_get_log_level", st)
+    return LogLevel(level)
+
+
+def get_current_time_ns() -> int:
+    st, now = _h.proxy_get_current_time_nanoseconds()
+    _check("proxy_get_current_time_nanoseconds", st)
+    return now
+
+
+def set_tick_period_ms(period: int) -> None:
+    _check("proxy_set_tick_period_milliseconds", _h.proxy_set_tick_period_milliseconds(period))
+
+
+def set_effective_context(context_id: int) -> None:
+    _check("proxy_set_effective_context", _h.proxy_set_effective_context(context_id))
+
+
+def done() -> None:
+    _check("proxy_done", _h.proxy_done())
+
+
+def get_status() -> tuple[int, bytes]:
+    st, code, msg = _h.proxy_get_status()
+    _check("proxy_get_status", st)
+    return code, msg
+
+
+# --- properties ---
+
+def _path(path: str | Sequence[str]) -> bytes:
+    parts = path.split(".") if isinstance(path, str) else path
+    return b"\0".join(_b(p) for p in parts)
+
+
+def get_property(path: str | Sequence[str]) -> bytes | None:
+    """Read an Envoy attribute, e.g. ``"route_name"`` or ``("request", "path")``."""
+    st, value = _h.proxy_get_property(_path(path))
+    if st == Result.NOT_FOUND:
+        return None
+    _check("proxy_get_property", st)
+    return value
+
+
+def set_property(path: str | Sequence[str], value: bytes | str) -> None:
+    _check("proxy_set_property", _h.proxy_set_property(_path(path), _b(value)))
+
+
+# --- buffers ---
+
+def get_buffer(buffer_type: BufferType, start: int = 0, max_size: int = 0xFFFFFFFF) -> bytes | None:
+    st, data = _h.proxy_get_buffer_bytes(int(buffer_type), start, max_size)
+    if st == Result.NOT_FOUND:
+        return None
+    _check("proxy_get_buffer_bytes", st)
+    return data
+
+
+def get_buffer_status(buffer_type: BufferType) -> tuple[int, int]:
+    st, length, flags = _h.proxy_get_buffer_status(int(buffer_type))
+    _check("proxy_get_buffer_status", st)
+    return length, flags
+
+
+def set_buffer(buffer_type: BufferType, start: int, size: int, data: bytes) -> None:
+    _check("proxy_set_buffer_bytes", _h.proxy_set_buffer_bytes(int(buffer_type), start, size, data))
+
+
+# --- header maps ---
+
+def get_header_map_pairs(map_type: MapType) -> Pairs:
+    st, buf = _h.proxy_get_header_map_pairs(int(map_type))
+    if st == Result.NOT_FOUND:
+        return []
+    _check("proxy_get_header_map_pairs", st)
+    return unpack_pairs(buf)
+
+
+def set_header_map_pairs(map_type: MapType, pairs: HeaderInput) -> None:
+    _check("proxy_set_header_map_pairs", _h.proxy_set_header_map_pairs(int(map_type), pack_pairs(pairs)))
+
+
+def get_header_map_size(map_type: MapType) -> int:
+    st, size = _h.proxy_get_header_map_size(int(map_type))
+    _check("proxy_get_header_map_size", st)
+    return size
+
+
+def get_header_map_value(map_type: MapType, key: str) -> str | None:
+    st, value = _h.proxy_get_header_map_value(int(map_type), _b(key))
+    if st == Result.NOT_FOUND:
+        return None
+    _check("proxy_get_header_map_value", st)
+    return _s(value)
+
+
+def replace_header_map_value(map_type: MapType, key: str, value: str) -> None:
+    _check("proxy_replace_header_map_value", _h.proxy_replace_header_map_value(int(map_type), _b(key), _b(value)))
+
+
+def remove_header_map_value(map_type: MapType, key: str) -> None:
+    _check("proxy_remove_header_map_value", _h.proxy_remove_header_map_value(int(map_type), _b(key)))
+
+
+def add_header_map_value(map_type: MapType, key: str, value: str) -> None:
+    _check("proxy_add_header_map_value", _h.proxy_add_header_map_value(int(map_type), _b(key), _b(value)))
+
+
+# --- stream control ---
+
+def continue_stream(stream: StreamType) -> None:
+    _check("proxy_continue_stream", _h.proxy_continue_stream(int(stream)))
+
+
+def close_stream(stream: StreamType) -> None:
+    _check("proxy_close_stream", _h.proxy_close_stream(int(stream)))
+
+
+def send_local_response(status: int, body: bytes | str = b"", headers: HeaderInput = (),
+                        details: str = "", grpc_status: int = -1) -> None:
+    _check("proxy_send_local_response",
+           _h.proxy_send_local_response(status, _b(details), _b(body), pack_pairs(headers), grpc_status))
+
+
+# --- callouts ---
+
+def http_call(upstream: str, headers: HeaderInput, body: bytes = b"", trailers: HeaderInput = (),
+              timeout_ms: int = 5000) -> int:
+    st, token = _h.proxy_http_call(_b(upstream), pack_pairs(headers), body, pack_pairs(trailers), timeout_ms)
+    _check("proxy_http_call", st)
+    return token
+
+
+def grpc_call(service: bytes, service_name: str, method: str, metadata: HeaderInput, message: bytes,
+              timeout_ms: int) -> int:
+    st, token = _h.proxy_grpc_call(service, _b(service_name), _b(method), pack_pairs(metadata), message, timeout_ms)
+    _check("proxy_grpc_call", st)
+    return token
+
+
+def grpc_stream(service: bytes, service_name: str, method: str, metadata: HeaderInput) -> int:
+    st, token = _h.proxy_grpc_stream(service, _b(service_name), _b(method), pack_pairs(metadata))
+    _check("proxy_grpc_stream", st)
+    return token
+
+
+def grpc_send(token: int, message: bytes, end_stream: bool) -> None:
+    _check("proxy_grpc_send", _h.proxy_grpc_send(token, message, int(end_stream)))
+
+
+def grpc_cancel(token: int) -> None:
+    _check("proxy_grpc_cancel", _h.proxy_grpc_cancel(token))
+
+
+def grpc_close(token: int) -> None:
+    _check("proxy_grpc_close", _h.proxy_grpc_close(token))
+
+
+# --- shared data and queues ---
+
+def get_shared_data(key: str) -> tuple[bytes | None, int]:
+    """Return (value, cas); (None, 0) when the key is absent."""
+    st, value, cas = _h.proxy_get_shared_data(_b(key))
+    if st == Result.NOT_FOUND:
+        return None, 0
+    _check("proxy_get_shared_data", st)
+    return value, cas
+
+
+def set_shared_data(key: str, value: bytes, cas: int = 0) -> None:
+    """Store ``value``; with a non-zero ``cas`` only if unchanged since read (else CasMismatch)."""
+    _check("proxy_set_shared_data", _h.proxy_set_shared_data(_b(key), value, cas))
+
+
+def register_shared_queue(name: str) -> int:
+    st, qid = _h.proxy_register_shared_queue(_b(name))
+    _check("proxy_register_shared_queue", st)
+    return qid
+
+
+def resolve_shared_queue(vm_id: str, name: str) -> int | None:
+    st, qid = _h.proxy_resolve_shared_queue(_b(vm_id), _b(name))
+    if st == Result.NOT_FOUND:
+        return None
+    _check("proxy_resolve_shared_queue", st)
+    return qid
+
+
+def enqueue_shared_queue(queue_id: int, data: bytes) -> None:
+    _check("proxy_enqueue_shared_queue", _h.proxy_enqueue_shared_queue(queue_id, data))
+
+
+def dequeue_shared_queue(queue_id: int) -> bytes | None:
+    st, data = _h.proxy_dequeue_shared_queue(queue_id)
+    if st == Result.EMPTY:
+        return None
+    _check("proxy_dequeue_shared_queue", st)
+    return data
+
+
+# --- metrics ---
+
+def define_metric(metric_type: MetricType, name: str) -> int:
+    st, mid = _h.proxy_define_metric(int(metric_type), _b(name))
+    _check("proxy_define_metric", st)
+    return mid
+
+
+def increment_metric(metric_id: int, offset: int) -> None:
+    _check("proxy_increment_metric", _h.proxy_increment_metric(metric_id, offset))
+
+
+def record_metric(metric_id: int, value: int) -> None:
+    _check("proxy_record_metric", _h.proxy_record_metric(metric_id, value))
+
+
+def get_metric(metric_id: int) -> int:
+    st, value = _h.proxy_get_metric(metric_id)
+    _check("proxy_get_metric", st)
+    return value
+
+
+def call_foreign_function(name: str, args: bytes) -> bytes | None:
+    st, out = _h.proxy_call_foreign_function(_b(name), args)
+    if st == Result.NOT_FOUND:
+        return None
+    _check("proxy_call_foreign_function", st)
+    return out

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Frozen module tables and the plugin's entry module (generated). */
 extern const struct _frozen pw_frozen_stdlib[];
@@ -103,7 +104,14 @@ static struct _frozen *pw_merge_frozen(void) {
   return all;
 }
 
+static double pw_now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
 static void pw_start_python(void) {
+  double t0 = pw_now_ms();
   pw_state = -1;
   struct _frozen *frozen = pw_merge_frozen();
   if (!frozen) {
@@ -152,6 +160,10 @@ static void pw_start_python(void) {
   }
   Py_DECREF(disp);
   pw_state = 1;
+  char buf[160];
+  snprintf(buf, sizeof buf, "python: ready in %.1f ms, linear memory %zu KiB", pw_now_ms() - t0,
+           (size_t)__builtin_wasm_memory_size(0) * 64);
+  proxy_log(2, buf, strlen(buf));
 }
 
 static int32_t pw_call_export(int idx, const int32_t *v, int n, int32_t dflt) {

@@ -6,14 +6,15 @@ root with :func:`set_root_context`; ``build/pwbuild`` turns it into one .wasm mo
 
 from . import hostcalls, shared
 from .abi import Action, BufferType, LogLevel, MapType, MetricType, Result, StreamType
-from .context import CalloutResponse, ConfigError, HttpContext, RootContext
+from .config import ConfigError, Fields
+from .context import CalloutResponse, HttpContext, RootContext
 from .dispatcher import set_root_context
 from .hostcalls import CasMismatch, HostError, get_property, log, set_property
 from .metrics import Counter, Gauge, Histogram, MetricCache
 from .shared import SharedQueue
 
 __all__ = [
-    "Action", "BufferType", "CalloutResponse", "CasMismatch", "ConfigError", "Counter", "Gauge",
+    "Action", "BufferType", "CalloutResponse", "CasMismatch", "ConfigError", "Counter", "Fields", "Gauge",
     "Histogram", "HostError", "HttpContext", "LogLevel", "MapType", "MetricCache", "MetricType",
     "Result", "RootContext", "SharedQueue", "StreamType", "get_property", "hostcalls", "log",
     "set_property", "set_root_context", "shared",

@@ -10,13 +10,10 @@ from typing import Any, ClassVar, Generic, TypeVar
 from . import hostcalls as hc
 from . import streams
 from .abi import Action, BufferType, LogLevel, MapType, StreamType
+from .config import ConfigError
 from .rules import RuleSet
 
 C = TypeVar("C")
-
-
-class ConfigError(ValueError):
-    """Invalid plugin configuration; the message names the field."""
 
 
 @dataclass
@@ -88,6 +85,9 @@ class RootContext(_Context, Generic[C]):
     def parse_config(self, config: dict[str, Any]) -> C:
         return config  # type: ignore[return-value]
 
+    def on_config_loaded(self) -> None:
+        """Called after a configuration was parsed and accepted (e.g. to start a tick)."""
+
     def on_vm_start(self, vm_config: bytes) -> bool:
         return True
 
@@ -99,6 +99,7 @@ class RootContext(_Context, Generic[C]):
                 raise ConfigError("configuration must be a JSON object")
             self.fail_closed = bool(doc.pop("_fail_closed_", type(self).fail_closed))
             self.rules = RuleSet.parse(doc, self.parse_config)
+            self.on_config_loaded()
         except (ValueError, TypeError, KeyError) as e:
             hc.log(LogLevel.CRITICAL, f"invalid plugin configuration: {e}")
             return False

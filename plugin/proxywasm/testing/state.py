@@ -275,6 +275,7 @@ class HostState:
         s = self.stream()
         if s is None:
             return int(Result.BAD_ARGUMENT)
+        grpc_status -= (grpc_status >= 2**31) << 32  # an i32 (-1: not gRPC), however it arrived
         s.local_response = LocalResponse(status, body, unpack_pairs(headers), details.decode(), grpc_status)
         return OK
 

@@ -1,0 +1,32 @@
+# Recipes run inside .venv (./dev installs it). `./dev --list` shows them.
+set positional-arguments
+
+export PATH := justfile_directory() + "/.venv/bin:" + env_var('PATH')
+export PYTHONPATH := justfile_directory() + "/plugin:" + justfile_directory() + "/build:" + justfile_directory()
+
+default:
+    @just --list
+
+# Build a plugin into dist/ (default: the example plugin)
+build entry="examples.showcase":
+    python build/pwbuild {{entry}}
+
+# Build the example plugin and run it in Envoy with a mock upstream (Ctrl-C stops)
+demo: build
+    python -m e2e.demo
+
+# Run the whole test suite (unit, wasm, e2e with a real Envoy)
+test *args: build
+    python -m pytest "$@"
+
+# Lint
+lint:
+    ruff check plugin build e2e tests bench
+
+# Benchmarks (results in bench/results/)
+bench: build
+    python bench/run.py
+
+# Validate every Envoy config in the repository
+validate:
+    python -m e2e.validate

@@ -28,13 +28,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("entry", help="plugin's entry module, e.g. ai_gateway or examples.showcase")
     p.add_argument("-o", "--output", type=Path, help="output file (default dist/<last part of entry>.wasm)")
     p.add_argument("--src", type=Path, default=REPO / "plugin", help="source root holding proxywasm/ and the plugin")
+    p.add_argument("--path", type=Path, action="append", default=[], help="another source root (repeatable)")
     p.add_argument("--cache", type=Path, default=default_cache(), help="object cache directory")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
     out = a.output or REPO / "dist" / (a.entry.rsplit(".", 1)[-1].replace("_", "-") + ".wasm")
     t0 = time.monotonic()
     try:
-        path, rebuilt = Builder(Toolchain.locate(), a.cache, a.verbose).build(a.src, a.entry, out)
+        path, rebuilt = Builder(Toolchain.locate(), a.cache, a.verbose).build(a.src, a.entry, out, tuple(a.path))
     except BuildError as e:
         print(f"pwbuild: error: {e}", file=sys.stderr)
         return 1

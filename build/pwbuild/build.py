@@ -80,10 +80,13 @@ class Builder:
             tmp.rename(patched)
         return [patched, *rest]
 
-    def build(self, src: Path, entry: str, out: Path) -> tuple[Path, bool]:
-        """Build ``entry`` (a module under ``src``) into ``out``. Returns (out, rebuilt)."""
+    def build(self, src: Path, entry: str, out: Path, paths: tuple[Path, ...] = ()) -> tuple[Path, bool]:
+        """Build ``entry`` (a module under ``src`` or ``paths``) into ``out``. Returns (out, rebuilt).
+
+        ``src`` holds the SDK (proxywasm/); ``paths`` are more source roots for plugin code.
+        """
         abi = load_abi(src)
-        stdlib, plugin = freeze.freeze(self.tc, src, entry)
+        stdlib, plugin = freeze.freeze(self.tc, [src, *paths], entry)
         glue = shimgen.generate(abi)
         stubs = wasistubs.generate(self.tc.wasilibc_real)
         stdlib_c = freeze.to_c("pw_frozen_stdlib", stdlib)

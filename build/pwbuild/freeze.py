@@ -56,20 +56,33 @@ def _compile(name: str, path: Path, display: str, optimize: int) -> bytes:
     return marshal.dumps(code)
 
 
-def freeze(tc: Toolchain, src: Path, entry: str, extra: tuple[str, ...] = ()) -> tuple[list[FrozenModule], list[FrozenModule]]:
-    """Return (stdlib modules, plugin modules), each sorted by name."""
+def _find_entry(roots: list[Path], entry: str) -> Path:
+    for root in roots:
+        base = root / Path(*entry.split("."))
+        if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
+            return root
+    raise BuildError(f"entry module {entry!r} not found under {', '.join(map(str, roots))}")
+
+
+def freeze(tc: Toolchain, roots: list[Path], entry: str) -> tuple[list[FrozenModule], list[FrozenModule]]:
+    """Freeze ``entry`` (found in one of the source ``roots``) with everything it imports.
+
+    Returns (stdlib modules, plugin modules), each sorted by name.
+    """
     if sys.version_info[:2] != (3, 11):
         raise BuildError("the freezer must run on CPython 3.11 (marshal format of the WASI CPython)")
-    src = src.resolve()
-    entry_file = src / Path(*entry.split("."))
-    if not (entry_file.with_suffix(".py").is_file() or (entry_file / "__init__.py").is_file()):
-        raise BuildError(f"entry module {entry!r} not found under {src}")
-    finder = modulefinder.ModuleFinder(path=[str(src), str(tc.stdlib)], excludes=sorted(EXCLUDE))
-    # modulefinder reports syntax errors only as missing modules: compile the plugin first.
-    for py in sorted(src.rglob("*.py")):
-        if py.is_relative_to(src / entry.split(".")[0]) or py.is_relative_to(src / "proxywasm"):
-            _compile("", py, str(py.relative_to(src)), 0)
-    for name in (*BASE_MODULES, entry, *extra):
+    roots = [r.resolve() for r in roots]
+    entry_root = _find_entry(roots, entry)
+    finder = modulefinder.ModuleFinder(path=[*map(str, roots), str(tc.stdlib)], excludes=sorted(EXCLUDE))
+    # modulefinder reports syntax errors only as missing modules: compile the plugin's own code first.
+    top = entry.split(".")[0]
+    for root, pkg in ((entry_root, top), (roots[0], "proxywasm")):
+        base = root / pkg
+        files = sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+        for py in files:
+            if py.is_file():
+                _compile("", py, str(py.relative_to(root)), 0)
+    for name in (*BASE_MODULES, entry):
         try:
             finder.import_hook(name)
         except ImportError as e:
@@ -81,8 +94,9 @@ def freeze(tc: Toolchain, src: Path, entry: str, extra: tuple[str, ...] = ()) ->
         if name in ALREADY_FROZEN or _excluded(name) or path is None or path.suffix != ".py":
             continue
         is_pkg = mod.__path__ is not None
-        if path.is_relative_to(src):
-            plugin.append(FrozenModule(name, _compile(name, path, str(path.relative_to(src)), 0), is_pkg))
+        root = next((r for r in roots if path.is_relative_to(r)), None)
+        if root is not None:
+            plugin.append(FrozenModule(name, _compile(name, path, str(path.relative_to(root)), 0), is_pkg))
         else:
             stdlib.append(FrozenModule(name, _compile(name, path, f"<frozen {name}>", 2), is_pkg))
     roots = {m.name.split(".")[0] for m in plugin}

@@ -1,0 +1,167 @@
+"""Test plugin: request header ``x-op`` picks which SDK feature a stream exercises.
+
+Results come back as request/response headers or local replies so the same
+assertions hold on every host (in-process, wasmtime, Envoy).
+"""
+
+from __future__ import annotations
+
+import json
+
+from proxywasm import (Action, CalloutResponse, CasMismatch, Counter, Gauge, Histogram, HostError, HttpContext,
+                       LogLevel, RootContext, SharedQueue, hostcalls, set_root_context, shared)
+
+COUNTER = Counter("probe_counter")
+GAUGE = Gauge("probe_gauge")
+HIST = Histogram("probe_hist")
+TICKS = Gauge("probe_ticks")
+
+
+class Probe(HttpContext[dict]):
+    op = ""
+
+    def on_request_headers(self, num_headers: int, end_of_stream: bool) -> Action:
+        self.op = self.request_headers.get("x-op") or ""
+        name = (self.config or {}).get("name")
+        if name:
+            self.request_headers.set("x-config-name", name)
+        handler = getattr(self, "op_" + self.op.replace("-", "_"), None)
+        return handler() if handler else Action.CONTINUE
+
+    def op_headers(self) -> Action:
+        h = self.request_headers
+        h.set("x-set", "1")
+        h.add("x-add", "a")
+        h.add("x-add", "b")
+        h.remove("x-remove")
+        h.set("x-path-seen", h.get(":path") or "")
+        h.set("x-count", str(len(h.items())))
+        h.set("x-missing", str(h.get("x-nope", "default")))
+        return Action.CONTINUE
+
+    def op_replace_all(self) -> Action:
+        self.request_headers.replace_all([(":path", "/new"), (":method", "GET"), ("x-only", "1")])
+        return Action.CONTINUE
+
+    def op_property(self) -> Action:
+        route = hostcalls.get_property("route_name")
+        hostcalls.set_property("probe.value", "v1")
+        self.request_headers.set("x-route", (route or b"<none>").decode())
+        self.request_headers.set("x-prop", (hostcalls.get_property(("probe", "value")) or b"").decode())
+        return Action.CONTINUE
+
+    def op_metrics(self) -> Action:
+        COUNTER.increment(2)
+        GAUGE.set(7)
+        GAUGE.add(-2)
+        HIST.record(5)
+        HIST.record(9)
+        self.request_headers.set("x-counter", str(COUNTER.get()))
+        self.request_headers.set("x-gauge", str(GAUGE.get()))
+        return Action.CONTINUE
+
+    def op_shared(self) -> Action:
+        shared.set("probe.k", b"v0")
+        _, cas = shared.get("probe.k")
+        shared.set("probe.k", b"v1", cas)
+        try:
+            shared.set("probe.k", b"v2", cas)  # stale CAS must be refused
+            result = "accepted"
+        except CasMismatch:
+            result = "mismatch"
+        self.request_headers.set("x-cas", result)
+        self.request_headers.set("x-value", (shared.get("probe.k")[0] or b"").decode())
+        self.request_headers.set("x-absent", repr(shared.get("probe.absent")))
+        return Action.CONTINUE
+
+    def op_queue(self) -> Action:
+        assert isinstance(self.root, ProbeRoot)
+        self.root.queue.enqueue(b"item-" + str(self.context_id).encode())
+        return Action.CONTINUE
+
+    def op_callout(self) -> Action:
+        self.http_call("upstream", [(":method", "POST"), (":path", "/cb"), (":authority", "up")], b"ping",
+                       callback=self.on_callout, timeout_ms=1500)
+        return Action.PAUSE
+
+    def on_callout(self, resp: CalloutResponse) -> None:
+        self.request_headers.set("x-callout-status", str(resp.status))
+        self.request_headers.set("x-callout-body", resp.body.decode())
+        self.request_headers.set("x-callout-header", resp.header("x-up") or "")
+        self.resume_request()
+
+    def op_callout_bad(self) -> Action:
+        try:
+            self.http_call("upstream", [(":method", "GET"), (":path", "/")], callback=self.on_callout)
+        except HostError as e:
+            self.send_local_response(500, str(e))
+            return Action.PAUSE
+        return Action.CONTINUE
+
+    def op_raise(self) -> Action:
+        raise RuntimeError("boom from probe")
+
+    def op_log(self) -> Action:
+        for level in LogLevel:
+            self.log(level, f"probe log {level.name}")
+        self.request_headers.set("x-log-level", hostcalls.get_log_level().name)
+        return Action.CONTINUE
+
+    def op_local(self) -> Action:
+        self.send_local_response(418, b"teapot", [("x-local", "yes")], "probe local")
+        return Action.PAUSE
+
+    def op_time(self) -> Action:
+        self.request_headers.set("x-now", str(hostcalls.get_current_time_ns()))
+        return Action.CONTINUE
+
+    def op_grpc(self) -> Action:
+        hostcalls.grpc_call(b"svc", "s", "m", [], b"", 100)
+        return Action.CONTINUE
+
+    def on_request_body(self, body_size: int, end_of_stream: bool) -> Action:
+        if self.op != "body":
+            return Action.CONTINUE
+        if not end_of_stream:
+            return Action.PAUSE
+        body = self.request_body.read()
+        self.request_body.replace(body.upper())
+        self.request_body.append(b"!")
+        self.request_body.prepend(b">")
+        self.request_headers.set("x-body-size", str(self.request_body.size()))
+        return Action.CONTINUE
+
+    def on_response_headers(self, num_headers: int, end_of_stream: bool) -> Action:
+        if self.op == "raise-response":
+            raise ValueError("boom in response")
+        self.response_headers.set("x-probe-op", self.op or "none")
+        return Action.CONTINUE
+
+    def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
+        if self.op != "response-body":
+            return Action.CONTINUE
+        if not end_of_stream:
+            return Action.PAUSE
+        body = self.response_body.read()
+        self.response_body.replace(json.dumps({"len": len(body), "chunks": body.decode()}).encode())
+        return Action.CONTINUE
+
+
+class ProbeRoot(RootContext[dict]):
+    http_context = Probe
+
+    def on_config_loaded(self) -> None:
+        self.queue = SharedQueue.register("probe-queue")
+        self.set_tick_period_ms(1000)
+
+    def on_tick(self) -> None:
+        TICKS.add(1)
+
+    def on_queue_ready(self, queue_id: int) -> None:
+        items = []
+        while (item := self.queue.dequeue()) is not None:
+            items.append(item.decode())
+        shared.set("probe.queue", ",".join(items).encode())
+
+
+set_root_context(ProbeRoot)

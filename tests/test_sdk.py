@@ -1,0 +1,209 @@
+"""SDK behaviour, identical on the in-process host and on the compiled module under wasmtime."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from proxywasm import Action, LogLevel, StreamType
+from proxywasm.testing import UnimplementedHostCall
+
+REQ = {":method": "POST", ":path": "/p", ":authority": "example.com"}
+
+
+@pytest.fixture
+def host(make_host):  # noqa: ANN001, ANN201
+    h = make_host("probe")
+    assert h.start({})
+    return h
+
+
+def send(host, op: str, **headers: str):  # noqa: ANN001, ANN201
+    s = host.http_stream()
+    action = s.send_request_headers({**REQ, "x-op": op, **headers})
+    return s, action
+
+
+def test_headers_get_set_add_remove_pairs(host) -> None:  # noqa: ANN001
+    s, action = send(host, "headers", **{"x-remove": "gone"})
+    assert action == Action.CONTINUE
+    assert s.request_header("x-set") == "1"
+    assert [v for k, v in s.request_headers if k == "x-add"] == ["a", "b"]
+    assert s.request_header("x-remove") is None
+    assert s.request_header("x-path-seen") == "/p"
+    # 3 request headers + x-op + x-set + 2 x-add + x-path-seen (x-remove is gone)
+    assert s.request_header("x-count") == "8"
+    assert s.request_header("x-missing") == "default"
+
+
+def test_replace_all_headers(host) -> None:  # noqa: ANN001
+    s, _ = send(host, "replace-all")
+    assert s.request_headers == [(":path", "/new"), (":method", "GET"), ("x-only", "1")]
+
+
+def test_request_body_buffered_then_rewritten(host) -> None:  # noqa: ANN001
+    s, _ = send(host, "body")
+    assert s.send_request_body(b"abc", end_of_stream=False) == Action.PAUSE
+    assert s.send_request_body(b"def", end_of_stream=True) == Action.CONTINUE
+    assert s.request_body == b">ABCDEF!"
+    assert s.request_header("x-body-size") == "8"
+
+
+def test_response_body_sees_all_chunks(host) -> None:  # noqa: ANN001
+    s, _ = send(host, "response-body")
+    s.send_response_headers({":status": "200"})
+    assert s.send_response_body(b"one ", end_of_stream=False) == Action.PAUSE
+    assert s.send_response_body(b"two", end_of_stream=True) == Action.CONTINUE
+    assert json.loads(s.response_body) == {"len": 7, "chunks": "one two"}
+    assert s.response_header("x-probe-op") == "response-body"
+
+
+def test_properties(make_host) -> None:  # noqa: ANN001
+    h = make_host("probe")
+    assert h.start({})
+    s = h.http_stream(properties={"route_name": "chat-route"})
+    s.send_request_headers({**REQ, "x-op": "property"})
+    assert s.request_header("x-route") == "chat-route"
+    assert s.request_header("x-prop") == "v1"
+    assert s.property("probe.value") == b"v1"
+
+
+def test_metrics_counter_gauge_histogram(host) -> None:  # noqa: ANN001
+    s, _ = send(host, "metrics")
+    send(host, "metrics")
+    assert host.metric("probe_counter") == 4
+    assert host.metric("probe_gauge") == 5
+    assert host.histogram("probe_hist") == [5, 9, 5, 9]
+    assert s.request_header("x-counter") == "2"
+
+
+def test_shared_data_cas(host) -> None:  # noqa: ANN001
+    s, _ = send(host, "shared")
+    assert s.request_header("x-cas") == "mismatch"
+    assert s.request_header("x-value") == "v1"
+    assert s.request_header("x-absent") == "(None, 0)"
+    assert host.shared_data("probe.k") == b"v1"
+
+
+def test_shared_queue_delivers_to_root(host) -> None:  # noqa: ANN001
+    a, _ = send(host, "queue")
+    b, _ = send(host, "queue")
+    assert host.shared_data("probe.queue") == f"item-{b.id}".encode()
+    assert a.id != b.id
+
+
+def test_callout_callback_runs_bound_to_its_stream(host) -> None:  # noqa: ANN001
+    s, action = send(host, "callout")
+    other, _ = send(host, "headers")  # another stream becomes current meanwhile
+    assert action == Action.PAUSE
+    (call,) = host.callouts
+    assert (call.cluster, call.body, call.timeout_ms) == ("upstream", b"ping", 1500)
+    assert call.header(":path") == "/cb"
+    host.respond_callout(call.token, 201, {"x-up": "yes"}, b"pong")
+    assert s.request_header("x-callout-status") == "201"
+    assert s.request_header("x-callout-body") == "pong"
+    assert s.request_header("x-callout-header") == "yes"
+    assert other.request_header("x-callout-status") is None
+    assert s.continued == [StreamType.REQUEST]
+
+
+def test_failed_callout_reports_status_zero(host) -> None:  # noqa: ANN001
+    s, _ = send(host, "callout")
+    host.fail_callout(host.callouts[0].token)
+    assert s.request_header("x-callout-status") == "0"
+
+
+def test_callout_after_stream_gone_is_dropped(host) -> None:  # noqa: ANN001
+    s, _ = send(host, "callout")
+    token = host.callouts[0].token
+    s.complete()
+    host.respond_callout(token, 200)
+    assert not host.logs_at(LogLevel.ERROR)
+
+
+def test_bad_callout_raises_host_error(host) -> None:  # noqa: ANN001
+    s, _ = send(host, "callout-bad")
+    assert s.local_response is not None
+    assert s.local_response.status == 500
+    assert b"BAD_ARGUMENT" in s.local_response.body
+
+
+def test_local_response(host) -> None:  # noqa: ANN001
+    s, action = send(host, "local")
+    assert action == Action.PAUSE
+    lr = s.local_response
+    assert (lr.status, lr.body, lr.headers, lr.details) == (418, b"teapot", [("x-local", "yes")], "probe_local")
+
+
+def test_log_levels(host) -> None:  # noqa: ANN001
+    s, _ = send(host, "log")
+    for level in LogLevel:
+        assert f"probe log {level.name}" in host.logs_at(level)
+    assert s.request_header("x-log-level") == "TRACE"
+
+
+def test_time(host) -> None:  # noqa: ANN001
+    s, _ = send(host, "time")
+    before = int(s.request_header("x-now"))
+    host.advance(1500)
+    s2, _ = send(host, "time")
+    assert int(s2.request_header("x-now")) - before == 1_500_000_000
+
+
+def test_tick(host) -> None:  # noqa: ANN001
+    assert host.state.tick_period_ms == 1000
+    host.tick()
+    host.tick()
+    assert host.metric("probe_ticks") == 2
+
+
+def test_exception_is_logged_and_stream_continues(host) -> None:  # noqa: ANN001
+    s, action = send(host, "raise")
+    assert action == Action.CONTINUE
+    assert s.local_response is None
+    (err,) = host.logs_at(LogLevel.ERROR)
+    assert "RuntimeError: boom from probe" in err and "Traceback" in err and "op_raise" in err
+    # the VM is still healthy
+    s2, _ = send(host, "headers")
+    assert s2.request_header("x-set") == "1"
+
+
+def test_fail_closed_answers_500(make_host) -> None:  # noqa: ANN001
+    h = make_host("probe")
+    assert h.start({"_fail_closed_": True})
+    s = h.http_stream()
+    assert s.send_request_headers({**REQ, "x-op": "raise-response"}) == Action.CONTINUE
+    assert s.send_response_headers({":status": "200"}) == Action.PAUSE
+    assert s.local_response.status == 500
+    assert b"internal plugin error" in s.local_response.body
+    assert b"boom" not in s.local_response.body  # no internals leak to clients
+
+
+def test_unimplemented_host_call_fails_loudly(host) -> None:  # noqa: ANN001
+    with pytest.raises(UnimplementedHostCall, match="proxy_grpc_call"):
+        send(host, "grpc")
+
+
+def test_rules_pick_config_per_route(make_host) -> None:  # noqa: ANN001
+    h = make_host("probe")
+    assert h.start({"name": "global", "_rules_": [{"_match_route_": ["r1"], "name": "rule-r1"},
+                                                  {"_match_domain_": ["*.corp.io"], "name": "rule-domain"}]})
+    cases = [({"route_name": "r1"}, "example.com", "rule-r1"), ({"route_name": "r2"}, "a.corp.io:8080", "rule-domain"),
+             ({"route_name": "r2"}, "example.com", "global")]
+    for props, authority, want in cases:
+        s = h.http_stream(properties=props)
+        s.send_request_headers({**REQ, ":authority": authority})
+        assert s.request_header("x-config-name") == want
+
+
+def test_bad_rules_fail_plugin_start(make_host) -> None:  # noqa: ANN001
+    h = make_host("probe")
+    assert not h.start({"_rules_": [{"name": "no matcher"}]})
+    assert any("_rules_[0]: needs one of" in m for m in h.logs_at(LogLevel.CRITICAL))
+
+
+def test_config_not_json_fails_plugin_start(make_host) -> None:  # noqa: ANN001
+    h = make_host("probe")
+    assert not h.start(b"{nope")
+    assert any("invalid plugin configuration" in m for m in h.logs_at(LogLevel.CRITICAL))

@@ -43,7 +43,9 @@ class Builder:
         self.cache = cache
         self.verbose = verbose
         cache.mkdir(parents=True, exist_ok=True)
-        self.env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=str(cache / "zig"), ZIG_LOCAL_CACHE_DIR=str(cache / "zig"))
+        # zig's own cache (its wasi-libc build) is shared by every object cache
+        zig_cache = str(REPO / ".cache" / "zig")
+        self.env = dict(os.environ, ZIG_GLOBAL_CACHE_DIR=zig_cache, ZIG_LOCAL_CACHE_DIR=zig_cache)
 
     def _run(self, cmd: list[str], what: str) -> None:
         if self.verbose:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import marshal
 import modulefinder
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,11 +100,21 @@ def freeze(tc: Toolchain, roots: list[Path], entry: str) -> tuple[list[FrozenMod
             plugin.append(FrozenModule(name, _compile(name, path, str(path.relative_to(root)), 0), is_pkg))
         else:
             stdlib.append(FrozenModule(name, _compile(name, path, f"<frozen {name}>", 2), is_pkg))
-    roots = {m.name.split(".")[0] for m in plugin}
-    missing = sorted(m for m in finder.any_missing_maybe()[0] if m.split(".")[0] in roots)
-    if missing:
-        raise BuildError(f"plugin modules imported but not found: {', '.join(missing)}")
+    _check_imports(roots, entry)
     return stdlib, plugin
+
+
+def _check_imports(roots: list[Path], entry: str) -> None:
+    """Import the plugin once on this interpreter: a missing module or name fails the build here.
+
+    modulefinder cannot tell ``from . import absent`` from a global; a real import can.
+    Module bodies only define things and register the root context, so this is safe.
+    """
+    code = f"import sys; sys.path[:0] = {[str(r) for r in roots]!r}; import {entry}"
+    r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+        raise BuildError(f"importing {entry} failed: {last}")
 
 
 def _c_string(data: bytes) -> str:

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from proxywasm.testing import Host, SharedState
 from proxywasm.testing.fake import FakeHost
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from proxywasm import Action, LogLevel, StreamType
 from proxywasm.testing import UnimplementedHostCall
 
@@ -13,19 +12,19 @@ REQ = {":method": "POST", ":path": "/p", ":authority": "example.com"}
 
 
 @pytest.fixture
-def host(make_host):  # noqa: ANN001, ANN201
+def host(make_host):
     h = make_host("probe")
     assert h.start({})
     return h
 
 
-def send(host, op: str, **headers: str):  # noqa: ANN001, ANN201
+def send(host, op: str, **headers: str):
     s = host.http_stream()
     action = s.send_request_headers({**REQ, "x-op": op, **headers})
     return s, action
 
 
-def test_headers_get_set_add_remove_pairs(host) -> None:  # noqa: ANN001
+def test_headers_get_set_add_remove_pairs(host) -> None:
     s, action = send(host, "headers", **{"x-remove": "gone"})
     assert action == Action.CONTINUE
     assert s.request_header("x-set") == "1"
@@ -37,12 +36,12 @@ def test_headers_get_set_add_remove_pairs(host) -> None:  # noqa: ANN001
     assert s.request_header("x-missing") == "default"
 
 
-def test_replace_all_headers(host) -> None:  # noqa: ANN001
+def test_replace_all_headers(host) -> None:
     s, _ = send(host, "replace-all")
     assert s.request_headers == [(":path", "/new"), (":method", "GET"), ("x-only", "1")]
 
 
-def test_request_body_buffered_then_rewritten(host) -> None:  # noqa: ANN001
+def test_request_body_buffered_then_rewritten(host) -> None:
     s, _ = send(host, "body")
     assert s.send_request_body(b"abc", end_of_stream=False) == Action.PAUSE
     assert s.send_request_body(b"def", end_of_stream=True) == Action.CONTINUE
@@ -50,7 +49,7 @@ def test_request_body_buffered_then_rewritten(host) -> None:  # noqa: ANN001
     assert s.request_header("x-body-size") == "8"
 
 
-def test_response_body_sees_all_chunks(host) -> None:  # noqa: ANN001
+def test_response_body_sees_all_chunks(host) -> None:
     s, _ = send(host, "response-body")
     s.send_response_headers({":status": "200"})
     assert s.send_response_body(b"one ", end_of_stream=False) == Action.PAUSE
@@ -59,7 +58,7 @@ def test_response_body_sees_all_chunks(host) -> None:  # noqa: ANN001
     assert s.response_header("x-probe-op") == "response-body"
 
 
-def test_properties(make_host) -> None:  # noqa: ANN001
+def test_properties(make_host) -> None:
     h = make_host("probe")
     assert h.start({})
     s = h.http_stream(properties={"route_name": "chat-route"})
@@ -69,7 +68,7 @@ def test_properties(make_host) -> None:  # noqa: ANN001
     assert s.property("probe.value") == b"v1"
 
 
-def test_metrics_counter_gauge_histogram(host) -> None:  # noqa: ANN001
+def test_metrics_counter_gauge_histogram(host) -> None:
     s, _ = send(host, "metrics")
     send(host, "metrics")
     assert host.metric("probe_counter") == 4
@@ -78,7 +77,7 @@ def test_metrics_counter_gauge_histogram(host) -> None:  # noqa: ANN001
     assert s.request_header("x-counter") == "2"
 
 
-def test_shared_data_cas(host) -> None:  # noqa: ANN001
+def test_shared_data_cas(host) -> None:
     s, _ = send(host, "shared")
     assert s.request_header("x-cas") == "mismatch"
     assert s.request_header("x-value") == "v1"
@@ -86,14 +85,14 @@ def test_shared_data_cas(host) -> None:  # noqa: ANN001
     assert host.shared_data("probe.k") == b"v1"
 
 
-def test_shared_queue_delivers_to_root(host) -> None:  # noqa: ANN001
+def test_shared_queue_delivers_to_root(host) -> None:
     a, _ = send(host, "queue")
     b, _ = send(host, "queue")
     assert host.shared_data("probe.queue") == f"item-{b.id}".encode()
     assert a.id != b.id
 
 
-def test_callout_callback_runs_bound_to_its_stream(host) -> None:  # noqa: ANN001
+def test_callout_callback_runs_bound_to_its_stream(host) -> None:
     s, action = send(host, "callout")
     other, _ = send(host, "headers")  # another stream becomes current meanwhile
     assert action == Action.PAUSE
@@ -108,13 +107,13 @@ def test_callout_callback_runs_bound_to_its_stream(host) -> None:  # noqa: ANN00
     assert s.continued == [StreamType.REQUEST]
 
 
-def test_failed_callout_reports_status_zero(host) -> None:  # noqa: ANN001
+def test_failed_callout_reports_status_zero(host) -> None:
     s, _ = send(host, "callout")
     host.fail_callout(host.callouts[0].token)
     assert s.request_header("x-callout-status") == "0"
 
 
-def test_callout_after_stream_gone_is_dropped(host) -> None:  # noqa: ANN001
+def test_callout_after_stream_gone_is_dropped(host) -> None:
     s, _ = send(host, "callout")
     token = host.callouts[0].token
     s.complete()
@@ -122,28 +121,28 @@ def test_callout_after_stream_gone_is_dropped(host) -> None:  # noqa: ANN001
     assert not host.logs_at(LogLevel.ERROR)
 
 
-def test_bad_callout_raises_host_error(host) -> None:  # noqa: ANN001
+def test_bad_callout_raises_host_error(host) -> None:
     s, _ = send(host, "callout-bad")
     assert s.local_response is not None
     assert s.local_response.status == 500
     assert b"BAD_ARGUMENT" in s.local_response.body
 
 
-def test_local_response(host) -> None:  # noqa: ANN001
+def test_local_response(host) -> None:
     s, action = send(host, "local")
     assert action == Action.PAUSE
     lr = s.local_response
     assert (lr.status, lr.body, lr.headers, lr.details) == (418, b"teapot", [("x-local", "yes")], "probe_local")
 
 
-def test_log_levels(host) -> None:  # noqa: ANN001
+def test_log_levels(host) -> None:
     s, _ = send(host, "log")
     for level in LogLevel:
         assert f"probe log {level.name}" in host.logs_at(level)
     assert s.request_header("x-log-level") == "TRACE"
 
 
-def test_time(host) -> None:  # noqa: ANN001
+def test_time(host) -> None:
     s, _ = send(host, "time")
     before = int(s.request_header("x-now"))
     host.advance(1500)
@@ -151,14 +150,14 @@ def test_time(host) -> None:  # noqa: ANN001
     assert int(s2.request_header("x-now")) - before == 1_500_000_000
 
 
-def test_tick(host) -> None:  # noqa: ANN001
+def test_tick(host) -> None:
     assert host.state.tick_period_ms == 1000
     host.tick()
     host.tick()
     assert host.metric("probe_ticks") == 2
 
 
-def test_exception_is_logged_and_stream_continues(host) -> None:  # noqa: ANN001
+def test_exception_is_logged_and_stream_continues(host) -> None:
     s, action = send(host, "raise")
     assert action == Action.CONTINUE
     assert s.local_response is None
@@ -169,7 +168,7 @@ def test_exception_is_logged_and_stream_continues(host) -> None:  # noqa: ANN001
     assert s2.request_header("x-set") == "1"
 
 
-def test_fail_closed_answers_500(make_host) -> None:  # noqa: ANN001
+def test_fail_closed_answers_500(make_host) -> None:
     h = make_host("probe")
     assert h.start({"_fail_closed_": True})
     s = h.http_stream()
@@ -180,12 +179,12 @@ def test_fail_closed_answers_500(make_host) -> None:  # noqa: ANN001
     assert b"boom" not in s.local_response.body  # no internals leak to clients
 
 
-def test_unimplemented_host_call_fails_loudly(host) -> None:  # noqa: ANN001
+def test_unimplemented_host_call_fails_loudly(host) -> None:
     with pytest.raises(UnimplementedHostCall, match="proxy_grpc_call"):
         send(host, "grpc")
 
 
-def test_rules_pick_config_per_route(make_host) -> None:  # noqa: ANN001
+def test_rules_pick_config_per_route(make_host) -> None:
     h = make_host("probe")
     assert h.start({"name": "global", "_rules_": [{"_match_route_": ["r1"], "name": "rule-r1"},
                                                   {"_match_domain_": ["*.corp.io"], "name": "rule-domain"}]})
@@ -197,13 +196,13 @@ def test_rules_pick_config_per_route(make_host) -> None:  # noqa: ANN001
         assert s.request_header("x-config-name") == want
 
 
-def test_bad_rules_fail_plugin_start(make_host) -> None:  # noqa: ANN001
+def test_bad_rules_fail_plugin_start(make_host) -> None:
     h = make_host("probe")
     assert not h.start({"_rules_": [{"name": "no matcher"}]})
     assert any("_rules_[0]: needs one of" in m for m in h.logs_at(LogLevel.CRITICAL))
 
 
-def test_config_not_json_fails_plugin_start(make_host) -> None:  # noqa: ANN001
+def test_config_not_json_fails_plugin_start(make_host) -> None:
     h = make_host("probe")
     assert not h.start(b"{nope")
     assert any("invalid plugin configuration" in m for m in h.logs_at(LogLevel.CRITICAL))

@@ -12,8 +12,8 @@ if __package__ in (None, ""):  # run as a directory: make "pwbuild" importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     __package__ = "pwbuild"
 
-from pwbuild.build import Builder, default_cache  # noqa: E402
-from pwbuild.toolchain import REPO, BuildError, Toolchain  # noqa: E402
+from pwbuild.build import Builder, default_cache
+from pwbuild.toolchain import REPO, BuildError, Toolchain
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,11 +11,35 @@ from .context import CalloutResponse, HttpContext, RootContext
 from .dispatcher import set_root_context
 from .hostcalls import CasMismatch, HostError, get_property, log, set_property
 from .metrics import Counter, Gauge, Histogram, MetricCache
+from .record import factory, record
 from .shared import SharedQueue
 
 __all__ = [
-    "Action", "BufferType", "CalloutResponse", "CasMismatch", "ConfigError", "Counter", "Fields", "Gauge",
-    "Histogram", "HostError", "HttpContext", "LogLevel", "MapType", "MetricCache", "MetricType",
-    "Result", "RootContext", "SharedQueue", "StreamType", "get_property", "hostcalls", "log",
-    "set_property", "set_root_context", "shared",
+    "Action",
+    "BufferType",
+    "CalloutResponse",
+    "CasMismatch",
+    "ConfigError",
+    "Counter",
+    "Fields",
+    "Gauge",
+    "Histogram",
+    "HostError",
+    "HttpContext",
+    "LogLevel",
+    "MapType",
+    "MetricCache",
+    "MetricType",
+    "Result",
+    "RootContext",
+    "SharedQueue",
+    "StreamType",
+    "factory",
+    "get_property",
+    "hostcalls",
+    "log",
+    "record",
+    "set_property",
+    "set_root_context",
+    "shared",
 ]

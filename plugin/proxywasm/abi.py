@@ -22,8 +22,8 @@ This module must stay importable by a plain Python with no project on the path.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from enum import IntEnum
-from typing import NamedTuple
 
 
 class Result(IntEnum):
@@ -92,7 +92,9 @@ class StreamType(IntEnum):
     UPSTREAM = 3
 
 
-class Fn(NamedTuple):
+class Fn(namedtuple("Fn", "name params")):
+    """An import: its name and parameter kinds."""
+
     name: str
     params: tuple[str, ...]
 
@@ -155,7 +157,9 @@ IMPORTS: tuple[Fn, ...] = (
 IMPORTS_BY_NAME = {f.name: f for f in IMPORTS}
 
 
-class Export(NamedTuple):
+class Export(namedtuple("Export", "name nparams returns default")):
+    """An export: parameter count, whether it returns an i32, and the result when Python can't answer."""
+
     name: str
     nparams: int
     returns: bool  # i32 result, else void

@@ -3,26 +3,37 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
 
 from . import hostcalls as hc
 from . import streams
 from .abi import Action, BufferType, LogLevel, MapType, StreamType
 from .config import ConfigError
+from .record import factory, record
 from .rules import RuleSet
 
-C = TypeVar("C")
+TYPE_CHECKING = False  # typing itself is not imported at VM start
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, ClassVar, TypeVar
+
+    C = TypeVar("C")
+    CalloutCallback = Callable[["CalloutResponse"], None]
 
 
-@dataclass
+class _Generic:
+    """``HttpContext[Config]`` for type checkers, without importing typing at VM start."""
+
+    def __class_getitem__(cls, item: object) -> type:
+        return cls
+
+
+@record
 class CalloutResponse:
     """An HTTP callout's answer (``status`` is 0 when the call failed or timed out)."""
 
     headers: list[tuple[str, str]]
     body: bytes
-    trailers: list[tuple[str, str]] = field(default_factory=list)
+    trailers: list[tuple[str, str]] = factory(list)
 
     @property
     def status(self) -> int:
@@ -33,9 +44,6 @@ class CalloutResponse:
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k == name), None)
-
-
-CalloutCallback = Callable[[CalloutResponse], None]
 
 
 class _Context:
@@ -65,7 +73,7 @@ class _Context:
         pass
 
 
-class RootContext(_Context, Generic[C]):
+class RootContext(_Context, _Generic):
     """One per plugin per VM. Parses configuration and creates HTTP contexts.
 
     Subclasses set ``http_context`` to their HttpContext class and override
@@ -78,7 +86,7 @@ class RootContext(_Context, Generic[C]):
 
     def __init__(self, context_id: int) -> None:
         self.context_id = context_id
-        self.rules: RuleSet[C] | None = None
+        self.rules: RuleSet | None = None
 
     # -- configuration --
 
@@ -122,7 +130,7 @@ class RootContext(_Context, Generic[C]):
         return cls(context_id, self) if cls else None
 
 
-class HttpContext(_Context, Generic[C]):
+class HttpContext(_Context, _Generic):
     """One per HTTP stream."""
 
     request_headers = streams.REQUEST_HEADERS
@@ -132,7 +140,7 @@ class HttpContext(_Context, Generic[C]):
     request_body = streams.REQUEST_BODY
     response_body = streams.RESPONSE_BODY
 
-    def __init__(self, context_id: int, root: RootContext[C]) -> None:
+    def __init__(self, context_id: int, root: RootContext) -> None:
         self.context_id = context_id
         self.root = root
         self._config: C | None = None

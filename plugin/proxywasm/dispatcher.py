@@ -6,12 +6,15 @@ stream continues, or gets a 500 when the plugin is configured fail-closed.
 
 from __future__ import annotations
 
-import traceback
-from collections.abc import Callable
-
 from . import hostcalls as hc
 from .abi import Action, BufferType, LogLevel
-from .context import CalloutCallback, HttpContext, RootContext, _Context, read_callout_response
+from .context import HttpContext, RootContext, _Context, read_callout_response
+
+TYPE_CHECKING = False  # typing itself is not imported at VM start
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .context import CalloutCallback
 
 _root_factory: Callable[[int], RootContext] | None = None
 _contexts: dict[int, _Context] = {}
@@ -37,6 +40,8 @@ def register_callout(token: int, ctx: _Context, callback: CalloutCallback | None
 
 
 def _failed(ctx: _Context | None, where: str) -> int:
+    import traceback  # only on errors: it costs VM start time
+
     hc.log(LogLevel.ERROR, f"{where}: {traceback.format_exc()}")
     if isinstance(ctx, HttpContext) and ctx.root.fail_closed:
         try:

@@ -9,8 +9,6 @@ native module ``_proxywasm`` inside the .wasm, or from a test host bound with
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
-from typing import Any
 
 from .abi import BufferType, LogLevel, MapType, MetricType, Result, StreamType
 
@@ -19,8 +17,13 @@ try:
 except ImportError:  # ordinary CPython: a test host binds itself later
     _h = None
 
-Pairs = list[tuple[str, str]]
-HeaderInput = Iterable[tuple[str, str]]
+TYPE_CHECKING = False  # typing itself is not imported at VM start
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+    from typing import Any
+
+    Pairs = list[tuple[str, str]]
+    HeaderInput = Iterable[tuple[str, str]]
 
 
 class HostError(Exception):

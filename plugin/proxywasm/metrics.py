@@ -7,7 +7,7 @@ from .abi import MetricType
 
 
 class Metric:
-    __slots__ = ("name", "type", "_id")
+    __slots__ = ("_id", "name", "type")
 
     def __init__(self, metric_type: MetricType, name: str) -> None:
         self.type = metric_type

@@ -12,14 +12,14 @@ global config applies. With rules but an empty global part, unmatched streams ge
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
-
 from . import hostcalls as hc
 from .abi import MapType
+from .record import record
 
-C = TypeVar("C")
+TYPE_CHECKING = False  # typing itself is not imported at VM start
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 MATCHERS = ("_match_route_", "_match_domain_", "_match_service_", "_match_route_prefix_")
 
@@ -64,13 +64,13 @@ def _prop(name: str) -> str:
     return value.decode("utf-8", "replace") if value else ""
 
 
-@dataclass(frozen=True)
-class Rule(Generic[C]):
+@record
+class Rule:
     routes: tuple[str, ...]
     domains: tuple[str, ...]
     services: tuple[str, ...]
     route_prefixes: tuple[str, ...]
-    config: C
+    config: Any
 
     def matches(self, facts: dict[str, str]) -> bool:
         def fact(key: str, read: Callable[[], str]) -> str:
@@ -88,13 +88,13 @@ class Rule(Generic[C]):
         return not self.services or any(service_matches(s, cluster) for s in self.services)
 
 
-@dataclass(frozen=True)
-class RuleSet(Generic[C]):
-    global_config: C | None
-    rules: tuple[Rule[C], ...]
+@record
+class RuleSet:
+    global_config: Any
+    rules: tuple[Rule, ...]
 
     @classmethod
-    def parse(cls, doc: dict[str, Any], parse: Callable[[dict[str, Any]], C]) -> RuleSet[C]:
+    def parse(cls, doc: dict[str, Any], parse: Callable[[dict[str, Any]], Any]) -> RuleSet:
         doc = dict(doc)
         raw_rules = doc.pop("_rules_", [])
         if not isinstance(raw_rules, list):
@@ -116,7 +116,7 @@ class RuleSet(Generic[C]):
         global_config = parse(doc) if doc or not rules else None
         return cls(global_config, tuple(rules))
 
-    def select(self) -> C | None:
+    def select(self) -> Any:
         facts: dict[str, str] = {}
         for rule in self.rules:
             if rule.matches(facts):

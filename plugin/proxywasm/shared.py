@@ -11,7 +11,7 @@ def get(key: str) -> tuple[bytes | None, int]:
     return hc.get_shared_data(key)
 
 
-def set(key: str, value: bytes, cas: int = 0) -> None:  # noqa: A001 - mirrors the ABI name
+def set(key: str, value: bytes, cas: int = 0) -> None:
     hc.set_shared_data(key, value, cas)
 
 

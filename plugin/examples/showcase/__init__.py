@@ -13,9 +13,18 @@ from __future__ import annotations
 
 import json
 
-from proxywasm import Action, CalloutResponse, Counter, Gauge, Histogram, HttpContext, RootContext, shared
+from proxywasm import (
+    Action,
+    CalloutResponse,
+    Counter,
+    Gauge,
+    Histogram,
+    HttpContext,
+    RootContext,
+    set_root_context,
+    shared,
+)
 from proxywasm import hostcalls as hc
-from proxywasm import set_root_context
 
 from .config import Config, parse
 

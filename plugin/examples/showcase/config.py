@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from proxywasm import Fields, record
 
-from proxywasm import Fields
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
-@dataclass(frozen=True)
+@record
 class Callout:
     cluster: str
     path: str
@@ -16,7 +17,7 @@ class Callout:
     timeout_ms: int
 
 
-@dataclass(frozen=True)
+@record
 class Config:
     header_name: str
     header_value: str

@@ -127,7 +127,7 @@ class Host(ABC):
     def logs_at(self, level: LogLevel) -> list[str]:
         return [m for lv, m in self.state.logs if lv == level]
 
-    def _metric(self, name: str):  # noqa: ANN202
+    def _metric(self, name: str):
         mid = self.state.shared.metric_ids.get(name)
         if mid is None:
             raise KeyError(f"metric {name!r} was never defined; defined: {sorted(self.state.shared.metric_ids)}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from ..abi import BufferType, IMPORTS, MapType, MetricType, Result, StreamType
+from ..abi import IMPORTS, BufferType, MapType, MetricType, Result, StreamType
 from ..hostcalls import pack_pairs, unpack_pairs
 
 Pairs = list[tuple[str, str]]

@@ -120,7 +120,7 @@ class WasmHost(Host):
                 return int(result)
             status, *values = result
             if status == Result.OK:
-                for (kind, p1, p2), v in zip(outs, values):
+                for (kind, p1, p2), v in zip(outs, values, strict=True):
                     if kind == "out":
                         data = v or b""
                         ptr = self._alloc(caller, max(len(data), 1)) if data else 0

@@ -8,8 +8,22 @@ from __future__ import annotations
 
 import json
 
-from proxywasm import (Action, CalloutResponse, CasMismatch, Counter, Gauge, Histogram, HostError, HttpContext,
-                       LogLevel, RootContext, SharedQueue, hostcalls, set_root_context, shared)
+from proxywasm import (
+    Action,
+    CalloutResponse,
+    CasMismatch,
+    Counter,
+    Gauge,
+    Histogram,
+    HostError,
+    HttpContext,
+    LogLevel,
+    RootContext,
+    SharedQueue,
+    hostcalls,
+    set_root_context,
+    shared,
+)
 
 COUNTER = Counter("probe_counter")
 GAUGE = Gauge("probe_gauge")

@@ -1,0 +1,179 @@
+"""The AI gateway's configuration: parsed and validated once, at plugin start.
+
+Every error names its field (``models[1].fallback.mode: must be one of SEQ, RAND``).
+An empty configuration ``{}`` is valid and passes all traffic through untouched.
+"""
+
+from __future__ import annotations
+
+from proxywasm import ConfigError, Fields, record
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+DEFAULT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+@record
+class StatusSet:
+    """HTTP statuses that trigger fallback: exact codes and classes ("5xx")."""
+
+    codes: frozenset
+    classes: frozenset
+
+    def __contains__(self, status: int) -> bool:
+        return status in self.codes or status // 100 in self.classes
+
+    @classmethod
+    def parse(cls, f: Fields, key: str, default: tuple[str, ...]) -> StatusSet:
+        raw = f.raw(key, list(default))
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(f"{f.path(key)}: must be a non-empty list like [\"5xx\", 429]")
+        codes, classes = set(), set()
+        for i, item in enumerate(raw):
+            s = str(item).strip().lower()
+            if len(s) == 3 and s[0] in "12345" and s[1:] == "xx":
+                classes.add(int(s[0]))
+            elif s.isdigit() and 100 <= int(s) <= 599:
+                codes.add(int(s))
+            else:
+                raise ConfigError(f"{f.path(key)}[{i}]: must be an HTTP status (429) or class (\"5xx\"), got {item!r}")
+        return cls(frozenset(codes), frozenset(classes))
+
+
+@record
+class FallbackPolicy:
+    models: tuple[str, ...]
+    on_status: StatusSet
+    mode: str  # SEQ: in order; RAND: random order
+    max_attempts: int  # upstream attempts in all, the first one included
+    timeout_ms: int  # total budget for the fallback attempts
+
+
+@record
+class Mirror:
+    model: str
+    percent: float
+
+
+@record
+class Model:
+    name: str  # the name clients use (and targets of aliases)
+    cluster: str  # Envoy cluster (Higress: outbound|port||host) serving it
+    upstream_model: str  # the model name sent upstream
+    authority: str  # :authority for callouts to this model ("" = the request's)
+    fallback: FallbackPolicy | None
+    mirror: Mirror | None
+
+
+@record
+class Target:
+    model: str
+    weight: int
+
+
+@record
+class Alias:
+    name: str
+    targets: tuple[Target, ...]
+    total_weight: int
+    sticky_header: str
+
+
+@record
+class Config:
+    models: dict  # name -> Model
+    aliases: dict  # name -> Alias
+    route_header: str
+    model_header: str
+    max_body_bytes: int
+    paths: frozenset
+    models_endpoint: bool
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.models)
+
+
+def _fallback(f: Fields | None, defaults: Fields | None, own: str) -> FallbackPolicy | None:
+    if f is None:
+        return None
+    d = defaults.doc if defaults else {}
+    merged = Fields({**d, **f.doc}, f.where)
+    models = merged.str_list("models")
+    if not models:
+        raise ConfigError(f"{merged.path('models')}: must name at least one model")
+    if own in models:
+        raise ConfigError(f"{merged.path('models')}: must not contain the model itself ({own!r})")
+    policy = FallbackPolicy(
+        models=models,
+        on_status=StatusSet.parse(merged, "on_status", ("5xx",)),
+        mode=merged.choice("mode", ("SEQ", "RAND"), "SEQ"),
+        max_attempts=merged.int("max_attempts", len(models) + 1, min=2, max=10),
+        timeout_ms=merged.int("timeout_ms", 60_000, min=100, max=600_000),
+    )
+    merged.done()
+    return policy
+
+
+def parse(doc: dict[str, Any]) -> Config:
+    f = Fields(doc)
+    defaults = f.obj("fallback", None)
+    if defaults is not None:
+        for key in defaults.doc:
+            if key not in ("on_status", "mode", "max_attempts", "timeout_ms"):
+                raise ConfigError(f"{defaults.path(key)}: unknown field (set models per model)")
+    models: dict[str, Model] = {}
+    for m in f.objs("models", []):
+        name = m.str("name")
+        if name in models:
+            raise ConfigError(f"{m.path('name')}: duplicate model {name!r}")
+        mirror_f = m.obj("mirror", None)
+        mirror = None
+        if mirror_f is not None:
+            mirror = Mirror(mirror_f.str("model"), mirror_f.number("percent", 100, min=0, max=100))
+            mirror_f.done()
+        models[name] = Model(
+            name=name,
+            cluster=m.str("cluster"),
+            upstream_model=m.str("upstream_model", name),
+            authority=m.str("authority", ""),
+            fallback=_fallback(m.obj("fallback", None), defaults, name),
+            mirror=mirror,
+        )
+        m.done()
+    aliases: dict[str, Alias] = {}
+    for a in f.objs("aliases", []):
+        name = a.str("name")
+        if name in models or name in aliases:
+            raise ConfigError(f"{a.path('name')}: {name!r} is already a model or alias name")
+        targets = []
+        for t in a.objs("targets"):
+            target = Target(t.str("model"), t.int("weight", 1, min=0, max=1_000_000))
+            if target.model not in models:
+                raise ConfigError(f"{t.path('model')}: unknown model {target.model!r}")
+            targets.append(target)
+            t.done()
+        total = sum(t.weight for t in targets)
+        if total <= 0:
+            raise ConfigError(f"{a.path('targets')}: needs at least one target with a positive weight")
+        aliases[name] = Alias(name, tuple(targets), total, a.str("sticky_header", "").lower())
+        a.done()
+    for m in models.values():
+        for fb in m.fallback.models if m.fallback else ():
+            if fb not in models:
+                raise ConfigError(f"models[{m.name}].fallback.models: unknown model {fb!r}")
+        if m.mirror and m.mirror.model not in models:
+            raise ConfigError(f"models[{m.name}].mirror.model: unknown model {m.mirror.model!r}")
+    cfg = Config(
+        models=models,
+        aliases=aliases,
+        route_header=f.str("route_header", "x-ai-upstream").lower(),
+        model_header=f.str("model_header", "x-ai-model").lower(),
+        max_body_bytes=f.int("max_body_bytes", 10 * 1024 * 1024, min=1024, max=1 << 30),
+        paths=frozenset(f.str_list("paths", DEFAULT_PATHS)),
+        models_endpoint=f.bool("models_endpoint", True),
+    )
+    f.done()
+    return cfg

@@ -1,0 +1,26 @@
+"""OpenAI-style error replies from the gateway itself."""
+
+from __future__ import annotations
+
+import json
+
+JSON_HEADERS = (("content-type", "application/json"),)
+
+
+def error_body(status: int, message: str, code: str, param: str | None = None) -> bytes:
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
+
+
+class GatewayError(Exception):
+    """A request the gateway answers itself, with an OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.param = param
+
+    @property
+    def body(self) -> bytes:
+        return error_body(self.status, str(self), self.code, self.param)

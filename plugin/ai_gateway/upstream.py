@@ -1,0 +1,39 @@
+"""Requests the gateway sends itself (fallback attempts, mirrors) through HTTP callouts."""
+
+from __future__ import annotations
+
+from proxywasm import hostcalls as hc
+
+from .config import Config, Model
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from proxywasm import HttpContext
+
+# Not forwarded on a callout: Envoy frames the body itself; the rest is per-hop.
+_DROP = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive", "te", "upgrade",
+                   "expect", "proxy-connection", "x-envoy-expected-rq-timeout-ms", "x-envoy-attempt-count"})
+MIRROR_TIMEOUT_MS = 60_000
+
+
+def callout_headers(request: list[tuple[str, str]], model: Model, cfg: Config) -> list[tuple[str, str]]:
+    """The client's request headers, re-addressed to ``model``."""
+    routed = {cfg.route_header, cfg.model_header}
+    out = [(k, v) for k, v in request if k not in _DROP and k not in routed
+           and not (k == ":authority" and model.authority)]
+    if model.authority:
+        out.append((":authority", model.authority))
+    out += [(cfg.route_header, model.cluster), (cfg.model_header, model.name)]
+    return out
+
+
+def mirror(stream: HttpContext, root_id: int, model: Model, headers: list[tuple[str, str]], body: bytes,
+           source: str) -> None:
+    """Send a copy to ``model`` and forget it: the call belongs to the root context, so it
+    neither delays the client's stream nor is cancelled when that stream ends."""
+    headers = [*headers, ("x-ai-mirror-of", source)]
+    hc.set_effective_context(root_id)
+    try:
+        hc.http_call(model.cluster, headers, body, (), MIRROR_TIMEOUT_MS)
+    finally:
+        hc.set_effective_context(stream.context_id)

@@ -156,3 +156,11 @@ def test_rules_override_per_route(make_host) -> None:  # noqa: ANN001
     s.send_request_body(chat_body())
     assert s.request_header("x-ai-upstream") == "special-qwen"
     assert chat(h, chat_body()).request_header("x-ai-upstream") == "qwen"
+
+
+def test_client_cannot_pick_the_upstream_by_header(gw) -> None:  # noqa: ANN001
+    s = gw.http_stream()  # a pass-through path with forged routing headers
+    s.send_request_headers({**CHAT, ":path": "/v1/other", "x-ai-upstream": "internal-admin", "x-ai-model": "x"})
+    assert s.request_header("x-ai-upstream") is None and s.request_header("x-ai-model") is None
+    s = chat(gw, chat_body("qwen2-1-5b"), {"x-ai-upstream": "internal-admin"})
+    assert s.request_header("x-ai-upstream") == "qwen"

@@ -35,6 +35,9 @@ class GatewayStream(HttpContext):
         if cfg is None or not cfg.enabled:
             return Action.CONTINUE
         h = self.request_headers
+        # Only the gateway may choose upstreams: a client cannot route by sending these itself.
+        h.remove(cfg.route_header)
+        h.remove(cfg.model_header)
         method = h.get(":method")
         path = (h.get(":path") or "").split("?", 1)[0]
         if path == "/v1/models" and method == "GET" and cfg.models_endpoint:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from proxywasm.testing import Host, SharedState
 from proxywasm.testing.fake import FakeHost
 

@@ -49,7 +49,7 @@ def test_config_errors_name_the_field(cfg: dict, message: str) -> None:
     assert message in str(e.value)
 
 
-def test_bad_config_fails_plugin_start_with_reason(make_host) -> None:  # noqa: ANN001
+def test_bad_config_fails_plugin_start_with_reason(make_host) -> None:
     h = make_host("ai_gateway")
     assert not h.start(with_("aliases/0/targets/0/model", "ghost"))
     assert any("aliases[0].targets[0].model: unknown model 'ghost'" in m for m in h.logs_at(LogLevel.CRITICAL))

@@ -12,20 +12,20 @@ from .gateway import CONFIG, chat, chat_body
 
 
 @pytest.fixture
-def gw(make_host):  # noqa: ANN001, ANN201
+def gw(make_host):
     h = make_host("ai_gateway")
     assert h.start(CONFIG), h.logs
     return h
 
 
-def fail_primary(gw, status: str = "503", stream: bool = False):  # noqa: ANN001, ANN201
+def fail_primary(gw, status: str = "503", stream: bool = False):
     s = chat(gw, chat_body("qwen2-1-5b", stream=stream), {"authorization": "Bearer client"})
     assert s.send_response_headers({":status": status, "content-type": "application/json"}) == Action.PAUSE
     assert s.send_response_body(b'{"error": "down"}') == Action.PAUSE  # held back from the client
     return s
 
 
-def test_5xx_falls_back_to_next_model_transparently(gw) -> None:  # noqa: ANN001
+def test_5xx_falls_back_to_next_model_transparently(gw) -> None:
     s = fail_primary(gw)
     (call,) = gw.callouts
     assert call.cluster == "gemma"
@@ -42,7 +42,7 @@ def test_5xx_falls_back_to_next_model_transparently(gw) -> None:  # noqa: ANN001
     assert ("content-type", "application/json") in lr.headers
 
 
-def test_fallback_tries_models_in_order(gw) -> None:  # noqa: ANN001
+def test_fallback_tries_models_in_order(gw) -> None:
     s = fail_primary(gw, "500")
     gw.respond_callout(gw.callouts[0].token, 502)
     (second,) = gw.callouts
@@ -51,14 +51,14 @@ def test_fallback_tries_models_in_order(gw) -> None:  # noqa: ANN001
     assert s.local_response.status == 200 and ("x-ai-served-model", "llama-3") in s.local_response.headers
 
 
-def test_failed_callout_counts_as_failure(gw) -> None:  # noqa: ANN001
+def test_failed_callout_counts_as_failure(gw) -> None:
     s = fail_primary(gw)
     gw.fail_callout(gw.callouts[0].token)  # reset / timeout: no status
     gw.respond_callout(gw.callouts[0].token, 200, body=b"ok")
     assert s.local_response.body == b"ok"
 
 
-def test_all_fallbacks_failing_lets_the_original_error_through(gw) -> None:  # noqa: ANN001
+def test_all_fallbacks_failing_lets_the_original_error_through(gw) -> None:
     s = fail_primary(gw)
     gw.respond_callout(gw.callouts[0].token, 503)
     gw.respond_callout(gw.callouts[0].token, 500)
@@ -69,13 +69,13 @@ def test_all_fallbacks_failing_lets_the_original_error_through(gw) -> None:  # n
     assert s.response_header(":status") == "503"
 
 
-def test_non_trigger_status_passes_through(gw) -> None:  # noqa: ANN001
+def test_non_trigger_status_passes_through(gw) -> None:
     s = chat(gw, chat_body("qwen2-1-5b"))
     assert s.send_response_headers({":status": "429"}) == Action.CONTINUE
     assert not gw.callouts and s.response_header("x-ai-served-model") == "qwen2-1-5b"
 
 
-def test_streaming_request_falls_back_with_stream_kept(gw) -> None:  # noqa: ANN001
+def test_streaming_request_falls_back_with_stream_kept(gw) -> None:
     s = fail_primary(gw, stream=True)
     call = gw.callouts[0]
     assert json.loads(call.body)["stream"] is True
@@ -85,7 +85,7 @@ def test_streaming_request_falls_back_with_stream_kept(gw) -> None:  # noqa: ANN
     assert ("content-type", "text/event-stream") in s.local_response.headers
 
 
-def test_max_attempts_bounds_fallback(make_host) -> None:  # noqa: ANN001
+def test_max_attempts_bounds_fallback(make_host) -> None:
     h = make_host("ai_gateway")
     cfg = json.loads(json.dumps(CONFIG))
     cfg["models"][0]["fallback"]["max_attempts"] = 2
@@ -95,7 +95,7 @@ def test_max_attempts_bounds_fallback(make_host) -> None:  # noqa: ANN001
     assert not h.callouts and s.response_header("x-ai-fallback-exhausted") == "1"
 
 
-def test_time_budget_bounds_fallback(make_host) -> None:  # noqa: ANN001
+def test_time_budget_bounds_fallback(make_host) -> None:
     h = make_host("ai_gateway")
     cfg = json.loads(json.dumps(CONFIG))
     cfg["fallback"] = {"timeout_ms": 1000}
@@ -107,7 +107,7 @@ def test_time_budget_bounds_fallback(make_host) -> None:  # noqa: ANN001
     assert not h.callouts and s.continued == [StreamType.RESPONSE]
 
 
-def test_random_mode_uses_every_order(make_host) -> None:  # noqa: ANN001
+def test_random_mode_uses_every_order(make_host) -> None:
     h = make_host("ai_gateway")
     cfg = json.loads(json.dumps(CONFIG))
     cfg["models"][0]["fallback"]["mode"] = "RAND"
@@ -121,7 +121,7 @@ def test_random_mode_uses_every_order(make_host) -> None:  # noqa: ANN001
     assert firsts == {"gemma", "llama"}
 
 
-def test_unknown_fallback_cluster_skips_to_next(make_host) -> None:  # noqa: ANN001
+def test_unknown_fallback_cluster_skips_to_next(make_host) -> None:
     h = make_host("ai_gateway")
     h.state.clusters = {"qwen", "llama"}  # gemma's cluster does not exist in this Envoy
     assert h.start(CONFIG)
@@ -130,7 +130,7 @@ def test_unknown_fallback_cluster_skips_to_next(make_host) -> None:  # noqa: ANN
     assert any("fallback to gemma-2-2b" in m for _, m in h.logs)
 
 
-def test_mirror_copies_without_touching_the_client(make_host) -> None:  # noqa: ANN001
+def test_mirror_copies_without_touching_the_client(make_host) -> None:
     h = make_host("ai_gateway")
     cfg = json.loads(json.dumps(CONFIG))
     cfg["models"][2]["mirror"] = {"model": "gemma-2-2b", "percent": 100}
@@ -147,7 +147,7 @@ def test_mirror_copies_without_touching_the_client(make_host) -> None:  # noqa: 
     assert s.local_response is None
 
 
-def test_mirror_percentage(make_host) -> None:  # noqa: ANN001
+def test_mirror_percentage(make_host) -> None:
     h = make_host("ai_gateway")
     cfg = json.loads(json.dumps(CONFIG))
     cfg["models"][2]["mirror"] = {"model": "gemma-2-2b", "percent": 25}

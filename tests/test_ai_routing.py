@@ -13,13 +13,13 @@ from .gateway import CHAT, CONFIG, chat, chat_body, error_of
 
 
 @pytest.fixture
-def gw(make_host):  # noqa: ANN001, ANN201
+def gw(make_host):
     h = make_host("ai_gateway")
     assert h.start(CONFIG), h.logs
     return h
 
 
-def test_empty_config_passes_everything_through(make_host) -> None:  # noqa: ANN001
+def test_empty_config_passes_everything_through(make_host) -> None:
     h = make_host("ai_gateway")
     assert h.start({})
     body = b'{"model": "anything", "messages": []}'
@@ -32,7 +32,7 @@ def test_empty_config_passes_everything_through(make_host) -> None:  # noqa: ANN
     assert s.response_headers == [(":status", "200")]
 
 
-def test_routes_by_model_and_keeps_body_bytes(gw) -> None:  # noqa: ANN001
+def test_routes_by_model_and_keeps_body_bytes(gw) -> None:
     body = chat_body("qwen2-1-5b") + b"  "  # odd whitespace must survive: no rewrite needed
     s = chat(gw, body, chunks=3)
     assert s.local_response is None
@@ -43,7 +43,7 @@ def test_routes_by_model_and_keeps_body_bytes(gw) -> None:  # noqa: ANN001
     assert s.response_header("x-ai-served-model") == "qwen2-1-5b"
 
 
-def test_rewrites_upstream_model_name(gw) -> None:  # noqa: ANN001
+def test_rewrites_upstream_model_name(gw) -> None:
     s = chat(gw, chat_body("gemma-2-2b"), {"content-length": "80"})
     doc = json.loads(s.request_body)
     assert doc["model"] == "google/gemma-2-2b-it"
@@ -52,7 +52,7 @@ def test_rewrites_upstream_model_name(gw) -> None:  # noqa: ANN001
     assert s.request_header("x-ai-upstream") == "gemma"
 
 
-def test_models_endpoint_lists_models_and_aliases(gw) -> None:  # noqa: ANN001
+def test_models_endpoint_lists_models_and_aliases(gw) -> None:
     s = gw.http_stream()
     assert s.send_request_headers({":method": "GET", ":path": "/v1/models", ":authority": "gw"}, True) == Action.PAUSE
     doc = json.loads(s.local_response.body)
@@ -60,7 +60,7 @@ def test_models_endpoint_lists_models_and_aliases(gw) -> None:  # noqa: ANN001
     assert [m["id"] for m in doc["data"]] == ["qwen2-1-5b", "gemma-2-2b", "llama-3", "canary", "sticky"]
 
 
-def test_unknown_model_is_404(gw) -> None:  # noqa: ANN001
+def test_unknown_model_is_404(gw) -> None:
     s = chat(gw, chat_body("gpt-9"))
     assert s.local_response.status == 404
     err = error_of(s)
@@ -76,7 +76,7 @@ def test_unknown_model_is_404(gw) -> None:  # noqa: ANN001
     (b'{"model": ""}', "invalid_model"),
     (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
 ])
-def test_bad_bodies_get_400(gw, body: bytes, code: str) -> None:  # noqa: ANN001
+def test_bad_bodies_get_400(gw, body: bytes, code: str) -> None:
     s = chat(gw, body)
     assert s.local_response.status == 400
     assert error_of(s)["code"] == code
@@ -84,13 +84,13 @@ def test_bad_bodies_get_400(gw, body: bytes, code: str) -> None:  # noqa: ANN001
     assert chat(gw, chat_body()).request_header("x-ai-upstream") == "qwen"
 
 
-def test_missing_body_is_400(gw) -> None:  # noqa: ANN001
+def test_missing_body_is_400(gw) -> None:
     s = gw.http_stream()
     assert s.send_request_headers(CHAT, end_of_stream=True) == Action.PAUSE
     assert error_of(s)["code"] == "missing_body"
 
 
-def test_body_over_limit_is_413(make_host) -> None:  # noqa: ANN001
+def test_body_over_limit_is_413(make_host) -> None:
     h = make_host("ai_gateway")
     assert h.start({**CONFIG, "max_body_bytes": 2048})
     big = chat_body(padding="x" * 4000)
@@ -107,7 +107,7 @@ def test_body_over_limit_is_413(make_host) -> None:  # noqa: ANN001
     {**CHAT, ":path": "/v1/other"},
     {**CHAT, ":path": "/healthz"},
 ])
-def test_requests_not_for_the_gateway_pass_untouched(gw, headers: dict[str, str]) -> None:  # noqa: ANN001
+def test_requests_not_for_the_gateway_pass_untouched(gw, headers: dict[str, str]) -> None:
     s = gw.http_stream()
     assert s.send_request_headers(headers) == Action.CONTINUE
     assert s.send_request_body(b"{not json") == Action.CONTINUE
@@ -115,12 +115,12 @@ def test_requests_not_for_the_gateway_pass_untouched(gw, headers: dict[str, str]
     assert s.request_header("x-ai-upstream") is None
 
 
-def test_query_string_does_not_hide_the_path(gw) -> None:  # noqa: ANN001
+def test_query_string_does_not_hide_the_path(gw) -> None:
     s = chat(gw, chat_body(), {":path": "/v1/chat/completions?x=1"})
     assert s.request_header("x-ai-upstream") == "qwen"
 
 
-def test_weighted_alias_splits_and_shows_target(gw) -> None:  # noqa: ANN001
+def test_weighted_alias_splits_and_shows_target(gw) -> None:
     seen = Counter()
     for _ in range(400):
         s = chat(gw, chat_body("canary"))
@@ -130,7 +130,7 @@ def test_weighted_alias_splits_and_shows_target(gw) -> None:  # noqa: ANN001
     assert 140 <= seen["qwen2-1-5b"] <= 260  # 50/50 within ~6 sigma
 
 
-def test_zero_weight_target_never_chosen(make_host) -> None:  # noqa: ANN001
+def test_zero_weight_target_never_chosen(make_host) -> None:
     h = make_host("ai_gateway")
     cfg = {**CONFIG, "aliases": [{"name": "a", "targets": [{"model": "qwen2-1-5b", "weight": 0},
                                                            {"model": "llama-3", "weight": 5}]}]}
@@ -138,7 +138,7 @@ def test_zero_weight_target_never_chosen(make_host) -> None:  # noqa: ANN001
     assert {chat(h, chat_body("a")).request_header("x-ai-model") for _ in range(50)} == {"llama-3"}
 
 
-def test_sticky_alias_keeps_a_user_on_one_target(gw) -> None:  # noqa: ANN001
+def test_sticky_alias_keeps_a_user_on_one_target(gw) -> None:
     by_user = {}
     for user in [f"user-{i}" for i in range(40)]:
         targets = {chat(gw, chat_body("sticky"), {"x-user-id": user}).request_header("x-ai-model") for _ in range(5)}
@@ -147,7 +147,7 @@ def test_sticky_alias_keeps_a_user_on_one_target(gw) -> None:  # noqa: ANN001
     assert set(by_user.values()) == {"qwen2-1-5b", "llama-3"}
 
 
-def test_rules_override_per_route(make_host) -> None:  # noqa: ANN001
+def test_rules_override_per_route(make_host) -> None:
     h = make_host("ai_gateway")
     assert h.start({**CONFIG, "_rules_": [{"_match_route_": ["special"],
                                            "models": [{"name": "qwen2-1-5b", "cluster": "special-qwen"}]}]})
@@ -158,7 +158,7 @@ def test_rules_override_per_route(make_host) -> None:  # noqa: ANN001
     assert chat(h, chat_body()).request_header("x-ai-upstream") == "qwen"
 
 
-def test_client_cannot_pick_the_upstream_by_header(gw) -> None:  # noqa: ANN001
+def test_client_cannot_pick_the_upstream_by_header(gw) -> None:
     s = gw.http_stream()  # a pass-through path with forged routing headers
     s.send_request_headers({**CHAT, ":path": "/v1/other", "x-ai-upstream": "internal-admin", "x-ai-model": "x"})
     assert s.request_header("x-ai-upstream") is None and s.request_header("x-ai-model") is None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from proxywasm import abi
 from proxywasm.hostcalls import pack_pairs, unpack_pairs
 from pwbuild.audit import audit, read_module

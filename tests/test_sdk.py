@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from proxywasm import Action, LogLevel, StreamType
 from proxywasm.testing import UnimplementedHostCall
 

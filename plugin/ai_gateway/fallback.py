@@ -46,7 +46,7 @@ class Fallback:
         self.current: Model | None = None
 
     @property
-    def policy(self):  # noqa: ANN201
+    def policy(self):
         return self.primary.fallback
 
     def start(self) -> None:

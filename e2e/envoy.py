@@ -77,15 +77,19 @@ class Envoy:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.log_tail()}")
+                tail = self.log_tail()
+                shutil.rmtree(self.dir, ignore_errors=True)
+                raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{tail}")
             try:
                 if self.admin("/ready").strip() == "LIVE":
                     return self
             except OSError:
                 pass
             time.sleep(0.05)
+        tail = self.log_tail()
         self.stop()
-        raise RuntimeError(f"envoy not ready after {timeout}s:\n{self.log_tail()}")
+        shutil.rmtree(self.dir, ignore_errors=True)
+        raise RuntimeError(f"envoy not ready after {timeout}s:\n{tail}")
 
     def admin(self, path: str, method: str = "GET") -> str:
         req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)

@@ -16,7 +16,11 @@ def set(key: str, value: bytes, cas: int = 0) -> None:
 
 
 def update(key: str, fn: Callable[[bytes | None], bytes], retries: int = 32) -> bytes:
-    """Apply ``fn`` to the current value and store the result atomically (CAS loop)."""
+    """Apply ``fn`` to the current value and store the result atomically (CAS loop).
+
+    Envoy has no atomic create-if-absent: create the key (e.g. at configure time)
+    before workers race to update it.
+    """
     for _ in range(retries):
         value, cas = hc.get_shared_data(key)
         new = fn(value)

@@ -105,12 +105,16 @@ class ShowcaseRoot(RootContext[Config]):
         return parse(config)
 
     def on_config_loaded(self) -> None:
+        # Create the shared counter before traffic: Envoy has no atomic create-if-absent,
+        # so CAS updates of a key that does not exist yet could race between workers.
+        if shared.get(COUNT_KEY)[0] is None:
+            shared.set(COUNT_KEY, b"0")
         cfg = self.rules.global_config if self.rules else None
         if cfg is not None and cfg.tick_ms:
             self.set_tick_period_ms(cfg.tick_ms)
 
     def on_tick(self) -> None:
-        TICKS.add(1)
+        TICKS.add(1)  # every VM ticks (main thread and each worker): the gauge sums them
         shared.set(TICK_KEY, str(hc.get_current_time_ns()).encode())
 
 

@@ -90,6 +90,11 @@ class Config:
     max_body_bytes: int
     paths: frozenset
     models_endpoint: bool
+    consumer_header: str
+    inject_stream_usage: bool  # add stream_options.include_usage when the client did not
+    strip_injected_usage: bool  # and remove the usage-only chunk it did not ask for
+    ai_log: str  # filter_state | log | both | off
+    metrics: bool
 
     @property
     def enabled(self) -> bool:
@@ -174,6 +179,11 @@ def parse(doc: dict[str, Any]) -> Config:
         max_body_bytes=f.int("max_body_bytes", 10 * 1024 * 1024, min=1024, max=1 << 30),
         paths=frozenset(f.str_list("paths", DEFAULT_PATHS)),
         models_endpoint=f.bool("models_endpoint", True),
+        consumer_header=f.str("consumer_header", "x-mse-consumer").lower(),
+        inject_stream_usage=f.bool("inject_stream_usage", True),
+        strip_injected_usage=f.bool("strip_injected_usage", True),
+        ai_log=f.choice("ai_log", ("filter_state", "log", "both", "off"), "filter_state"),
+        metrics=f.bool("metrics", True),
     )
     f.done()
     return cfg

@@ -79,7 +79,8 @@ class Fallback:
         assert served is not None
         headers = [(k, v) for k, v in resp.headers if k not in _HOP]
         headers += [("x-ai-fallback-from", self.primary.name), ("x-ai-served-model", served.name)]
-        self.stream.send_local_response(resp.status, resp.body, headers)
+        body = self.stream.on_fallback_answer(resp)
+        self.stream.send_local_response(resp.status, body, headers)
         self.stream.on_fallback_done(served)
 
     def _exhausted(self) -> None:

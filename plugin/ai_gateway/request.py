@@ -31,3 +31,14 @@ def parse_body(body: bytes) -> tuple[dict[str, Any], str]:
 def with_model(doc: dict[str, Any], model: str) -> bytes:
     """The request body with ``model`` replaced (other fields keep their order)."""
     return json.dumps({**doc, "model": model}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def needs_usage(doc: dict[str, Any]) -> bool:
+    """A streaming request that did not ask for the final usage chunk."""
+    opts = doc.get("stream_options")
+    return doc.get("stream") is True and not (isinstance(opts, dict) and opts.get("include_usage") is True)
+
+
+def with_usage_requested(doc: dict[str, Any]) -> dict[str, Any]:
+    opts = doc.get("stream_options")
+    return {**doc, "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}}

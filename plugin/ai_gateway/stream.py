@@ -1,19 +1,21 @@
-"""One client request through the gateway: parse, route, mirror, fall back."""
+"""One client request through the gateway: parse, route, mirror, fall back, observe."""
 
 from __future__ import annotations
 
 import json
 import random
 
-from proxywasm import Action, HttpContext, LogLevel
+from proxywasm import Action, CalloutResponse, HttpContext, LogLevel
 from proxywasm import hostcalls as hc
 
 from .config import Config, Model
 from .errors import JSON_HEADERS, GatewayError
 from .fallback import Fallback
-from .request import parse_body, with_model
+from .observe import Observation, publish
+from .request import needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
+from .usage import JsonCollector, SseScanner
 
 RNG = random.Random()  # seeded from the host's random_get, per VM
 
@@ -28,7 +30,19 @@ class GatewayStream(HttpContext):
     model: Model | None = None  # set once the request is routed
     requested = ""
     fallback: Fallback | None = None
+    fallback_from = ""
     active = False  # this stream is an inference request the gateway handles
+    started_ns = 0
+    consumer = ""
+    stream = False  # the client asked for SSE
+    drop_usage = False  # the gateway asked for usage on the client's behalf
+    status = 0
+    sse: SseScanner | None = None
+    collector: JsonCollector | None = None
+    first_byte_ns = 0
+    published = False
+
+    # -- request --
 
     def on_request_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         cfg: Config | None = self.config
@@ -54,6 +68,8 @@ class GatewayStream(HttpContext):
         if length and length.isdigit() and int(length) > cfg.max_body_bytes:
             return self._reject(self._too_large(cfg))
         self.active = True
+        self.started_ns = hc.get_current_time_ns()
+        self.consumer = h.get(cfg.consumer_header) or ""
         return Action.PAUSE  # hold the headers until the body names the model
 
     def on_request_body(self, body_size: int, end_of_stream: bool) -> Action:
@@ -76,10 +92,16 @@ class GatewayStream(HttpContext):
         model = resolve(cfg, requested, h.get, RNG)
         if model is None:
             raise GatewayError(404, f"The model `{requested}` does not exist.", "model_not_found", "model")
+        rewrite = model.upstream_model != requested
+        self.stream = doc.get("stream") is True
+        if cfg.inject_stream_usage and needs_usage(doc):
+            doc = with_usage_requested(doc)  # usage metrics need the final usage chunk
+            self.drop_usage = cfg.strip_injected_usage
+            rewrite = True
         self.model, self.requested, self.doc = model, requested, doc
         h.set(cfg.route_header, model.cluster)
         h.set(cfg.model_header, model.name)
-        if model.upstream_model != requested:
+        if rewrite:
             body = with_model(doc, model.upstream_model)
             self.request_body.replace(body)
             h.set("content-length", str(len(body)))
@@ -90,29 +112,93 @@ class GatewayStream(HttpContext):
             mirror(self, self.root.context_id, shadow, callout_headers(self.upstream_headers, shadow, cfg),
                    with_model(doc, shadow.upstream_model), model.name)
 
+    # -- response --
+
     def on_response_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         model = self.model
         if model is None:
             return Action.CONTINUE
-        if model.fallback is not None and self.fallback is None:
-            status = self.response_headers.get(":status") or "0"
-            if status.isdigit() and int(status) in model.fallback.on_status:
-                hc.log(LogLevel.INFO, f"{model.name} answered {status}: falling back")
-                self.fallback = Fallback(self, self.config, model, self.doc, self.upstream_headers, RNG)
-                self.fallback.start()
-                return Action.PAUSE
+        status = self.response_headers.get(":status") or "0"
+        self.status = int(status) if status.isdigit() else 0
+        if model.fallback is not None and self.fallback is None and self.status in model.fallback.on_status:
+            hc.log(LogLevel.INFO, f"{model.name} answered {status}: falling back")
+            self.fallback = Fallback(self, self.config, model, self.doc, self.upstream_headers, RNG)
+            self.fallback.start()
+            return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)
+        self._tap(self.response_headers.get("content-type"))
+        if end_of_stream:
+            self._publish()
         return Action.CONTINUE
 
+    def _tap(self, content_type: str | None) -> None:
+        if "text/event-stream" in (content_type or ""):
+            self.sse = SseScanner(self.drop_usage)
+        else:
+            self.collector = JsonCollector()
+
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
-        # While falling back, the failed upstream's body is held back from the client.
-        return Action.PAUSE if self.fallback is not None and self.fallback.current is not None else Action.CONTINUE
+        if self.fallback is not None and self.fallback.current is not None:
+            return Action.PAUSE  # the failed upstream's body is held back while falling back
+        if self.model is None or self.published:
+            return Action.CONTINUE
+        chunk = self.response_body.read() if body_size else b""
+        if self.sse is not None:
+            if chunk and not self.first_byte_ns:
+                self.first_byte_ns = hc.get_current_time_ns()
+            out = self.sse.feed(chunk, end_of_stream)
+            if out is not chunk:
+                self.response_body.replace(out)
+        elif self.collector is not None:
+            self.collector.feed(chunk)
+        if end_of_stream:
+            self._publish()
+        return Action.CONTINUE
+
+    # -- fallback hooks --
+
+    def on_fallback_answer(self, resp: CalloutResponse) -> bytes:
+        """Observe a fallback's complete answer; returns the body the client gets."""
+        self.status = resp.status
+        self._tap(resp.header("content-type"))
+        if self.sse is not None:
+            self.first_byte_ns = hc.get_current_time_ns()
+            return self.sse.feed(resp.body, end=True)
+        assert self.collector is not None
+        self.collector.feed(resp.body)
+        return resp.body
 
     def on_fallback_done(self, served: Model | None) -> None:
         if served is not None:
+            self.fallback_from = self.model.name if self.model else ""
             self.model = served
+            self._publish()
         elif self.fallback is not None:
             self.fallback.current = None  # the original response flows again
+            self._tap(self.response_headers.get("content-type"))
+
+    # -- end --
+
+    def on_log(self) -> None:
+        if self.model is not None and not self.published:
+            self._publish()  # the stream ended early (client gone, reset)
+
+    def _publish(self) -> None:
+        self.published = True
+        cfg: Config = self.config
+        if not cfg.metrics and cfg.ai_log == "off":
+            return
+        now = hc.get_current_time_ns()
+        usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
+        route = hc.get_property("route_name")
+        assert self.model is not None
+        obs = Observation(
+            model=self.requested, served=self.model.name, route=route.decode("utf-8", "replace") if route else "",
+            cluster=self.model.cluster, consumer=self.consumer, status=self.status, stream=self.stream,
+            usage=usage, ttft_ms=(self.first_byte_ns - self.started_ns) // 1_000_000 if self.first_byte_ns else None,
+            duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from,
+        )
+        publish(obs, cfg.metrics, cfg.ai_log in ("filter_state", "both"), cfg.ai_log in ("log", "both"))
 
     def _reject(self, err: GatewayError) -> Action:
         self.send_local_response(err.status, err.body, JSON_HEADERS, err.code)

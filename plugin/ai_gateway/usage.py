@@ -1,0 +1,137 @@
+"""Token usage from upstream responses: whole JSON bodies and SSE streams split anywhere.
+
+The SSE scanner works on bytes and only ever parses complete events, so a chunk
+boundary inside a line, a JSON object or a UTF-8 character changes nothing. Only
+events that carry a non-null ``usage`` are JSON-decoded (the hot path is a byte search).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from proxywasm import record
+
+MAX_JSON_BODY = 1 << 20  # parse whole bodies up to this; beyond, scan the tail for usage
+TAIL = 8192
+_USAGE_RE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
+_FIELD_RE = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d{1,12})')
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+@record
+class Usage:
+    input: int = 0
+    output: int = 0
+    total: int = 0
+
+    @classmethod
+    def from_obj(cls, usage: object) -> Usage | None:
+        if not isinstance(usage, dict):
+            return None
+        def num(key: str) -> int:
+            v = usage.get(key)
+            return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 40 else 0
+        inp, out = num("prompt_tokens"), num("completion_tokens")
+        return cls(inp, out, num("total_tokens") or inp + out)
+
+
+def usage_from_json(body: bytes) -> Usage | None:
+    """Usage of a complete (non-streaming) response body, or None."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return usage_from_tail(body[-TAIL:])
+    return Usage.from_obj(doc.get("usage")) if isinstance(doc, dict) else None
+
+
+def usage_from_tail(tail: bytes) -> Usage | None:
+    """Usage found by pattern in the last bytes of a body too large (or too broken) to parse."""
+    matches = _USAGE_RE.findall(tail)
+    if not matches:
+        return None
+    fields = {k.decode(): int(v) for k, v in _FIELD_RE.findall(matches[-1])}
+    return Usage.from_obj(fields)
+
+
+class JsonCollector:
+    """Keeps a non-streaming body (bounded) to read its usage at the end."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size <= MAX_JSON_BODY:
+            self.parts.append(chunk)
+        else:
+            if self.parts:
+                self.tail = b"".join(self.parts)[-TAIL:]
+                self.parts = []
+            self.tail = (self.tail + chunk)[-TAIL:]
+
+    def usage(self) -> Usage | None:
+        return usage_from_json(b"".join(self.parts)) if self.parts else usage_from_tail(self.tail)
+
+
+def _data(event: bytes) -> bytes:
+    """The data payload of one SSE event (multi-line data joined with newlines)."""
+    lines = [ln[5:].lstrip(b" ") for ln in event.splitlines() if ln.startswith(b"data:")]
+    return b"\n".join(lines)
+
+
+def _is_usage_only(obj: dict) -> bool:
+    return obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+
+
+class SseScanner:
+    """Scans an SSE response as it streams.
+
+    ``feed(chunk)`` returns the bytes to pass to the client now. With
+    ``drop_usage_only`` (usage was requested by the gateway, not the client) whole
+    events are held until complete so the usage-only event can be removed; otherwise
+    bytes pass through unchanged and immediately.
+    """
+
+    def __init__(self, drop_usage_only: bool) -> None:
+        self.drop = drop_usage_only
+        self.pending = b""  # bytes of the event not yet complete
+        self.usage: Usage | None = None
+        self.events = 0
+
+    def feed(self, chunk: bytes, end: bool = False) -> bytes:
+        data = self.pending + chunk
+        out = []
+        start = 0
+        for m in _EVENT_END.finditer(data):
+            event = data[start : m.end()]
+            start = m.end()
+            if self._event(event) or not self.drop:
+                out.append(event)
+        self.pending = data[start:]
+        if end and self.pending:  # a last event without its blank line: scan it, pass it on as it is
+            tail, self.pending = self.pending, b""
+            self._event(tail)
+            out.append(tail)
+        return b"".join(out) if self.drop else chunk
+
+    def _event(self, event: bytes) -> bool:
+        """Record what the event says; False if it is a usage-only event to drop."""
+        self.events += 1
+        if b'"usage"' not in event:
+            return True
+        payload = _data(event)
+        if not payload or payload == b"[DONE]" or re.search(rb'"usage"\s*:\s*\{', payload) is None:
+            return True
+        try:
+            obj = json.loads(payload)
+        except (ValueError, RecursionError):
+            return True
+        if not isinstance(obj, dict):
+            return True
+        usage = Usage.from_obj(obj.get("usage"))
+        if usage is not None:
+            self.usage = usage
+        return not _is_usage_only(obj)

@@ -1,0 +1,83 @@
+"""Usage extraction: non-streaming JSON and SSE split anywhere (property-based)."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ai_gateway.usage import JsonCollector, SseScanner, Usage, usage_from_json
+
+
+def sse_stream(words: list[str], usage: tuple[int, int] | None, crlf: bool = False) -> tuple[bytes, bytes]:
+    """(full stream, stream as a client who did not ask for usage sees it)."""
+    nl = b"\r\n" if crlf else b"\n"
+    events = [{"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": w}}],
+               "usage": None} for w in words]
+    body = b"".join(b"data: " + json.dumps(e, ensure_ascii=False).encode() + nl + nl for e in events)
+    extra = b""
+    if usage:
+        u = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+        extra = b"data: " + json.dumps({"id": "c", "choices": [], "usage": u}).encode() + nl + nl
+    done = b"data: [DONE]" + nl + nl
+    return body + extra + done, body + done
+
+
+def feed_split(scanner: SseScanner, data: bytes, cuts: list[int]) -> bytes:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    parts = [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    out = b"".join(scanner.feed(p, end=i == len(parts) - 1) for i, p in enumerate(parts))
+    return out
+
+
+words = st.lists(st.text(min_size=0, max_size=6), min_size=0, max_size=12)  # any unicode, incl. multi-byte
+cuts = st.lists(st.integers(min_value=0, max_value=10_000), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=words, cuts=cuts, prompt=st.integers(0, 10**6), completion=st.integers(0, 10**6), crlf=st.booleans())
+def test_any_split_gives_same_usage_and_bytes(words, cuts, prompt, completion, crlf) -> None:
+    full, stripped = sse_stream(words, (prompt, completion), crlf)
+    for drop, want in ((False, full), (True, stripped)):
+        whole = SseScanner(drop)
+        assert whole.feed(full, end=True) == want
+        split = SseScanner(drop)
+        assert feed_split(split, full, cuts) == want
+        assert split.usage == whole.usage == Usage(prompt, completion, prompt + completion)
+
+
+@settings(max_examples=100, deadline=None)
+@given(words=words, cuts=cuts, cut_at=st.integers(0, 10_000))
+def test_truncated_or_usageless_stream_is_passed_on_unchanged(words, cuts, cut_at) -> None:
+    full, _ = sse_stream(words, None)
+    truncated = full[: cut_at % (len(full) + 1)]
+    for drop in (False, True):
+        sc = SseScanner(drop)
+        assert feed_split(sc, truncated, cuts) == truncated
+        assert sc.usage is None
+
+
+def test_garbage_and_invalid_utf8_never_raise() -> None:
+    junk = b'data: {"usage": {"prompt_tokens": \xff\xfe}\n\ndata: {"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n'
+    for drop in (False, True):
+        sc = SseScanner(drop)
+        assert sc.feed(junk, end=True) == junk  # the usage event has no "choices": [] so it is kept
+        assert sc.usage == Usage(3, 4, 7)
+
+
+def test_json_usage_and_fallbacks() -> None:
+    body = json.dumps({"id": "x", "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}).encode()
+    assert usage_from_json(body) == Usage(5, 7, 12)
+    assert usage_from_json(b'{"choices": []}') is None
+    assert usage_from_json(b'{"usage": {"prompt_tokens": -3, "completion_tokens": true}}') == Usage(0, 0, 0)
+    assert usage_from_json(b'{"data": [1, 2], "usage": {"prompt_tokens": 9, "total_tokens": 9}') == Usage(9, 0, 9)
+    assert usage_from_json(b"\xff not json") is None
+
+
+def test_large_body_usage_found_in_tail() -> None:
+    body = b'{"data": [' + b"0.123," * 300_000 + b'0], "usage": {"prompt_tokens": 8, "total_tokens": 8}}'
+    c = JsonCollector()
+    for i in range(0, len(body), 65536):
+        c.feed(body[i : i + 65536])
+    assert c.usage() == Usage(8, 0, 8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -71,7 +72,7 @@ def test_streaming_usage_injected_and_stripped(make_host) -> None:
     events = sse(chunk("Hel"), chunk("lo"), USAGE_ONLY)
     stream = b"".join(events)
     cut = [0, 7, 30, 31, len(stream) - 20, len(stream)]  # splits inside lines and JSON
-    for a, b in zip(cut, cut[1:], strict=False):
+    for a, b in itertools.pairwise(cut):
         h.advance(5)
         assert s.send_response_body(stream[a:b], end_of_stream=b == len(stream)) == Action.CONTINUE
     assert s.response_body == b"".join(sse(chunk("Hel"), chunk("lo")))  # the usage-only event is gone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from hypothesis import given, settings
@@ -26,7 +27,7 @@ def sse_stream(words: list[str], usage: tuple[int, int] | None, crlf: bool = Fal
 
 def feed_split(scanner: SseScanner, data: bytes, cuts: list[int]) -> bytes:
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    parts = [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    parts = [data[a:b] for a, b in itertools.pairwise(points)]
     out = b"".join(scanner.feed(p, end=i == len(parts) - 1) for i, p in enumerate(parts))
     return out
 

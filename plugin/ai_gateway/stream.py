@@ -7,6 +7,7 @@ import random
 
 from proxywasm import Action, CalloutResponse, HttpContext, LogLevel
 from proxywasm import hostcalls as hc
+from proxywasm.properties import route_name
 
 from .config import Config, Model
 from .errors import JSON_HEADERS, GatewayError
@@ -190,10 +191,9 @@ class GatewayStream(HttpContext):
             return
         now = hc.get_current_time_ns()
         usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
-        route = hc.get_property("route_name")
         assert self.model is not None
         obs = Observation(
-            model=self.requested, served=self.model.name, route=route.decode("utf-8", "replace") if route else "",
+            model=self.requested, served=self.model.name, route=route_name(),
             cluster=self.model.cluster, consumer=self.consumer, status=self.status, stream=self.stream,
             usage=usage, ttft_ms=(self.first_byte_ns - self.started_ns) // 1_000_000 if self.first_byte_ns else None,
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from . import hostcalls as hc
 from .abi import MapType
+from .properties import cluster_name, route_name
 from .record import record
 
 TYPE_CHECKING = False  # typing itself is not imported at VM start
@@ -59,11 +60,6 @@ def _host() -> str:
     return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
-def _prop(name: str) -> str:
-    value = hc.get_property(name)
-    return value.decode("utf-8", "replace") if value else ""
-
-
 @record
 class Rule:
     routes: tuple[str, ...]
@@ -78,13 +74,13 @@ class Rule:
                 facts[key] = read()
             return facts[key]
 
-        if self.routes and fact("route", lambda: _prop("route_name")) not in self.routes:
+        if self.routes and fact("route", route_name) not in self.routes:
             return False
-        if self.route_prefixes and not fact("route", lambda: _prop("route_name")).startswith(self.route_prefixes):
+        if self.route_prefixes and not fact("route", route_name).startswith(self.route_prefixes):
             return False
         if self.domains and not any(domain_matches(d, fact("host", _host)) for d in self.domains):
             return False
-        cluster = fact("cluster", lambda: _prop("cluster_name")) if self.services else ""
+        cluster = fact("cluster", cluster_name) if self.services else ""
         return not self.services or any(service_matches(s, cluster) for s in self.services)
 
 

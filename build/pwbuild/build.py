@@ -88,8 +88,8 @@ class Builder:
         ``src`` holds the SDK (proxywasm/); ``paths`` are more source roots for plugin code.
         """
         abi = load_abi(src)
-        stdlib, plugin = freeze.freeze(self.tc, [src, *paths], entry)
-        glue = shimgen.generate(abi)
+        stdlib, plugin, exports = freeze.freeze(self.tc, [src, *paths], entry)
+        glue = shimgen.generate(abi, frozenset(exports))
         stubs = wasistubs.generate(self.tc.wasilibc_real)
         stdlib_c = freeze.to_c("pw_frozen_stdlib", stdlib)
         plugin_c = freeze.to_c("pw_frozen_plugin", plugin, entry)

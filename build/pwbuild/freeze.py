@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import marshal
 import modulefinder
 import subprocess
@@ -65,10 +66,10 @@ def _find_entry(roots: list[Path], entry: str) -> Path:
     raise BuildError(f"entry module {entry!r} not found under {', '.join(map(str, roots))}")
 
 
-def freeze(tc: Toolchain, roots: list[Path], entry: str) -> tuple[list[FrozenModule], list[FrozenModule]]:
+def freeze(tc: Toolchain, roots: list[Path], entry: str) -> tuple[list[FrozenModule], list[FrozenModule], list[str]]:
     """Freeze ``entry`` (found in one of the source ``roots``) with everything it imports.
 
-    Returns (stdlib modules, plugin modules), each sorted by name.
+    Returns (stdlib modules, plugin modules, exports the plugin needs); modules sorted by name.
     """
     if sys.version_info[:2] != (3, 11):
         raise BuildError("the freezer must run on CPython 3.11 (marshal format of the WASI CPython)")
@@ -100,21 +101,23 @@ def freeze(tc: Toolchain, roots: list[Path], entry: str) -> tuple[list[FrozenMod
             plugin.append(FrozenModule(name, _compile(name, path, str(path.relative_to(root)), 0), is_pkg))
         else:
             stdlib.append(FrozenModule(name, _compile(name, path, f"<frozen {name}>", 2), is_pkg))
-    _check_imports(roots, entry)
-    return stdlib, plugin
+    return stdlib, plugin, _check_imports(roots, entry)
 
 
-def _check_imports(roots: list[Path], entry: str) -> None:
-    """Import the plugin once on this interpreter: a missing module or name fails the build here.
+def _check_imports(roots: list[Path], entry: str) -> list[str]:
+    """Import the plugin once on this interpreter; return the callbacks it needs exported.
 
-    modulefinder cannot tell ``from . import absent`` from a global; a real import can.
-    Module bodies only define things and register the root context, so this is safe.
+    A missing module or name fails the build here (modulefinder cannot tell
+    ``from . import absent`` from a global; a real import can). Module bodies only define
+    things and register the root context, so this is safe.
     """
-    code = f"import sys; sys.path[:0] = {[str(r) for r in roots]!r}; import {entry}"
+    code = (f"import sys, json; sys.path[:0] = {[str(r) for r in roots]!r}; import {entry}; "
+            "from proxywasm import dispatcher; print(json.dumps(dispatcher.needed_exports()))")
     r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
         last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
         raise BuildError(f"importing {entry} failed: {last}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def _c_string(data: bytes) -> str:

@@ -157,17 +157,23 @@ IMPORTS: tuple[Fn, ...] = (
 IMPORTS_BY_NAME = {f.name: f for f in IMPORTS}
 
 
-class Export(namedtuple("Export", "name nparams returns default")):
-    """An export: parameter count, whether it returns an i32, and the result when Python can't answer."""
+class Export(namedtuple("Export", "name nparams returns default hot")):
+    """An export: parameter count, whether it returns an i32, and the result when Python can't answer.
+
+    ``hot`` callbacks run on every request; the build leaves them out of the module when the
+    plugin does not override them, so Envoy never enters the VM for them (it then behaves
+    as for the default: continue / done).
+    """
 
     name: str
     nparams: int
     returns: bool  # i32 result, else void
     default: int  # returned when Python is unavailable or raised
+    hot: bool
 
 
-def _ex(name: str, nparams: int, default: int | None = None) -> Export:
-    return Export(name, nparams, default is not None, default or 0)
+def _ex(name: str, nparams: int, default: int | None = None, hot: bool = False) -> Export:
+    return Export(name, nparams, default is not None, default or 0, hot)
 
 
 # Plugin callbacks the host calls. All parameters (and results, if any) are i32.
@@ -179,15 +185,15 @@ EXPORTS: tuple[Export, ...] = (
     _ex("proxy_on_tick", 1),
     _ex("proxy_on_queue_ready", 2),
     _ex("proxy_on_foreign_function", 3),
-    _ex("proxy_on_done", 1, 1),
-    _ex("proxy_on_log", 1),
+    _ex("proxy_on_done", 1, 1, hot=True),
+    _ex("proxy_on_log", 1, hot=True),
     _ex("proxy_on_delete", 1),
-    _ex("proxy_on_request_headers", 3, Action.CONTINUE),
-    _ex("proxy_on_request_body", 3, Action.CONTINUE),
-    _ex("proxy_on_request_trailers", 2, Action.CONTINUE),
-    _ex("proxy_on_response_headers", 3, Action.CONTINUE),
-    _ex("proxy_on_response_body", 3, Action.CONTINUE),
-    _ex("proxy_on_response_trailers", 2, Action.CONTINUE),
+    _ex("proxy_on_request_headers", 3, Action.CONTINUE, hot=True),
+    _ex("proxy_on_request_body", 3, Action.CONTINUE, hot=True),
+    _ex("proxy_on_request_trailers", 2, Action.CONTINUE, hot=True),
+    _ex("proxy_on_response_headers", 3, Action.CONTINUE, hot=True),
+    _ex("proxy_on_response_body", 3, Action.CONTINUE, hot=True),
+    _ex("proxy_on_response_trailers", 2, Action.CONTINUE, hot=True),
     _ex("proxy_on_http_call_response", 5),
     _ex("proxy_on_grpc_receive_initial_metadata", 3),
     _ex("proxy_on_grpc_receive", 3),

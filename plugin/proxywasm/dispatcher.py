@@ -123,15 +123,18 @@ def proxy_on_foreign_function(root_id: int, function_id: int, size: int) -> None
             _failed(root, "on_foreign_function")
 
 
-def _stream(name: str) -> Callable[..., int]:
-    """Build the export for stream callback ``name`` (bool-ish args become bools)."""
+# Stream callbacks run on every request: keep their path short (one dict lookup, one call).
 
-    def export(context_id: int, *args: int) -> int:
+
+def _stream3(name: str) -> Callable[[int, int, int], int]:
+    """Export for ``name(size_or_count, end_of_stream)``."""
+
+    def export(context_id: int, n: int, end_of_stream: int) -> int:
         ctx = _contexts.get(context_id)
         if ctx is None:
-            return Action.CONTINUE
+            return 0
         try:
-            return getattr(ctx, name)(*args[:1], *(bool(a) for a in args[1:]))
+            return getattr(ctx, name)(n, end_of_stream != 0)
         except Exception:
             return _failed(ctx, name)
 
@@ -139,12 +142,28 @@ def _stream(name: str) -> Callable[..., int]:
     return export
 
 
-proxy_on_request_headers = _stream("on_request_headers")
-proxy_on_request_body = _stream("on_request_body")
-proxy_on_request_trailers = _stream("on_request_trailers")
-proxy_on_response_headers = _stream("on_response_headers")
-proxy_on_response_body = _stream("on_response_body")
-proxy_on_response_trailers = _stream("on_response_trailers")
+def _stream2(name: str) -> Callable[[int, int], int]:
+    """Export for ``name(count)`` (trailers)."""
+
+    def export(context_id: int, n: int) -> int:
+        ctx = _contexts.get(context_id)
+        if ctx is None:
+            return 0
+        try:
+            return getattr(ctx, name)(n)
+        except Exception:
+            return _failed(ctx, name)
+
+    export.__name__ = "proxy_" + name
+    return export
+
+
+proxy_on_request_headers = _stream3("on_request_headers")
+proxy_on_request_body = _stream3("on_request_body")
+proxy_on_request_trailers = _stream2("on_request_trailers")
+proxy_on_response_headers = _stream3("on_response_headers")
+proxy_on_response_body = _stream3("on_response_body")
+proxy_on_response_trailers = _stream2("on_response_trailers")
 
 
 def proxy_on_http_call_response(root_id: int, token: int, num_headers: int, body_size: int,
@@ -178,6 +197,30 @@ def proxy_on_log(context_id: int) -> None:
             ctx.on_log()
         except Exception:
             _failed(ctx, "on_log")
+
+
+def needed_exports() -> list[str]:
+    """Exports the registered plugin needs: every ``hot`` callback it does not override is left out.
+
+    Called by the build (after importing the plugin) to decide what the module exports.
+    """
+    from .abi import EXPORTS
+
+    root = _root_factory
+    known = isinstance(root, type) and issubclass(root, RootContext)
+    http = root.http_context if known else None  # type: ignore[union-attr]
+    custom = not known or root.new_http_context is not RootContext.new_http_context  # type: ignore[union-attr]
+
+    def overrides(cls: type | None, base: type, method: str) -> bool:
+        return cls is not None and getattr(cls, method, None) is not getattr(base, method, None)
+
+    out = []
+    for ex in EXPORTS:
+        method = ex.name.removeprefix("proxy_")
+        if (not ex.hot or custom or overrides(http, HttpContext, method)
+                or (method in ("on_log", "on_done") and overrides(root, RootContext, method))):
+            out.append(ex.name)
+    return out
 
 
 def proxy_on_delete(context_id: int) -> None:

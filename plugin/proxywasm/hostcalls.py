@@ -40,15 +40,20 @@ class CasMismatch(HostError):
     """Shared data changed since it was read (compare-and-swap lost)."""
 
 
+# Plain ints on the hot path: comparing with enum members costs attribute lookups in the VM.
+_NOT_FOUND = int(Result.NOT_FOUND)
+_EMPTY = int(Result.EMPTY)
+_CAS_MISMATCH = int(Result.CAS_MISMATCH)
+
+
 def bind(host: Any) -> None:
     """Route host calls to ``host`` (an object with the ``_proxywasm`` functions)."""
     global _h
     _h = host
 
 
-def _check(call: str, status: int) -> None:
-    if status != 0:
-        raise (CasMismatch if status == Result.CAS_MISMATCH else HostError)(call, status)
+def _error(call: str, status: int) -> HostError:
+    return (CasMismatch if status == _CAS_MISMATCH else HostError)(call, status)
 
 
 def _b(s: str | bytes) -> bytes:
@@ -89,36 +94,45 @@ def unpack_pairs(buf: bytes) -> Pairs:
 # --- logging, time, lifecycle ---
 
 def log(level: int, message: str) -> None:
-    _h.proxy_log(int(level), _b(message))
+    _h.proxy_log(level, _b(message))
 
 
 def get_log_level() -> LogLevel:
     st, level = _h.proxy_get_log_level()
-    _check("proxy_get_log_level", st)
+    if st:
+        raise _error("proxy_get_log_level", st)
     return LogLevel(level)
 
 
 def get_current_time_ns() -> int:
     st, now = _h.proxy_get_current_time_nanoseconds()
-    _check("proxy_get_current_time_nanoseconds", st)
+    if st:
+        raise _error("proxy_get_current_time_nanoseconds", st)
     return now
 
 
 def set_tick_period_ms(period: int) -> None:
-    _check("proxy_set_tick_period_milliseconds", _h.proxy_set_tick_period_milliseconds(period))
+    st = _h.proxy_set_tick_period_milliseconds(period)
+    if st:
+        raise _error("proxy_set_tick_period_milliseconds", st)
 
 
 def set_effective_context(context_id: int) -> None:
-    _check("proxy_set_effective_context", _h.proxy_set_effective_context(context_id))
+    st = _h.proxy_set_effective_context(context_id)
+    if st:
+        raise _error("proxy_set_effective_context", st)
 
 
 def done() -> None:
-    _check("proxy_done", _h.proxy_done())
+    st = _h.proxy_done()
+    if st:
+        raise _error("proxy_done", st)
 
 
 def get_status() -> tuple[int, bytes]:
     st, code, msg = _h.proxy_get_status()
-    _check("proxy_get_status", st)
+    if st:
+        raise _error("proxy_get_status", st)
     return code, msg
 
 
@@ -132,90 +146,113 @@ def _path(path: str | Sequence[str]) -> bytes:
 def get_property(path: str | Sequence[str]) -> bytes | None:
     """Read an Envoy attribute, e.g. ``"route_name"`` or ``("request", "path")``."""
     st, value = _h.proxy_get_property(_path(path))
-    if st == Result.NOT_FOUND:
+    if st == _NOT_FOUND:
         return None
-    _check("proxy_get_property", st)
+    if st:
+        raise _error("proxy_get_property", st)
     return value
 
 
 def set_property(path: str | Sequence[str], value: bytes | str) -> None:
-    _check("proxy_set_property", _h.proxy_set_property(_path(path), _b(value)))
+    st = _h.proxy_set_property(_path(path), _b(value))
+    if st:
+        raise _error("proxy_set_property", st)
 
 
 # --- buffers ---
 
 def get_buffer(buffer_type: BufferType, start: int = 0, max_size: int = 0xFFFFFFFF) -> bytes | None:
-    st, data = _h.proxy_get_buffer_bytes(int(buffer_type), start, max_size)
-    if st == Result.NOT_FOUND:
+    st, data = _h.proxy_get_buffer_bytes(buffer_type, start, max_size)
+    if st == _NOT_FOUND:
         return None
-    _check("proxy_get_buffer_bytes", st)
+    if st:
+        raise _error("proxy_get_buffer_bytes", st)
     return data
 
 
 def get_buffer_status(buffer_type: BufferType) -> tuple[int, int]:
-    st, length, flags = _h.proxy_get_buffer_status(int(buffer_type))
-    _check("proxy_get_buffer_status", st)
+    st, length, flags = _h.proxy_get_buffer_status(buffer_type)
+    if st:
+        raise _error("proxy_get_buffer_status", st)
     return length, flags
 
 
 def set_buffer(buffer_type: BufferType, start: int, size: int, data: bytes) -> None:
-    _check("proxy_set_buffer_bytes", _h.proxy_set_buffer_bytes(int(buffer_type), start, size, data))
+    st = _h.proxy_set_buffer_bytes(buffer_type, start, size, data)
+    if st:
+        raise _error("proxy_set_buffer_bytes", st)
 
 
 # --- header maps ---
 
 def get_header_map_pairs(map_type: MapType) -> Pairs:
-    st, buf = _h.proxy_get_header_map_pairs(int(map_type))
-    if st == Result.NOT_FOUND:
+    st, buf = _h.proxy_get_header_map_pairs(map_type)
+    if st == _NOT_FOUND:
         return []
-    _check("proxy_get_header_map_pairs", st)
+    if st:
+        raise _error("proxy_get_header_map_pairs", st)
     return unpack_pairs(buf)
 
 
 def set_header_map_pairs(map_type: MapType, pairs: HeaderInput) -> None:
-    _check("proxy_set_header_map_pairs", _h.proxy_set_header_map_pairs(int(map_type), pack_pairs(pairs)))
+    st = _h.proxy_set_header_map_pairs(map_type, pack_pairs(pairs))
+    if st:
+        raise _error("proxy_set_header_map_pairs", st)
 
 
 def get_header_map_size(map_type: MapType) -> int:
-    st, size = _h.proxy_get_header_map_size(int(map_type))
-    _check("proxy_get_header_map_size", st)
+    st, size = _h.proxy_get_header_map_size(map_type)
+    if st:
+        raise _error("proxy_get_header_map_size", st)
     return size
 
 
 def get_header_map_value(map_type: MapType, key: str) -> str | None:
-    st, value = _h.proxy_get_header_map_value(int(map_type), _b(key))
-    if st == Result.NOT_FOUND:
+    st, value = _h.proxy_get_header_map_value(map_type, _b(key))
+    if st == _NOT_FOUND:
         return None
-    _check("proxy_get_header_map_value", st)
+    if st:
+        raise _error("proxy_get_header_map_value", st)
     return _s(value)
 
 
 def replace_header_map_value(map_type: MapType, key: str, value: str) -> None:
-    _check("proxy_replace_header_map_value", _h.proxy_replace_header_map_value(int(map_type), _b(key), _b(value)))
+    st = _h.proxy_replace_header_map_value(map_type, _b(key), _b(value))
+    if st:
+        raise _error("proxy_replace_header_map_value", st)
 
 
 def remove_header_map_value(map_type: MapType, key: str) -> None:
-    _check("proxy_remove_header_map_value", _h.proxy_remove_header_map_value(int(map_type), _b(key)))
+    st = _h.proxy_remove_header_map_value(map_type, _b(key))
+    if st:
+        raise _error("proxy_remove_header_map_value", st)
 
 
 def add_header_map_value(map_type: MapType, key: str, value: str) -> None:
-    _check("proxy_add_header_map_value", _h.proxy_add_header_map_value(int(map_type), _b(key), _b(value)))
+    st = _h.proxy_add_header_map_value(map_type, _b(key), _b(value))
+    if st:
+        raise _error("proxy_add_header_map_value", st)
 
 
 # --- stream control ---
 
 def continue_stream(stream: StreamType) -> None:
-    _check("proxy_continue_stream", _h.proxy_continue_stream(int(stream)))
+    st = _h.proxy_continue_stream(stream)
+    if st:
+        raise _error("proxy_continue_stream", st)
 
 
 def close_stream(stream: StreamType) -> None:
-    _check("proxy_close_stream", _h.proxy_close_stream(int(stream)))
+    st = _h.proxy_close_stream(stream)
+    if st:
+        raise _error("proxy_close_stream", st)
 
 
 def send_local_response(status: int, body: bytes | str = b"", headers: HeaderInput = (),
                         details: str = "", grpc_status: int = -1) -> None:
-    _check("proxy_send_local_response",
-           _h.proxy_send_local_response(status, _b(details), _b(body), pack_pairs(headers), grpc_status))
+    st = _h.proxy_send_local_response(status, _b(details), _b(body), pack_pairs(headers), grpc_status)
+    if st:
+        raise _error("proxy_send_local_response", st)
 
 
 # --- callouts ---
@@ -223,33 +260,42 @@ def send_local_response(status: int, body: bytes | str = b"", headers: HeaderInp
 def http_call(upstream: str, headers: HeaderInput, body: bytes = b"", trailers: HeaderInput = (),
               timeout_ms: int = 5000) -> int:
     st, token = _h.proxy_http_call(_b(upstream), pack_pairs(headers), body, pack_pairs(trailers), timeout_ms)
-    _check("proxy_http_call", st)
+    if st:
+        raise _error("proxy_http_call", st)
     return token
 
 
 def grpc_call(service: bytes, service_name: str, method: str, metadata: HeaderInput, message: bytes,
               timeout_ms: int) -> int:
     st, token = _h.proxy_grpc_call(service, _b(service_name), _b(method), pack_pairs(metadata), message, timeout_ms)
-    _check("proxy_grpc_call", st)
+    if st:
+        raise _error("proxy_grpc_call", st)
     return token
 
 
 def grpc_stream(service: bytes, service_name: str, method: str, metadata: HeaderInput) -> int:
     st, token = _h.proxy_grpc_stream(service, _b(service_name), _b(method), pack_pairs(metadata))
-    _check("proxy_grpc_stream", st)
+    if st:
+        raise _error("proxy_grpc_stream", st)
     return token
 
 
 def grpc_send(token: int, message: bytes, end_stream: bool) -> None:
-    _check("proxy_grpc_send", _h.proxy_grpc_send(token, message, int(end_stream)))
+    st = _h.proxy_grpc_send(token, message, int(end_stream))
+    if st:
+        raise _error("proxy_grpc_send", st)
 
 
 def grpc_cancel(token: int) -> None:
-    _check("proxy_grpc_cancel", _h.proxy_grpc_cancel(token))
+    st = _h.proxy_grpc_cancel(token)
+    if st:
+        raise _error("proxy_grpc_cancel", st)
 
 
 def grpc_close(token: int) -> None:
-    _check("proxy_grpc_close", _h.proxy_grpc_close(token))
+    st = _h.proxy_grpc_close(token)
+    if st:
+        raise _error("proxy_grpc_close", st)
 
 
 # --- shared data and queues ---
@@ -257,68 +303,83 @@ def grpc_close(token: int) -> None:
 def get_shared_data(key: str) -> tuple[bytes | None, int]:
     """Return (value, cas); (None, 0) when the key is absent."""
     st, value, cas = _h.proxy_get_shared_data(_b(key))
-    if st == Result.NOT_FOUND:
+    if st == _NOT_FOUND:
         return None, 0
-    _check("proxy_get_shared_data", st)
+    if st:
+        raise _error("proxy_get_shared_data", st)
     return value, cas
 
 
 def set_shared_data(key: str, value: bytes, cas: int = 0) -> None:
     """Store ``value``; with a non-zero ``cas`` only if unchanged since read (else CasMismatch)."""
-    _check("proxy_set_shared_data", _h.proxy_set_shared_data(_b(key), value, cas))
+    st = _h.proxy_set_shared_data(_b(key), value, cas)
+    if st:
+        raise _error("proxy_set_shared_data", st)
 
 
 def register_shared_queue(name: str) -> int:
     st, qid = _h.proxy_register_shared_queue(_b(name))
-    _check("proxy_register_shared_queue", st)
+    if st:
+        raise _error("proxy_register_shared_queue", st)
     return qid
 
 
 def resolve_shared_queue(vm_id: str, name: str) -> int | None:
     st, qid = _h.proxy_resolve_shared_queue(_b(vm_id), _b(name))
-    if st == Result.NOT_FOUND:
+    if st == _NOT_FOUND:
         return None
-    _check("proxy_resolve_shared_queue", st)
+    if st:
+        raise _error("proxy_resolve_shared_queue", st)
     return qid
 
 
 def enqueue_shared_queue(queue_id: int, data: bytes) -> None:
-    _check("proxy_enqueue_shared_queue", _h.proxy_enqueue_shared_queue(queue_id, data))
+    st = _h.proxy_enqueue_shared_queue(queue_id, data)
+    if st:
+        raise _error("proxy_enqueue_shared_queue", st)
 
 
 def dequeue_shared_queue(queue_id: int) -> bytes | None:
     st, data = _h.proxy_dequeue_shared_queue(queue_id)
-    if st == Result.EMPTY:
+    if st == _EMPTY:
         return None
-    _check("proxy_dequeue_shared_queue", st)
+    if st:
+        raise _error("proxy_dequeue_shared_queue", st)
     return data
 
 
 # --- metrics ---
 
 def define_metric(metric_type: MetricType, name: str) -> int:
-    st, mid = _h.proxy_define_metric(int(metric_type), _b(name))
-    _check("proxy_define_metric", st)
+    st, mid = _h.proxy_define_metric(metric_type, _b(name))
+    if st:
+        raise _error("proxy_define_metric", st)
     return mid
 
 
 def increment_metric(metric_id: int, offset: int) -> None:
-    _check("proxy_increment_metric", _h.proxy_increment_metric(metric_id, offset))
+    st = _h.proxy_increment_metric(metric_id, offset)
+    if st:
+        raise _error("proxy_increment_metric", st)
 
 
 def record_metric(metric_id: int, value: int) -> None:
-    _check("proxy_record_metric", _h.proxy_record_metric(metric_id, value))
+    st = _h.proxy_record_metric(metric_id, value)
+    if st:
+        raise _error("proxy_record_metric", st)
 
 
 def get_metric(metric_id: int) -> int:
     st, value = _h.proxy_get_metric(metric_id)
-    _check("proxy_get_metric", st)
+    if st:
+        raise _error("proxy_get_metric", st)
     return value
 
 
 def call_foreign_function(name: str, args: bytes) -> bytes | None:
     st, out = _h.proxy_call_foreign_function(_b(name), args)
-    if st == Result.NOT_FOUND:
+    if st == _NOT_FOUND:
         return None
-    _check("proxy_call_foreign_function", st)
+    if st:
+        raise _error("proxy_call_foreign_function", st)
     return out

@@ -31,7 +31,7 @@ class Counter(Metric):
         super().__init__(MetricType.COUNTER, name)
 
     def increment(self, n: int = 1) -> None:
-        hc.increment_metric(self.id, n)
+        hc.increment_metric(self._id if self._id is not None else self.id, n)
 
 
 class Gauge(Metric):
@@ -41,10 +41,10 @@ class Gauge(Metric):
         super().__init__(MetricType.GAUGE, name)
 
     def set(self, value: int) -> None:
-        hc.record_metric(self.id, value)
+        hc.record_metric(self._id if self._id is not None else self.id, value)
 
     def add(self, n: int) -> None:
-        hc.increment_metric(self.id, n)
+        hc.increment_metric(self._id if self._id is not None else self.id, n)
 
 
 class Histogram(Metric):
@@ -54,7 +54,7 @@ class Histogram(Metric):
         super().__init__(MetricType.HISTOGRAM, name)
 
     def record(self, value: int) -> None:
-        hc.record_metric(self.id, value)
+        hc.record_metric(self._id if self._id is not None else self.id, value)
 
 
 class MetricCache:

@@ -34,7 +34,8 @@ def test_every_dashboard_query_uses_emitted_metrics_and_labels() -> None:
 
 def test_stats_tags_match_the_label_names() -> None:
     yaml = (REPO / "wasm-config" / "envoy" / "ai-gateway.yaml").read_text()
-    assert re.findall(r"tag_name: (ai_\w+)", yaml) == ["ai_route", "ai_cluster", "ai_model", "ai_consumer"]
+    assert re.findall(r"tag_name: (ai_\w+)", yaml) == ["ai_route", "ai_cluster", "ai_model", "ai_consumer",
+                                                       "ai_key_pool", "ai_key"]
 
 
 def test_prometheus_scrapes_envoy_admin() -> None:

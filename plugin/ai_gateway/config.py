@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from proxywasm import ConfigError, Fields, record
 
+from .keys import KeyPoolConfig, parse_pool
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
@@ -65,6 +67,7 @@ class Model:
     authority: str  # :authority for callouts to this model ("" = the request's)
     fallback: FallbackPolicy | None
     mirror: Mirror | None
+    keys: KeyPoolConfig | None = None  # upstream API keys, rotated
 
 
 @record
@@ -139,6 +142,7 @@ def parse(doc: dict[str, Any]) -> Config:
         if mirror_f is not None:
             mirror = Mirror(mirror_f.str("model"), mirror_f.number("percent", 100, min=0, max=100))
             mirror_f.done()
+        keys_f = m.obj("api_keys", None)
         models[name] = Model(
             name=name,
             cluster=m.str("cluster"),
@@ -146,6 +150,7 @@ def parse(doc: dict[str, Any]) -> Config:
             authority=m.str("authority", ""),
             fallback=_fallback(m.obj("fallback", None), defaults, name),
             mirror=mirror,
+            keys=parse_pool(keys_f, name) if keys_f is not None else None,
         )
         m.done()
     aliases: dict[str, Alias] = {}

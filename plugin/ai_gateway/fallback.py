@@ -1,10 +1,11 @@
-"""Fallback: when the upstream fails, ask the next model and answer the client with it.
+"""Fallback: when the upstream fails, ask again and answer the client with the result.
 
 The failed upstream response is held (its headers paused); each attempt is an HTTP
-callout with the same request, ``model`` rewritten. The first answer whose status is
-not a fallback trigger is sent to the client as a local reply. If every attempt
-fails, the held original response continues to the client. Attempts are bounded by
-``max_attempts`` and ``timeout_ms`` and never repeat a model.
+callout with the same request, ``model`` rewritten. The plan: first, if the failure was
+the API key's (401/403/429), the same model once more with another healthy key; then the
+fallback models. The first answer that is not a trigger is sent to the client as a local
+reply; if every attempt fails, the held original response continues to the client.
+Attempts are bounded by ``max_attempts`` and ``timeout_ms`` and never repeat a model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import random
 from proxywasm import CalloutResponse, HostError, LogLevel
 from proxywasm import hostcalls as hc
 
-from .config import Config, Model
+from .config import Config, Model, StatusSet
+from .keys import KeyPool
 from .request import with_model
 from .upstream import callout_headers
 
@@ -22,46 +24,55 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from proxywasm import HttpContext
+    from .stream import GatewayStream
 
 # Headers of a callout answer that must not be copied onto the local reply.
 _HOP = frozenset({":status", "content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
+KEY_RETRY_BUDGET_MS = 60_000
 
 
 class Fallback:
-    def __init__(self, stream: HttpContext, cfg: Config, primary: Model, doc: dict[str, Any],
-                 request_headers: list[tuple[str, str]], rng: random.Random) -> None:
+    def __init__(self, stream: GatewayStream, cfg: Config, primary: Model, doc: dict[str, Any],
+                 request_headers: list[tuple[str, str]], rng: random.Random, key_retry: bool) -> None:
         policy = primary.fallback
-        assert policy is not None
-        self.stream = stream
-        self.cfg = cfg
-        self.primary = primary
-        self.doc = doc
+        self.stream, self.cfg, self.primary, self.doc, self.rng = stream, cfg, primary, doc, rng
         self.request_headers = request_headers
-        self.order = list(policy.models)
-        if policy.mode == "RAND":
-            rng.shuffle(self.order)
+        order = list(policy.models) if policy else []
+        if policy and policy.mode == "RAND":
+            rng.shuffle(order)
+        self.order = ([primary.name] if key_retry else []) + order
+        codes: set[int] = set(primary.keys.eject_on) if key_retry and primary.keys else set()
+        self.triggers = policy.on_status if policy else StatusSet(frozenset(), frozenset())
+        self.key_triggers = frozenset(codes)
+        self.max_attempts = (policy.max_attempts if policy else 1) + int(key_retry)
+        budget = policy.timeout_ms if policy else KEY_RETRY_BUDGET_MS
         self.attempts = 1  # the primary's
-        self.deadline_ns = hc.get_current_time_ns() + policy.timeout_ms * 1_000_000
+        self.deadline_ns = hc.get_current_time_ns() + budget * 1_000_000
         self.current: Model | None = None
-
-    @property
-    def policy(self):
-        return self.primary.fallback
+        self.key: tuple[KeyPool, int] | None = None
+        self.tried_keys = {primary.name: {stream.key_idx}} if stream.key_idx is not None else {}
 
     def start(self) -> None:
         self._next()
 
     def _next(self) -> None:
-        remaining_ms = (self.deadline_ns - hc.get_current_time_ns()) // 1_000_000
-        while self.order and self.attempts < self.policy.max_attempts and remaining_ms > 0:
+        now = hc.get_current_time_ns()
+        while self.order and self.attempts < self.max_attempts and now < self.deadline_ns:
             model = self.cfg.models[self.order.pop(0)]
             self.attempts += 1
+            credential, self.key = None, None
+            if model.keys is not None:
+                pool = self.stream.pool_of(model)
+                idx = pool.pick(now // 1_000_000, self.rng, frozenset(self.tried_keys.get(model.name, ())))
+                if idx is None:
+                    continue  # no healthy key left for this model
+                self.tried_keys.setdefault(model.name, set()).add(idx)
+                credential, self.key = pool.credential(idx), (pool, idx)
             body = with_model(self.doc, model.upstream_model)
-            headers = callout_headers(self.request_headers, model, self.cfg)
+            headers = callout_headers(self.request_headers, model, self.cfg, self.primary, credential)
             try:
                 self.stream.http_call(model.cluster, headers, body, callback=self._on_answer,
-                                      timeout_ms=int(remaining_ms))
+                                      timeout_ms=max(1, (self.deadline_ns - now) // 1_000_000))
             except HostError as e:  # e.g. no such cluster: try the next one
                 hc.log(LogLevel.WARN, f"fallback to {model.name} via {model.cluster!r} failed: {e}")
                 continue
@@ -70,17 +81,23 @@ class Fallback:
         self._exhausted()
 
     def _on_answer(self, resp: CalloutResponse) -> None:
-        if resp.status == 0 or resp.status in self.policy.on_status:
-            hc.log(LogLevel.INFO, f"fallback model {self.current.name if self.current else '?'} "
-                                  f"answered {resp.status or 'nothing'}")
+        status = resp.status
+        if self.key is not None:
+            pool, idx = self.key
+            pool.report(idx, status, hc.get_current_time_ns() // 1_000_000, resp.header("retry-after"))
+        if status == 0 or status in self.triggers or status in self.key_triggers:
+            hc.log(LogLevel.INFO, f"attempt on {self.current.name if self.current else '?'} "
+                                  f"answered {status or 'nothing'}")
             self._next()
             return
         served = self.current
         assert served is not None
         headers = [(k, v) for k, v in resp.headers if k not in _HOP]
-        headers += [("x-ai-fallback-from", self.primary.name), ("x-ai-served-model", served.name)]
+        if served.name != self.primary.name:
+            headers.append(("x-ai-fallback-from", self.primary.name))
+        headers.append(("x-ai-served-model", served.name))
         body = self.stream.on_fallback_answer(resp)
-        self.stream.send_local_response(resp.status, body, headers)
+        self.stream.send_local_response(status, body, headers)
         self.stream.on_fallback_done(served)
 
     def _exhausted(self) -> None:

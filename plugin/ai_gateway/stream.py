@@ -12,6 +12,7 @@ from proxywasm.properties import route_name
 from .config import Config, Model
 from .errors import JSON_HEADERS, GatewayError
 from .fallback import Fallback
+from .keys import KeyPool
 from .observe import Observation, publish
 from .request import needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
@@ -19,6 +20,15 @@ from .upstream import callout_headers, mirror
 from .usage import JsonCollector, SseScanner
 
 RNG = random.Random()  # seeded from the host's random_get, per VM
+_POOLS: dict[str, KeyPool] = {}  # this VM's view of each model's key pool
+
+
+def pool_of(model: Model) -> KeyPool:
+    pool = _POOLS.get(model.name)
+    if pool is None or pool.cfg is not model.keys:
+        assert model.keys is not None
+        pool = _POOLS[model.name] = KeyPool(model.name, model.keys)
+    return pool
 
 
 def models_list(cfg: Config) -> bytes:
@@ -42,6 +52,8 @@ class GatewayStream(HttpContext):
     collector: JsonCollector | None = None
     first_byte_ns = 0
     published = False
+    key_idx: int | None = None  # index of the pool key this request went out with
+    pool_of = staticmethod(pool_of)
 
     # -- request --
 
@@ -102,16 +114,39 @@ class GatewayStream(HttpContext):
         self.model, self.requested, self.doc = model, requested, doc
         h.set(cfg.route_header, model.cluster)
         h.set(cfg.model_header, model.name)
+        if model.keys is not None:
+            self._use_key(model, h)
         if rewrite:
             body = with_model(doc, model.upstream_model)
             self.request_body.replace(body)
             h.set("content-length", str(len(body)))
-        if model.fallback or model.mirror:
+        if model.fallback or model.mirror or model.keys:
             self.upstream_headers = h.items()
         if model.mirror and RNG.random() * 100 < model.mirror.percent:
             shadow = cfg.models[model.mirror.model]
-            mirror(self, self.root.context_id, shadow, callout_headers(self.upstream_headers, shadow, cfg),
+            credential = None
+            if shadow.keys is not None:
+                pool = pool_of(shadow)
+                idx = pool.pick(hc.get_current_time_ns() // 1_000_000, RNG)
+                credential = pool.credential(idx) if idx is not None else None
+            mirror(self, self.root.context_id, shadow,
+                   callout_headers(self.upstream_headers, shadow, cfg, model, credential),
                    with_model(doc, shadow.upstream_model), model.name)
+
+    def _use_key(self, model: Model, h: object) -> None:
+        """Send the request with a healthy pool key instead of the client's credential."""
+        keys = model.keys
+        assert keys is not None
+        pool = pool_of(model)
+        idx = pool.pick(hc.get_current_time_ns() // 1_000_000, RNG)
+        if idx is None:
+            raise GatewayError(503, f"no upstream API key is available for model `{model.name}`; retry later",
+                               "no_available_key")
+        if not keys.forward_client_credential:
+            h.remove("authorization")
+            h.remove(keys.header)
+        h.set(*pool.credential(idx))
+        self.key_idx = idx
 
     # -- response --
 
@@ -121,9 +156,16 @@ class GatewayStream(HttpContext):
             return Action.CONTINUE
         status = self.response_headers.get(":status") or "0"
         self.status = int(status) if status.isdigit() else 0
-        if model.fallback is not None and self.fallback is None and self.status in model.fallback.on_status:
-            hc.log(LogLevel.INFO, f"{model.name} answered {status}: falling back")
-            self.fallback = Fallback(self, self.config, model, self.doc, self.upstream_headers, RNG)
+        key_failed = False
+        if self.key_idx is not None and self.fallback is None:
+            pool = pool_of(model)
+            retry_after = self.response_headers.get("retry-after") if self.status == 429 else None
+            pool.report(self.key_idx, self.status, hc.get_current_time_ns() // 1_000_000, retry_after)
+            key_failed = self.status in pool.cfg.eject_on
+        fb = model.fallback
+        if self.fallback is None and (key_failed or (fb is not None and self.status in fb.on_status)):
+            hc.log(LogLevel.INFO, f"{model.name} answered {status}: {'retrying' if key_failed else 'falling back'}")
+            self.fallback = Fallback(self, self.config, model, self.doc, self.upstream_headers, RNG, key_failed)
             self.fallback.start()
             return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)
@@ -171,7 +213,8 @@ class GatewayStream(HttpContext):
 
     def on_fallback_done(self, served: Model | None) -> None:
         if served is not None:
-            self.fallback_from = self.model.name if self.model else ""
+            if self.model is not None and served.name != self.model.name:
+                self.fallback_from = self.model.name
             self.model = served
             self._publish()
         elif self.fallback is not None:

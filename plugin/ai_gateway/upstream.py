@@ -16,14 +16,26 @@ _DROP = frozenset({"content-length", "transfer-encoding", "connection", "keep-al
 MIRROR_TIMEOUT_MS = 60_000
 
 
-def callout_headers(request: list[tuple[str, str]], model: Model, cfg: Config) -> list[tuple[str, str]]:
-    """The client's request headers, re-addressed to ``model``."""
-    routed = {cfg.route_header, cfg.model_header}
-    out = [(k, v) for k, v in request if k not in _DROP and k not in routed
-           and not (k == ":authority" and model.authority)]
+def credential_headers(model: Model | None) -> frozenset[str]:
+    """Headers that carry an upstream credential for ``model`` (its pool's key)."""
+    return frozenset({"authorization", model.keys.header}) if model and model.keys else frozenset()
+
+
+def callout_headers(request: list[tuple[str, str]], model: Model, cfg: Config, source: Model | None = None,
+                    credential: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+    """The request headers as sent to ``source``, re-addressed to ``model``.
+
+    ``source``'s pool key is never copied to another request; ``credential`` is ``model``'s.
+    """
+    drop = _DROP | {cfg.route_header, cfg.model_header} | credential_headers(source)
+    if credential:
+        drop |= {credential[0]}
+    out = [(k, v) for k, v in request if k not in drop and not (k == ":authority" and model.authority)]
     if model.authority:
         out.append((":authority", model.authority))
     out += [(cfg.route_header, model.cluster), (cfg.model_header, model.name)]
+    if credential:
+        out.append(credential)
     return out
 
 

@@ -52,9 +52,12 @@ def record(cls: type[T]) -> type[T]:
         return all(getattr(self, n) == getattr(other, n) for n in fields)
 
     cls.__init__ = __init__  # type: ignore[misc]
-    cls.__repr__ = __repr__  # type: ignore[method-assign]
-    cls.__eq__ = __eq__  # type: ignore[method-assign]
-    cls.__hash__ = None  # type: ignore[assignment]
+    own = cls.__dict__
+    if "__repr__" not in own:  # a class may hide fields (secrets) in its own repr
+        cls.__repr__ = __repr__  # type: ignore[method-assign]
+    if "__eq__" not in own:
+        cls.__eq__ = __eq__  # type: ignore[method-assign]
+        cls.__hash__ = None  # type: ignore[assignment]
     cls.__record_fields__ = tuple(fields)  # type: ignore[attr-defined]
     return cls
 

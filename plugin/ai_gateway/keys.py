@@ -1,0 +1,199 @@
+"""Upstream API-key pools: rotation among healthy keys, health shared by all workers.
+
+Each model's pool keeps, in Envoy shared data (``aigw.keys.<model>``), one record per
+key: the time (ms) until which it is out of rotation, its consecutive 5xx count and its
+ejection count. Every worker reads the record before choosing a key, and changes go
+through compare-and-swap, so an ejection made by one worker is honoured by all at once
+and concurrent updates are never lost.
+
+Keys never leave this module except in the upstream credential header: logs and
+metrics use an 8-hex fingerprint (sha256 prefix).
+"""
+
+from __future__ import annotations
+
+import struct
+from _sha256 import sha256  # built into the WASI CPython; hashlib would import more
+
+from proxywasm import Counter, Gauge, HostError, LogLevel, MetricCache, record, shared
+from proxywasm import hostcalls as hc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import random
+
+_REC = struct.Struct("<QII")  # out_until_ms, consecutive 5xx, ejections
+_COUNTERS = MetricCache(Counter)
+_GAUGES = MetricCache(Gauge)
+
+
+def fingerprint(key: str) -> str:
+    return sha256(key.encode()).hexdigest()[:8]
+
+
+@record
+class Probe:
+    path: str
+    interval_ms: int
+    timeout_ms: int
+
+
+@record
+class KeyPoolConfig:
+    keys: tuple  # the secrets
+    fingerprints: tuple
+    header: str
+    prefix: str
+    selection: str  # round_robin | random
+    eject_on: frozenset  # statuses that take a key out at once
+    consecutive_5xx: int  # 0 = never eject for 5xx
+    cooldown_ms: int
+    when_all_out: str  # fail | soonest
+    forward_client_credential: bool
+    probe: Probe | None
+
+    def __repr__(self) -> str:  # never print the keys
+        return f"KeyPoolConfig({len(self.keys)} keys: {', '.join(self.fingerprints)})"
+
+
+def _decode(raw: bytes | None, n: int) -> list[list[int]]:
+    if raw is None or len(raw) != _REC.size * n:
+        return [[0, 0, 0] for _ in range(n)]  # new pool, or the key list changed
+    return [list(_REC.unpack_from(raw, i * _REC.size)) for i in range(n)]
+
+
+def _encode(recs: list[list[int]]) -> bytes:
+    return b"".join(_REC.pack(*r) for r in recs)
+
+
+class KeyPool:
+    """One model's pool as seen by this VM."""
+
+    def __init__(self, model: str, cfg: KeyPoolConfig) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.key = f"aigw.keys.{model}"
+        self.lease_key = self.key + ".probe_lease"
+        self.rr = 0
+        self.metric_prefix = f"keypool.{model}.key."
+
+    def _metric(self, idx: int, name: str) -> str:
+        return f"{self.metric_prefix}{self.cfg.fingerprints[idx]}.metric.{name}"
+
+    def state(self) -> list[list[int]]:
+        return _decode(shared.get(self.key)[0], len(self.cfg.keys))
+
+    def pick(self, now_ms: int, rng: random.Random, exclude: frozenset = frozenset()) -> int | None:
+        """A healthy key's index (not in ``exclude``), else per ``when_all_out``; None: fail."""
+        recs = self.state()
+        n = len(recs)
+        healthy = [i for i in range(n) if recs[i][0] <= now_ms and i not in exclude]
+        if healthy:
+            if self.cfg.selection == "random":
+                idx = rng.choice(healthy)
+            else:
+                self.rr = (self.rr + 1) % n
+                idx = min(healthy, key=lambda i: (i - self.rr) % n)
+        elif self.cfg.when_all_out == "soonest" and len(exclude) < n:
+            idx = min((i for i in range(n) if i not in exclude), key=lambda i: recs[i][0])
+        else:
+            return None
+        _COUNTERS(self._metric(idx, "requests")).increment()
+        return idx
+
+    def credential(self, idx: int) -> tuple[str, str]:
+        return self.cfg.header, self.cfg.prefix + self.cfg.keys[idx]
+
+    def report(self, idx: int, status: int, now_ms: int, retry_after: str | None = None) -> bool:
+        """Account an answer got with key ``idx``; True if the key was taken out by it."""
+        cfg = self.cfg
+        eject_ms = 0
+        if status in cfg.eject_on:
+            eject_ms = cfg.cooldown_ms
+            if status == 429 and retry_after and retry_after.strip().isdigit():
+                eject_ms = int(retry_after.strip()) * 1000  # honour the provider's Retry-After
+        is_5xx = status >= 500 or status == 0
+        if is_5xx or eject_ms:
+            _COUNTERS(self._metric(idx, "failures")).increment()
+        ejected = False
+
+        def update(raw: bytes | None) -> bytes:
+            nonlocal ejected
+            recs = _decode(raw, len(cfg.keys))
+            rec = recs[idx]
+            ejected = False
+            if is_5xx:
+                rec[1] += 1
+            elif rec[1]:
+                rec[1] = 0
+            out = eject_ms or (cfg.cooldown_ms if cfg.consecutive_5xx and rec[1] >= cfg.consecutive_5xx else 0)
+            if out and rec[0] <= now_ms:
+                rec[0], rec[1], rec[2] = now_ms + out, 0, rec[2] + 1
+                ejected = True
+            return _encode(recs)
+
+        if is_5xx or eject_ms or self.state()[idx][1]:  # successes write only to clear a 5xx streak
+            shared.update(self.key, update)
+        if ejected:
+            _COUNTERS(self._metric(idx, "ejections")).increment()
+            _GAUGES(self._metric(idx, "available")).set(0)
+            hc.log(LogLevel.WARN, f"key {cfg.fingerprints[idx]} of {self.model} out of rotation "
+                                  f"after status {status}")
+        return ejected
+
+    def restore(self, idx: int) -> None:
+        """Put a key back (a probe succeeded)."""
+        def update(raw: bytes | None) -> bytes:
+            recs = _decode(raw, len(self.cfg.keys))
+            recs[idx][0] = recs[idx][1] = 0
+            return _encode(recs)
+
+        shared.update(self.key, update)
+        _GAUGES(self._metric(idx, "available")).set(1)
+        hc.log(LogLevel.INFO, f"key {self.cfg.fingerprints[idx]} of {self.model} back in rotation")
+
+    def take_probe_lease(self, owner: int, now_ms: int) -> bool:
+        """One worker probes per interval: a lease in shared data, taken by CAS."""
+        assert self.cfg.probe is not None
+        raw, cas = shared.get(self.lease_key)
+        if raw and len(raw) == 12:
+            holder, until = struct.unpack("<IQ", raw)
+            if until > now_ms and holder != owner:
+                return False
+        try:
+            shared.set(self.lease_key, struct.pack("<IQ", owner, now_ms + self.cfg.probe.interval_ms), cas)
+        except HostError:
+            return False
+        return True
+
+
+def parse_pool(f: object, model: str) -> KeyPoolConfig:
+    """Parse ``models[].api_keys`` (``f`` is a proxywasm.Fields)."""
+    from proxywasm import ConfigError
+
+    keys = f.str_list("keys")
+    if not keys or any(not k for k in keys):
+        raise ConfigError(f"{f.path('keys')}: must be a non-empty list of non-empty keys")
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"{f.path('keys')}: has duplicates")
+    header = f.str("header", "authorization").lower()
+    probe_f = f.obj("probe", None)
+    probe = None
+    if probe_f is not None:
+        probe = Probe(probe_f.str("path", "/v1/models"), probe_f.int("interval_ms", 10_000, min=100, max=3_600_000),
+                      probe_f.int("timeout_ms", 3000, min=10, max=60_000))
+        probe_f.done()
+    eject = f.raw("eject_on", [401, 403, 429])
+    if not isinstance(eject, list) or not all(isinstance(s, int) and 100 <= s <= 599 for s in eject):
+        raise ConfigError(f"{f.path('eject_on')}: must be a list of HTTP statuses")
+    cfg = KeyPoolConfig(
+        keys=keys, fingerprints=tuple(fingerprint(k) for k in keys), header=header,
+        prefix=f.str("prefix", "Bearer " if header == "authorization" else "", nonempty=False),
+        selection=f.choice("selection", ("round_robin", "random"), "round_robin"),
+        eject_on=frozenset(eject), consecutive_5xx=f.int("consecutive_5xx", 3, min=0, max=1000),
+        cooldown_ms=f.int("cooldown_ms", 30_000, min=1, max=86_400_000),
+        when_all_out=f.choice("when_all_out", ("fail", "soonest"), "fail"),
+        forward_client_credential=f.bool("forward_client_credential", False), probe=probe,
+    )
+    f.done()
+    return cfg

@@ -232,3 +232,29 @@ def test_probe_returns_key_and_only_one_worker_probes() -> None:
     assert probe.header(":path") == "/v1/models" and probe.header("authorization") == f"Bearer {bad}"
     a.respond_callout(probe.token, 200)
     assert bad in {used_key(chat(b, chat_body("gpt"))) for _ in range(3)}
+
+
+def test_rotation_is_even_over_healthy_keys(make_host) -> None:
+    h = start(make_host)
+    s = chat(h, chat_body("gpt"))
+    bad = used_key(s)
+    answer(s, 401)
+    h.respond_callout(h.callouts[0].token, 200)
+    from collections import Counter as Tally
+
+    seen = Tally(used_key(chat(h, chat_body("gpt"))) for _ in range(40))
+    assert bad not in seen and sorted(seen.values()) == [20, 20]
+
+
+def test_available_gauge_follows_the_key(make_host) -> None:
+    h = start(make_host, keys=KEYS[:2], cooldown_ms=1000)
+    s = chat(h, chat_body("gpt"))
+    bad = used_key(s)
+    answer(s, 401)
+    h.respond_callout(h.callouts[0].token, 200)
+    gauges = {n: h.metric(n) for n in h.metric_names if n.endswith(".available")}
+    assert sorted(gauges.values()) == [0, 1]
+    h.advance(1001)
+    assert bad in {used_key(chat(h, chat_body("gpt"))) for _ in range(2)}
+    assert all(h.metric(n) == 1 for n in gauges)
+    assert any("back in rotation (cooldown over)" in m for _, m in h.logs)

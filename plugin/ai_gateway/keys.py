@@ -75,6 +75,7 @@ class KeyPool:
         self.key = f"aigw.keys.{model}"
         self.lease_key = self.key + ".probe_lease"
         self.rr = 0
+        self.gauges_set = False
         self.metric_prefix = f"keypool.{model}.key."
 
     def _metric(self, idx: int, name: str) -> str:
@@ -87,19 +88,47 @@ class KeyPool:
         """A healthy key's index (not in ``exclude``), else per ``when_all_out``; None: fail."""
         recs = self.state()
         n = len(recs)
+        back = [i for i in range(n) if 0 < recs[i][0] <= now_ms]
+        if back or not self.gauges_set:
+            self._mark_available(recs, back, now_ms)
         healthy = [i for i in range(n) if recs[i][0] <= now_ms and i not in exclude]
         if healthy:
             if self.cfg.selection == "random":
                 idx = rng.choice(healthy)
-            else:
-                self.rr = (self.rr + 1) % n
-                idx = min(healthy, key=lambda i: (i - self.rr) % n)
+            else:  # rotate over the healthy keys only, so every healthy key gets an equal share
+                self.rr += 1
+                idx = healthy[self.rr % len(healthy)]
         elif self.cfg.when_all_out == "soonest" and len(exclude) < n:
             idx = min((i for i in range(n) if i not in exclude), key=lambda i: recs[i][0])
         else:
             return None
         _COUNTERS(self._metric(idx, "requests")).increment()
         return idx
+
+    def _mark_available(self, recs: list[list[int]], back: list[int], now_ms: int) -> None:
+        """Publish the ``available`` gauges; keys whose cooldown ended are cleared in shared data
+        once (by CAS), so the VM that notices first also logs their return."""
+        if not self.gauges_set:
+            self.gauges_set = True
+            for i, rec in enumerate(recs):
+                _GAUGES(self._metric(i, "available")).set(int(rec[0] <= now_ms))
+        if not back:
+            return
+        cleared: list[int] = []
+
+        def update(raw: bytes | None) -> bytes:
+            cleared.clear()
+            cur = _decode(raw, len(self.cfg.keys))
+            for i in back:
+                if 0 < cur[i][0] <= now_ms:
+                    cur[i][0] = 0
+                    cleared.append(i)
+            return _encode(cur)
+
+        shared.update(self.key, update)
+        for i in cleared:
+            _GAUGES(self._metric(i, "available")).set(1)
+            hc.log(LogLevel.INFO, f"key {self.cfg.fingerprints[i]} of {self.model} back in rotation (cooldown over)")
 
     def credential(self, idx: int) -> tuple[str, str]:
         return self.cfg.header, self.cfg.prefix + self.cfg.keys[idx]

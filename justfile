@@ -11,9 +11,13 @@ default:
 build entry="examples.showcase":
     python build/pwbuild {{entry}}
 
-# Build the example plugin and run it in Envoy with a mock upstream (Ctrl-C stops)
-demo: build
+# Build the AI gateway and run it in Envoy in front of two mock vLLM servers (Ctrl-C stops)
+demo: (build "ai_gateway")
     python -m e2e.demo
+
+# Build the example plugin and run it in Envoy with an echo upstream (Ctrl-C stops)
+demo-showcase: build
+    python -m e2e.demo --showcase
 
 # Run the whole test suite (unit, wasm, e2e with a real Envoy)
 test *args: build

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e import echo
+from e2e import ai_stack, echo
 from e2e.envoy import REPO, Envoy, free_port, render
 
 E2E = Path(__file__).resolve().parent
@@ -78,3 +78,19 @@ def showcase(launch: Callable[..., AbstractContextManager[Stack]]) -> Iterator[S
     """The shared showcase Envoy; tests must compare deltas since earlier tests also send requests."""
     with launch() as stack:
         yield stack
+
+
+@pytest.fixture(scope="session")
+def ai_gateway_wasm() -> Path:
+    """Build dist/ai-gateway.wasm once per session (a no-op when it is up to date)."""
+    try:
+        return ai_stack.build_wasm()
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def ai_launch(ai_gateway_wasm: Path) -> Callable[..., AbstractContextManager[ai_stack.AiStack]]:
+    """``with ai_launch(replace=..., route_timeout=..., buffer_limit=...) as stack:`` starts a private AI gateway
+    (mock vLLM processes + Envoy) on free ports; see e2e/ai_stack.py."""
+    return ai_stack.running_ai_stack

@@ -287,10 +287,10 @@ def test_startup_log_per_vm(showcase: Stack) -> None:
 
 def test_demo_check(showcase_wasm: object) -> None:
     if busy := busy_ports():
-        pytest.fail(f"cannot run `python -m e2e.demo --check`: 127.0.0.1 port(s) {busy} in use "
+        pytest.fail(f"cannot run `python -m e2e.demo --showcase --check`: 127.0.0.1 port(s) {busy} in use "
                     "(a running demo or Envoy?); stop it and rerun", pytrace=False)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(REPO / p) for p in ("plugin", "build", ".")))
-    r = subprocess.run([sys.executable, "-m", "e2e.demo", "--check"], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "e2e.demo", "--showcase", "--check"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120)
     print(r.stdout)
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"

@@ -225,7 +225,7 @@ def test_ai_log_lines(traffic: Traffic) -> None:
             (s.requested, s.served, s.served, "by_model"), doc
         assert (doc["input_tokens"], doc["output_tokens"], doc["total_tokens"]) == want_usage, doc
         assert doc["usage_known"] == (s.status == 200), doc
-        assert (doc["consumer"], doc["status"], doc["stream"]) == (s.consumer or "", s.status, s.stream), doc
+        assert (doc["consumer"], doc["status"], doc["stream"]) == (s.consumer or "none", s.status, s.stream), doc
         assert doc["fallback_from"] == (QWEN if s.fallback else None), doc
         assert (doc["ttft_ms"] is not None) == (s.stream and s.status == 200), doc
     assert lines["local-bad-json"] == lines["local-unknown"] == "-"  # local replies are not AI traffic

@@ -59,7 +59,8 @@ def test_non_streaming_usage_metrics_and_ai_log(make_host) -> None:
     log = json.loads(s.property("ai_log"))
     assert log == {"model": "qwen2-1-5b", "served_model": "qwen2-1-5b", "route": "chat", "cluster": "qwen",
                    "consumer": "team-a", "status": 200, "stream": False, "input_tokens": 11, "output_tokens": 7,
-                   "total_tokens": 18, "usage_known": True, "ttft_ms": None, "duration_ms": 250, "fallback_from": None}
+                   "total_tokens": 18, "usage_known": True, "ttft_ms": None, "duration_ms": 250, "fallback_from": None,
+                   "complete": True}
 
 
 def test_streaming_usage_injected_and_stripped(make_host) -> None:
@@ -125,6 +126,8 @@ def test_truncated_stream_and_broken_json_record_what_is_known(make_host) -> Non
     s.send_response_body(partial, end_of_stream=False)
     s.complete()  # the upstream connection dropped: Envoy ends the stream
     assert metric(h, "request_total") == 1
+    assert metric(h, "error_total") == 1  # an answer cut off is not a success
+    assert json.loads(s.property("ai_log"))["complete"] is False
     with pytest.raises(KeyError):
         metric(h, "input_token")  # unknown usage is not reported as zero tokens
     s2 = request(h, chat_body())
@@ -148,3 +151,14 @@ def test_metrics_and_log_can_be_turned_off(make_host) -> None:
     s = request(h, chat_body())
     s.send_response_headers({":status": "200"}, end_of_stream=True)
     assert h.metric_names == [] and s.property("ai_log") is None
+
+
+def test_instant_answer_records_zero_durations(make_host) -> None:
+    """A response in the same millisecond: zero-valued counters must not break publishing."""
+    h = start(make_host)
+    s = request(h, chat_body(stream=True))
+    s.send_response_headers({":status": "200", "content-type": "text/event-stream"})
+    s.send_response_body(b"".join(sse(chunk("a"), USAGE_ONLY)))
+    log = json.loads(s.property("ai_log"))
+    assert (log["ttft_ms"], log["duration_ms"]) == (0, 0)
+    assert metric(h, "llm_stream_duration_count") == 1 and metric(h, "input_token") == 11

@@ -75,6 +75,8 @@ def test_unknown_model_is_404(gw) -> None:
     (b'{"model": 42}', "invalid_model"),
     (b'{"model": ""}', "invalid_model"),
     (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),
+    (b"", "missing_body"),
+    (b"  \n", "missing_body"),
 ])
 def test_bad_bodies_get_400(gw, body: bytes, code: str) -> None:
     s = chat(gw, body)

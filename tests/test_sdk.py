@@ -207,3 +207,19 @@ def test_config_not_json_fails_plugin_start(make_host) -> None:
     h = make_host("probe")
     assert not h.start(b"{nope")
     assert any("invalid plugin configuration" in m for m in h.logs_at(LogLevel.CRITICAL))
+
+
+def test_zero_counter_increment_is_skipped_not_refused() -> None:
+    """Envoy answers BAD_ARGUMENT to a counter increment of 0; the SDK must not send one."""
+    from proxywasm import Counter, hostcalls
+    from proxywasm.testing.fake import FakeHost
+
+    h = FakeHost("probe")
+    assert h.start({})
+    c = Counter("zero_total")
+    c.increment(0)
+    assert h.metric("zero_total") == 0  # defined: the series exists
+    c.increment(2)
+    assert h.metric("zero_total") == 2
+    with pytest.raises(hostcalls.HostError, match="BAD_ARGUMENT"):
+        hostcalls.increment_metric(c.id, 0)

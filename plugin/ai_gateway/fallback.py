@@ -103,5 +103,6 @@ class Fallback:
     def _exhausted(self) -> None:
         """No attempt succeeded: let the primary's own error response through."""
         self.stream.response_headers.set("x-ai-fallback-exhausted", str(self.attempts - 1))
+        self.stream.response_headers.set("x-ai-served-model", self.primary.name)
         self.stream.resume_response()
         self.stream.on_fallback_done(None)

@@ -7,7 +7,7 @@ segments into Prometheus labels (see wasm-config/envoy/stats-tags.yaml):
 
 Counters: input_token, output_token, total_token, llm_service_duration (ms, sum),
 llm_duration_count, llm_first_token_duration (ms, sum), llm_stream_duration_count,
-request_total, error_total, fallback_total. Histograms (ms): llm_first_token_latency,
+request_total, error_total (5xx, no answer, or an answer cut off), fallback_total. Histograms (ms): llm_first_token_latency,
 llm_latency.
 """
 
@@ -45,6 +45,7 @@ class Observation:
     ttft_ms: int | None
     duration_ms: int
     fallback_from: str  # "" when no fallback happened
+    complete: bool = True  # False: the response never reached its end (cut off, reset, client gone)
 
     def log_record(self) -> str:
         u = self.usage or Usage()
@@ -53,7 +54,7 @@ class Observation:
             "consumer": self.consumer, "status": self.status, "stream": self.stream,
             "input_tokens": u.input, "output_tokens": u.output, "total_tokens": u.total,
             "usage_known": self.usage is not None, "ttft_ms": self.ttft_ms, "duration_ms": self.duration_ms,
-            "fallback_from": self.fallback_from or None,
+            "fallback_from": self.fallback_from or None, "complete": self.complete,
         }, separators=(",", ":"))
 
 
@@ -63,7 +64,7 @@ def record_metrics(o: Observation) -> None:
     counters = [("request_total", 1), ("llm_duration_count", 1), ("llm_service_duration", o.duration_ms)]
     if o.usage is not None:
         counters += [("input_token", o.usage.input), ("output_token", o.usage.output), ("total_token", o.usage.total)]
-    if o.status >= 500 or o.status == 0:
+    if o.status >= 500 or o.status == 0 or not o.complete:
         counters.append(("error_total", 1))
     if o.fallback_from:
         counters.append(("fallback_total", 1))
@@ -76,12 +77,12 @@ def record_metrics(o: Observation) -> None:
 
 
 def publish(o: Observation, metrics: bool, to_filter_state: bool, to_log: bool) -> None:
-    """Record metrics and the AI log (filter state ``wasm.ai_log`` for access logs; plugin log)."""
-    if metrics:
-        record_metrics(o)
+    """Record the AI log (filter state ``wasm.ai_log`` for access logs; plugin log) and metrics."""
     if to_filter_state or to_log:
         line = o.log_record()
         if to_filter_state:
             hc.set_property("ai_log", line)
         if to_log:
             hc.log(LogLevel.INFO, "ai_log " + line)
+    if metrics:
+        record_metrics(o)

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 def parse_body(body: bytes) -> tuple[dict[str, Any], str]:
     """Return (document, model); a GatewayError (400) says what is wrong."""
+    if not body.strip():
+        raise GatewayError(400, "request body is required", "missing_body")
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):

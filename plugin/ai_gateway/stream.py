@@ -225,9 +225,9 @@ class GatewayStream(HttpContext):
 
     def on_log(self) -> None:
         if self.model is not None and not self.published:
-            self._publish()  # the stream ended early (client gone, reset)
+            self._publish(complete=False)  # the stream ended early: upstream cut off, client gone, reset
 
-    def _publish(self) -> None:
+    def _publish(self, complete: bool = True) -> None:
         self.published = True
         cfg: Config = self.config
         if not cfg.metrics and cfg.ai_log == "off":
@@ -237,9 +237,9 @@ class GatewayStream(HttpContext):
         assert self.model is not None
         obs = Observation(
             model=self.requested, served=self.model.name, route=route_name(),
-            cluster=self.model.cluster, consumer=self.consumer, status=self.status, stream=self.stream,
+            cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, stream=self.stream,
             usage=usage, ttft_ms=(self.first_byte_ns - self.started_ns) // 1_000_000 if self.first_byte_ns else None,
-            duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from,
+            duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
         )
         publish(obs, cfg.metrics, cfg.ai_log in ("filter_state", "both"), cfg.ai_log in ("log", "both"))
 

@@ -31,7 +31,10 @@ class Counter(Metric):
         super().__init__(MetricType.COUNTER, name)
 
     def increment(self, n: int = 1) -> None:
-        hc.increment_metric(self._id if self._id is not None else self.id, n)
+        """Add ``n`` (>= 0). Envoy refuses a zero increment: 0 only defines the metric (it shows as 0)."""
+        mid = self._id if self._id is not None else self.id
+        if n:
+            hc.increment_metric(mid, n)
 
 
 class Gauge(Metric):

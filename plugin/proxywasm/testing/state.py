@@ -373,7 +373,7 @@ class HostState:
         m = self.shared.metrics.get(metric_id)
         if m is None or m.type == MetricType.HISTOGRAM:
             return int(Result.NOT_FOUND if m is None else Result.BAD_ARGUMENT)
-        if m.type == MetricType.COUNTER and offset < 0:
+        if m.type == MetricType.COUNTER and offset <= 0:  # Envoy: counters only grow, and 0 is refused too
             return int(Result.BAD_ARGUMENT)
         m.value += offset
         return OK

@@ -34,3 +34,7 @@ bench: build
 # Validate every Envoy config in the repository
 validate:
     python -m e2e.validate
+
+# Package the AI gateway as an OCI image layout for Higress (dist/oci/ai-gateway; push with oras cp)
+oci tag="1.0.0": (build "ai_gateway")
+    python build/oci.py --tag {{tag}}

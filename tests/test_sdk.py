@@ -223,3 +223,13 @@ def test_zero_counter_increment_is_skipped_not_refused() -> None:
     assert h.metric("zero_total") == 2
     with pytest.raises(hostcalls.HostError, match="BAD_ARGUMENT"):
         hostcalls.increment_metric(c.id, 0)
+
+
+def test_finished_streams_are_forgotten(host) -> None:  # noqa: ANN001
+    """Stream contexts are freed (in the module: in batches of at most 64), never accumulated."""
+    for _ in range(300):
+        s, _ = send(host, "headers")
+        s.complete()
+    s, _ = send(host, "contexts")
+    live = int(s.request_header("x-contexts"))
+    assert 2 <= live <= 66  # the root, this stream, and at most one pending batch

@@ -101,6 +101,8 @@ def generate(abi: ModuleType, exports: frozenset[str] | None = None) -> str:
     out.append("  {NULL, NULL, 0, NULL}\n};\n")
     names = ", ".join(f'"{e.name}"' for e in abi.EXPORTS)
     out.append(f"#define PW_NUM_EXPORTS {len(abi.EXPORTS)}")
+    for i, e in enumerate(abi.EXPORTS):
+        out.append(f"#define PW_EXPORT_{e.name.removeprefix('proxy_').upper()} {i}")
     out.append(f"static const char *pw_export_names[PW_NUM_EXPORTS] = {{{names}}};\n")
     for i, e in enumerate(abi.EXPORTS):
         if exports is None or e.name in exports:

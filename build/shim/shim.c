@@ -82,6 +82,18 @@ static PyObject *pw_init_module(void) { return PyModule_Create(&pw_module); }
 static PyObject *pw_exports[PW_NUM_EXPORTS];
 static int pw_state; /* 0: not started, 1: ready, -1: failed */
 
+/* Stream context lifecycle without Python (see proxywasm.dispatcher): with one root
+ * context, a stream's Python context is made on its first callback, and deletes are
+ * handed to Python in batches, so two of the few Python calls per request disappear. */
+static int pw_lazy_create;  /* dispatcher.LAZY_HTTP_CONTEXTS */
+static int pw_defer_delete; /* dispatcher.defer_delete() */
+static int pw_roots;
+static int32_t pw_root_id = -1;
+#define PW_PENDING_MAX 64
+static int32_t pw_pending[PW_PENDING_MAX];
+static int pw_npending;
+static PyObject *pw_delete_many;
+
 static void pw_log_error(const char *msg) { proxy_log(4, msg, strlen(msg)); }
 
 /* Log the pending Python exception with its traceback through sys.stderr. */
@@ -158,6 +170,15 @@ static void pw_start_python(void) {
     pw_exports[i] = PyObject_GetAttrString(disp, pw_export_names[i]);
     if (!pw_exports[i]) PyErr_Clear(); /* callback not implemented: host gets the default */
   }
+  PyObject *flag = PyObject_GetAttrString(disp, "LAZY_HTTP_CONTEXTS");
+  pw_lazy_create = flag && PyObject_IsTrue(flag) == 1;
+  Py_XDECREF(flag);
+  PyObject *defer = PyObject_CallMethod(disp, "defer_delete", NULL);
+  pw_defer_delete = defer && PyObject_IsTrue(defer) == 1;
+  Py_XDECREF(defer);
+  pw_delete_many = PyObject_GetAttrString(disp, "delete_many");
+  if (!pw_delete_many) pw_defer_delete = 0;
+  PyErr_Clear();
   Py_DECREF(disp);
   pw_state = 1;
   char buf[160];
@@ -166,9 +187,43 @@ static void pw_start_python(void) {
   proxy_log(2, buf, strlen(buf));
 }
 
+static void pw_flush_deletes(void) {
+  PyObject *ids = PyTuple_New(pw_npending);
+  for (int i = 0; i < pw_npending; i++) PyTuple_SET_ITEM(ids, i, PyLong_FromLong(pw_pending[i]));
+  pw_npending = 0;
+  PyObject *r = PyObject_CallOneArg(pw_delete_many, ids);
+  Py_DECREF(ids);
+  if (!r) pw_print_error("delete_many");
+  Py_XDECREF(r);
+}
+
+/* True when the call needs no Python (a lazily created or batch-deleted stream context). */
+static int pw_handled_in_c(int idx, const int32_t *v) {
+  if (idx == PW_EXPORT_ON_CONTEXT_CREATE) {
+    if (v[1] == 0) {
+      pw_roots++;
+      pw_root_id = v[0];
+      return 0;
+    }
+    return pw_lazy_create && pw_roots == 1 && v[1] == pw_root_id;
+  }
+  if (idx == PW_EXPORT_ON_DELETE && pw_defer_delete && pw_roots == 1 && v[0] != pw_root_id) {
+    pw_pending[pw_npending++] = v[0];
+    if (pw_npending == PW_PENDING_MAX) pw_flush_deletes();
+    return 1;
+  }
+  /* Anything that may touch other contexts sees deletes first. */
+  if (pw_npending && (idx == PW_EXPORT_ON_HTTP_CALL_RESPONSE || idx == PW_EXPORT_ON_TICK ||
+                      idx == PW_EXPORT_ON_QUEUE_READY || idx == PW_EXPORT_ON_CONFIGURE ||
+                      idx == PW_EXPORT_ON_DELETE || idx == PW_EXPORT_ON_FOREIGN_FUNCTION))
+    pw_flush_deletes();
+  return 0;
+}
+
 static int32_t pw_call_export(int idx, const int32_t *v, int n, int32_t dflt) {
   if (pw_state == 0) pw_start_python();
   if (pw_state != 1 || !pw_exports[idx]) return dflt;
+  if (n && pw_handled_in_c(idx, v)) return dflt;
   PyObject *args[8];
   for (int i = 0; i < n; i++) args[i] = PyLong_FromUnsignedLong((uint32_t)v[i]);
   PyObject *r = PyObject_Vectorcall(pw_exports[idx], args, (size_t)n, NULL);

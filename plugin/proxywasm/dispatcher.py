@@ -18,6 +18,12 @@ if TYPE_CHECKING:
 
 _root_factory: Callable[[int], RootContext] | None = None
 _contexts: dict[int, _Context] = {}
+_roots: list[RootContext] = []
+
+# The C shim may skip proxy_on_context_create for streams of the only root context: their
+# HttpContext is then made on the stream's first callback (see _lazy). Plugins whose
+# contexts must exist from creation on can set this to False before the VM starts.
+LAZY_HTTP_CONTEXTS = True
 _callouts: dict[int, tuple[_Context, CalloutCallback | None]] = {}
 
 _FAIL_BODY = b'{"error":{"message":"internal plugin error","type":"server_error","code":500}}'
@@ -33,6 +39,37 @@ def reset() -> None:
     """Forget all contexts (test hosts call this when they start a new VM)."""
     _contexts.clear()
     _callouts.clear()
+    _roots.clear()
+
+
+def _lazy(context_id: int) -> _Context | None:
+    """The HttpContext of a stream whose creation the shim did not report (one root only)."""
+    if len(_roots) != 1:
+        return None
+    try:
+        ctx = _roots[0].new_http_context(context_id)
+    except Exception:
+        _failed(None, "on_context_create")
+        return None
+    if ctx is not None:
+        _contexts[context_id] = ctx
+    return ctx
+
+
+def defer_delete() -> bool:
+    """Whether the shim may hand stream deletes over in batches: only if no one overrides on_delete."""
+    root = _root_factory
+    if not (isinstance(root, type) and issubclass(root, RootContext)):
+        return False
+    http = root.http_context
+    return (root.new_http_context is RootContext.new_http_context and http is not None
+            and http.on_delete is _Context.on_delete)
+
+
+def delete_many(context_ids: tuple[int, ...]) -> None:
+    """Forget stream contexts Envoy deleted (batched by the shim; their on_delete is the no-op)."""
+    for cid in context_ids:
+        _contexts.pop(cid, None)
 
 
 def register_callout(token: int, ctx: _Context, callback: CalloutCallback | None) -> None:
@@ -57,7 +94,8 @@ def proxy_on_context_create(context_id: int, parent_id: int) -> None:
         if parent_id == 0:
             if _root_factory is None:
                 raise RuntimeError("no plugin registered: call proxywasm.set_root_context()")
-            _contexts[context_id] = _root_factory(context_id)
+            root = _contexts[context_id] = _root_factory(context_id)
+            _roots.append(root)
             return
         root = _contexts.get(parent_id)
         if isinstance(root, RootContext):
@@ -123,47 +161,69 @@ def proxy_on_foreign_function(root_id: int, function_id: int, size: int) -> None
             _failed(root, "on_foreign_function")
 
 
-# Stream callbacks run on every request: keep their path short (one dict lookup, one call).
+# Stream callbacks run on every request, and Python frames are costly inside V8: each
+# export is written out (no getattr, no generic wrapper) so a call is one dict lookup
+# and one method call.
 
 
-def _stream3(name: str) -> Callable[[int, int, int], int]:
-    """Export for ``name(size_or_count, end_of_stream)``."""
-
-    def export(context_id: int, n: int, end_of_stream: int) -> int:
-        ctx = _contexts.get(context_id)
-        if ctx is None:
-            return 0
-        try:
-            return getattr(ctx, name)(n, end_of_stream != 0)
-        except Exception:
-            return _failed(ctx, name)
-
-    export.__name__ = "proxy_" + name
-    return export
+def proxy_on_request_headers(context_id: int, num_headers: int, end_of_stream: int) -> int:
+    ctx = _contexts.get(context_id) or _lazy(context_id)
+    if ctx is None:
+        return 0
+    try:
+        return ctx.on_request_headers(num_headers, end_of_stream != 0)  # type: ignore[attr-defined]
+    except Exception:
+        return _failed(ctx, "on_request_headers")
 
 
-def _stream2(name: str) -> Callable[[int, int], int]:
-    """Export for ``name(count)`` (trailers)."""
-
-    def export(context_id: int, n: int) -> int:
-        ctx = _contexts.get(context_id)
-        if ctx is None:
-            return 0
-        try:
-            return getattr(ctx, name)(n)
-        except Exception:
-            return _failed(ctx, name)
-
-    export.__name__ = "proxy_" + name
-    return export
+def proxy_on_request_body(context_id: int, body_size: int, end_of_stream: int) -> int:
+    ctx = _contexts.get(context_id) or _lazy(context_id)
+    if ctx is None:
+        return 0
+    try:
+        return ctx.on_request_body(body_size, end_of_stream != 0)  # type: ignore[attr-defined]
+    except Exception:
+        return _failed(ctx, "on_request_body")
 
 
-proxy_on_request_headers = _stream3("on_request_headers")
-proxy_on_request_body = _stream3("on_request_body")
-proxy_on_request_trailers = _stream2("on_request_trailers")
-proxy_on_response_headers = _stream3("on_response_headers")
-proxy_on_response_body = _stream3("on_response_body")
-proxy_on_response_trailers = _stream2("on_response_trailers")
+def proxy_on_request_trailers(context_id: int, num_trailers: int) -> int:
+    ctx = _contexts.get(context_id) or _lazy(context_id)
+    if ctx is None:
+        return 0
+    try:
+        return ctx.on_request_trailers(num_trailers)  # type: ignore[attr-defined]
+    except Exception:
+        return _failed(ctx, "on_request_trailers")
+
+
+def proxy_on_response_headers(context_id: int, num_headers: int, end_of_stream: int) -> int:
+    ctx = _contexts.get(context_id) or _lazy(context_id)
+    if ctx is None:
+        return 0
+    try:
+        return ctx.on_response_headers(num_headers, end_of_stream != 0)  # type: ignore[attr-defined]
+    except Exception:
+        return _failed(ctx, "on_response_headers")
+
+
+def proxy_on_response_body(context_id: int, body_size: int, end_of_stream: int) -> int:
+    ctx = _contexts.get(context_id) or _lazy(context_id)
+    if ctx is None:
+        return 0
+    try:
+        return ctx.on_response_body(body_size, end_of_stream != 0)  # type: ignore[attr-defined]
+    except Exception:
+        return _failed(ctx, "on_response_body")
+
+
+def proxy_on_response_trailers(context_id: int, num_trailers: int) -> int:
+    ctx = _contexts.get(context_id) or _lazy(context_id)
+    if ctx is None:
+        return 0
+    try:
+        return ctx.on_response_trailers(num_trailers)  # type: ignore[attr-defined]
+    except Exception:
+        return _failed(ctx, "on_response_trailers")
 
 
 def proxy_on_http_call_response(root_id: int, token: int, num_headers: int, body_size: int,
@@ -180,7 +240,7 @@ def proxy_on_http_call_response(root_id: int, token: int, num_headers: int, body
 
 
 def proxy_on_done(context_id: int) -> int:
-    ctx = _contexts.get(context_id)
+    ctx = _contexts.get(context_id) or _lazy(context_id)
     if ctx is None:
         return 1
     try:
@@ -191,7 +251,7 @@ def proxy_on_done(context_id: int) -> int:
 
 
 def proxy_on_log(context_id: int) -> None:
-    ctx = _contexts.get(context_id)
+    ctx = _contexts.get(context_id) or _lazy(context_id)
     if ctx is not None:
         try:
             ctx.on_log()
@@ -225,6 +285,8 @@ def needed_exports() -> list[str]:
 
 def proxy_on_delete(context_id: int) -> None:
     ctx = _contexts.pop(context_id, None)
+    if isinstance(ctx, RootContext) and ctx in _roots:
+        _roots.remove(ctx)
     if ctx is not None:
         try:
             ctx.on_delete()

@@ -113,6 +113,8 @@ class RuleSet:
         return cls(global_config, tuple(rules))
 
     def select(self) -> Any:
+        if not self.rules:
+            return self.global_config
         facts: dict[str, str] = {}
         for rule in self.rules:
             if rule.matches(facts):

@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import hostcalls as hc
+from .abi import Result
+
+_NOT_FOUND = int(Result.NOT_FOUND)
+_CAS_MISMATCH = int(Result.CAS_MISMATCH)
 
 
 def get(key: str) -> tuple[bytes | None, int]:
@@ -21,15 +25,19 @@ def update(key: str, fn: Callable[[bytes | None], bytes], retries: int = 32) -> 
     Envoy has no atomic create-if-absent: create the key (e.g. at configure time)
     before workers race to update it.
     """
+    k = key.encode()
+    h = hc._h  # direct calls: this often runs on every request
     for _ in range(retries):
-        value, cas = hc.get_shared_data(key)
+        st, value, cas = h.proxy_get_shared_data(k)
+        if st not in (0, _NOT_FOUND):
+            raise hc._error("proxy_get_shared_data", st)
         new = fn(value)
-        try:
-            hc.set_shared_data(key, new, cas)
+        st = h.proxy_set_shared_data(k, new, cas or 0)
+        if st == 0:
             return new
-        except hc.CasMismatch:
-            continue
-    raise hc.CasMismatch("proxy_set_shared_data", 8)
+        if st != _CAS_MISMATCH:
+            raise hc._error("proxy_set_shared_data", st)
+    raise hc.CasMismatch("proxy_set_shared_data", _CAS_MISMATCH)
 
 
 class SharedQueue:

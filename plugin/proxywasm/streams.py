@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 from . import hostcalls as hc
-from .abi import BufferType, MapType
+from .abi import BufferType, MapType, Result
+
+_NOT_FOUND = int(Result.NOT_FOUND)
 
 
 class Headers:
-    """A header map of the current stream (or of a callout response)."""
+    """A header map of the current stream (or of a callout response).
+
+    ``get`` and ``set`` call the host directly: they run several times per request, and
+    every Python frame costs inside the VM.
+    """
 
     __slots__ = ("map_type",)
 
     def __init__(self, map_type: MapType) -> None:
-        self.map_type = map_type
+        self.map_type = int(map_type)
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        value = hc.get_header_map_value(self.map_type, name)
-        return default if value is None else value
+        st, value = hc._h.proxy_get_header_map_value(self.map_type, name.encode())
+        if st == 0:
+            return value.decode("utf-8", "surrogateescape")
+        if st == _NOT_FOUND:
+            return default
+        raise hc._error("proxy_get_header_map_value", st)
 
     def __getitem__(self, name: str) -> str:
         value = hc.get_header_map_value(self.map_type, name)
@@ -29,7 +39,9 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every value of ``name`` (adds it when absent)."""
-        hc.replace_header_map_value(self.map_type, name, value)
+        st = hc._h.proxy_replace_header_map_value(self.map_type, name.encode(), value.encode("utf-8", "surrogateescape"))
+        if st:
+            raise hc._error("proxy_replace_header_map_value", st)
 
     __setitem__ = set
 

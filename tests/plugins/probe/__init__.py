@@ -129,6 +129,12 @@ class Probe(HttpContext[dict]):
         self.request_headers.set("x-now", str(hostcalls.get_current_time_ns()))
         return Action.CONTINUE
 
+    def op_contexts(self) -> Action:
+        from proxywasm import dispatcher
+
+        self.request_headers.set("x-contexts", str(len(dispatcher._contexts)))
+        return Action.CONTINUE
+
     def op_grpc(self) -> Action:
         hostcalls.grpc_call(b"svc", "s", "m", [], b"", 100)
         return Action.CONTINUE

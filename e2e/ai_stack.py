@@ -7,16 +7,14 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 from openai import OpenAI
 
 from e2e import mock_vllm
+from e2e.client import Reply, request, wait_for
 from e2e.envoy import REPO, Envoy, free_port, render
 
 CONFIG = REPO / "wasm-config/envoy/ai-gateway.yaml"
@@ -58,31 +57,12 @@ def build_wasm() -> Path:
     return WASM
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 def send(url: str, method: str = "GET", body: bytes | Any = None, headers: Mapping[str, str] | None = None,
          timeout: float = 15) -> Reply:
     """One request on a fresh connection; a non-bytes ``body`` is sent as JSON (with that content type)."""
-    hdrs = dict(headers or {})
-    if body is not None and not isinstance(body, bytes):
-        body = json.dumps(body).encode()
-        hdrs.setdefault("content-type", "application/json")
     u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port, timeout=timeout)
-    try:
-        conn.request(method, u.path + (f"?{u.query}" if u.query else ""), body=body, headers=hdrs)
-        r = conn.getresponse()
-        return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
-    finally:
-        conn.close()
+    path = u.path + (f"?{u.query}" if u.query else "")
+    return request(u.port or 80, path, method, body, headers, timeout, u.hostname or "127.0.0.1")
 
 
 class Mock:
@@ -198,13 +178,6 @@ def parse_metrics(text: str) -> dict[str, dict[Labels, float]]:
     return out
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(interval)
-    return check()
 
 
 def plugin_config(doc: Mapping[str, Any] | str) -> dict[str, str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import re
 import socket
@@ -16,10 +14,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
+from e2e.client import Reply, request, wait_for
 from e2e.conftest import Stack
 from e2e.demo import busy_ports
 from e2e.envoy import REPO, free_port
@@ -28,48 +26,14 @@ Launch = Callable[..., AbstractContextManager[Stack]]
 HEADER = "hello from python"
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-    def echoed(self) -> dict[str, Any]:
-        """The echo upstream's view of the request (method, path, headers, body)."""
-        assert self.headers.get("content-type") == "application/json", self
-        doc = self.json()
-        assert set(doc) == {"method", "path", "headers", "body"}, doc
-        return doc
-
-
 def send(port: int, path: str, method: str = "GET", body: bytes | Iterable[bytes] | None = None,
          headers: dict[str, str] | None = None) -> Reply:
-    """One request on a fresh connection (fresh connections spread over Envoy's workers)."""
-    chunked = body is not None and not isinstance(body, bytes)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
-        r = conn.getresponse()
-        return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
-    finally:
-        conn.close()
+    return request(port, path, method, body, headers)
 
 
 def stat(stack: Stack, name: str) -> int:
     # wasmcustom stats only exist once the plugin first touches them
     return stack.envoy.stats(re.escape(name)).get(name, 0)
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def test_response_header_added(showcase: Stack) -> None:

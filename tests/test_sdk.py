@@ -225,7 +225,7 @@ def test_zero_counter_increment_is_skipped_not_refused() -> None:
         hostcalls.increment_metric(c.id, 0)
 
 
-def test_finished_streams_are_forgotten(host) -> None:  # noqa: ANN001
+def test_finished_streams_are_forgotten(host) -> None:
     """Stream contexts are freed (in the module: in batches of at most 64), never accumulated."""
     for _ in range(300):
         s, _ = send(host, "headers")

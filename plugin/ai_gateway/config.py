@@ -37,7 +37,7 @@ class StatusSet:
             s = str(item).strip().lower()
             if len(s) == 3 and s[0] in "12345" and s[1:] == "xx":
                 classes.add(int(s[0]))
-            elif s.isdigit() and 100 <= int(s) <= 599:
+            elif s.isascii() and s.isdigit() and 100 <= int(s) <= 599:
                 codes.add(int(s))
             else:
                 raise ConfigError(f"{f.path(key)}[{i}]: must be an HTTP status (429) or class (\"5xx\"), got {item!r}")

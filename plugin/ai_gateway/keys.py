@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import random
 
 _REC = struct.Struct("<QII")  # out_until_ms, consecutive 5xx, ejections
+MAX_RETRY_AFTER_S = 86_400  # up to a day, as cooldown_ms
 _COUNTERS = MetricCache(Counter)
 _GAUGES = MetricCache(Gauge)
 
@@ -139,8 +140,9 @@ class KeyPool:
         eject_ms = 0
         if status in cfg.eject_on:
             eject_ms = cfg.cooldown_ms
-            if status == 429 and retry_after and retry_after.strip().isdigit():
-                eject_ms = int(retry_after.strip()) * 1000  # honour the provider's Retry-After
+            secs = (retry_after or "").strip()
+            if status == 429 and secs.isascii() and secs.isdigit():  # honour the provider's Retry-After (<= a day)
+                eject_ms = (min(int(secs), MAX_RETRY_AFTER_S) if len(secs) <= 9 else MAX_RETRY_AFTER_S) * 1000
         is_5xx = status >= 500 or status == 0
         if is_5xx or eject_ms:
             _COUNTERS(self._metric(idx, "failures")).increment()

@@ -14,7 +14,7 @@ from .errors import JSON_HEADERS, GatewayError
 from .fallback import Fallback
 from .keys import KeyPool
 from .observe import Observation, publish
-from .request import needs_usage, parse_body, with_model, with_usage_requested
+from .request import duplicate_model, needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
 from .usage import JsonCollector, SseScanner
@@ -59,9 +59,13 @@ class GatewayStream(HttpContext):
 
     def on_request_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         cfg: Config | None = self.config
-        if cfg is None or not cfg.enabled:
-            return Action.CONTINUE
         h = self.request_headers
+        if cfg is None or not cfg.enabled:
+            # Off for this stream, yet the routing headers stay the gateway's: a client must not pick a cluster.
+            for c in (cfg,) if cfg is not None else self.root.configs():
+                h.remove(c.route_header)
+                h.remove(c.model_header)
+            return Action.CONTINUE
         # Only the gateway may choose upstreams: a client cannot route by sending these itself.
         h.remove(cfg.route_header)
         h.remove(cfg.model_header)
@@ -77,8 +81,8 @@ class GatewayStream(HttpContext):
             return Action.CONTINUE  # not ours to judge: pass through untouched
         if end_of_stream:
             return self._reject(GatewayError(400, "request body is required", "missing_body"))
-        length = h.get("content-length")
-        if length and length.isdigit() and int(length) > cfg.max_body_bytes:
+        length = (h.get("content-length") or "").lstrip("0")
+        if length.isascii() and length.isdigit() and (len(length) > 18 or int(length) > cfg.max_body_bytes):
             return self._reject(self._too_large(cfg))
         self.active = True
         self.started_ns = hc.get_current_time_ns()
@@ -105,7 +109,7 @@ class GatewayStream(HttpContext):
         model = resolve(cfg, requested, h.get, RNG)
         if model is None:
             raise GatewayError(404, f"The model `{requested}` does not exist.", "model_not_found", "model")
-        rewrite = model.upstream_model != requested
+        rewrite = model.upstream_model != requested or duplicate_model(body)  # one "model" goes upstream
         self.stream = doc.get("stream") is True
         if cfg.inject_stream_usage and needs_usage(doc):
             doc = with_usage_requested(doc)  # usage metrics need the final usage chunk
@@ -225,7 +229,10 @@ class GatewayStream(HttpContext):
 
     def on_log(self) -> None:
         if self.model is not None and not self.published:
-            self._publish(complete=False)  # the stream ended early: upstream cut off, client gone, reset
+            # The stream ended early: upstream cut off, client gone, reset. An SSE answer that reached its
+            # "data: [DONE]" is whole even so: the official OpenAI client closes the connection right there,
+            # often before the upstream's terminating chunk has arrived.
+            self._publish(complete=self.sse is not None and self.sse.done)
 
     def _publish(self, complete: bool = True) -> None:
         self.published = True

@@ -28,6 +28,8 @@ def callout_headers(request: list[tuple[str, str]], model: Model, cfg: Config, s
     ``source``'s pool key is never copied to another request; ``credential`` is ``model``'s.
     """
     drop = _DROP | {cfg.route_header, cfg.model_header} | credential_headers(source)
+    if model.keys is not None and not model.keys.forward_client_credential:
+        drop |= credential_headers(model)  # as on the direct path: the client's credential stays here
     if credential:
         drop |= {credential[0]}
     out = [(k, v) for k, v in request if k not in drop and not (k == ":authority" and model.authority)]

@@ -13,6 +13,7 @@ import re
 from proxywasm import record
 
 MAX_JSON_BODY = 1 << 20  # parse whole bodies up to this; beyond, scan the tail for usage
+MAX_EVENT = 1 << 20  # an SSE event longer than this is passed on unexamined (usage reports are small)
 TAIL = 8192
 _USAGE_RE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
 _FIELD_RE = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d{1,12})')
@@ -39,7 +40,7 @@ class Usage:
 def usage_from_json(body: bytes) -> Usage | None:
     """Usage of a complete (non-streaming) response body, or None."""
     try:
-        doc = json.loads(body)
+        doc = json.loads(body.decode("utf-8"))  # bytes would make json guess UTF-16/32, codecs WASI lacks
     except (ValueError, RecursionError):
         return usage_from_tail(body[-TAIL:])
     return Usage.from_obj(doc.get("usage")) if isinstance(doc, dict) else None
@@ -95,38 +96,56 @@ class SseScanner:
     bytes pass through unchanged and immediately.
     """
 
+    done = False  # saw the "data: [DONE]" event: the answer is complete, whatever happens to the connection
+
     def __init__(self, drop_usage_only: bool) -> None:
         self.drop = drop_usage_only
-        self.pending = b""  # bytes of the event not yet complete
+        self.pending = bytearray()  # bytes of the event not yet complete (at most MAX_EVENT + one chunk)
+        self.oversized = False  # within an event longer than MAX_EVENT: passed on, neither held nor parsed
         self.usage: Usage | None = None
         self.events = 0
 
     def feed(self, chunk: bytes, end: bool = False) -> bytes:
-        data = self.pending + chunk
+        buf = self.pending
+        scan_from = max(0, len(buf) - 3)  # held bytes have no event end, but may end with part of one
+        buf += chunk
         out = []
         start = 0
-        for m in _EVENT_END.finditer(data):
-            event = data[start : m.end()]
+        for m in _EVENT_END.finditer(buf, scan_from):
+            event = buf[start : m.end()]
             start = m.end()
-            if self._event(event) or not self.drop:
+            if self.oversized or len(event) > MAX_EVENT:  # too long to hold (or to be a usage report)
+                self.oversized = False
                 out.append(event)
-        self.pending = data[start:]
-        if end and self.pending:  # a last event without its blank line: scan it, pass it on as it is
-            tail, self.pending = self.pending, b""
-            self._event(tail)
+            elif self._event(event) or not self.drop:
+                out.append(event)
+        del buf[:start]
+        if (self.oversized or len(buf) > MAX_EVENT) and len(buf) > 3:  # too long to hold: pass it on at once,
+            out.append(buf[:-3])  # all but what may be the start of its end
+            del buf[:-3]
+            self.oversized = True
+        if end and buf:  # a last event without its blank line: scan it, pass it on as it is
+            tail = bytes(buf)
+            buf.clear()
+            if not self.oversized:
+                self._event(tail)
+            self.oversized = False
             out.append(tail)
         return b"".join(out) if self.drop else chunk
 
     def _event(self, event: bytes) -> bool:
         """Record what the event says; False if it is a usage-only event to drop."""
         self.events += 1
+        if b"[DONE]" in event and _data(event) == b"[DONE]":
+            self.done = True
+            return True
         if b'"usage"' not in event:
             return True
         payload = _data(event)
         if not payload or payload == b"[DONE]" or re.search(rb'"usage"\s*:\s*\{', payload) is None:
             return True
         try:
-            obj = json.loads(payload)
+            obj = json.loads(payload.decode("utf-8"))
         except (ValueError, RecursionError):
             return True
         if not isinstance(obj, dict):

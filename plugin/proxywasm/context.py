@@ -102,13 +102,13 @@ class RootContext(_Context, _Generic):
     def on_configure(self, config: bytes) -> bool:
         """Parse JSON config with Higress ``_rules_``; a bad config fails plugin start."""
         try:
-            doc = json.loads(config or b"{}")
+            doc = json.loads((config or b"{}").decode("utf-8"))  # bytes: json would guess codecs WASI lacks
             if not isinstance(doc, dict):
                 raise ConfigError("configuration must be a JSON object")
             self.fail_closed = bool(doc.pop("_fail_closed_", type(self).fail_closed))
             self.rules = RuleSet.parse(doc, self.parse_config)
             self.on_config_loaded()
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
             hc.log(LogLevel.CRITICAL, f"invalid plugin configuration: {e}")
             return False
         return True

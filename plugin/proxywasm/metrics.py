@@ -33,8 +33,10 @@ class Counter(Metric):
     def increment(self, n: int = 1) -> None:
         """Add ``n`` (>= 0). Envoy refuses a zero increment: 0 only defines the metric (it shows as 0)."""
         mid = self._id if self._id is not None else self.id
-        if n and hc._h.proxy_increment_metric(mid, n):  # direct: runs on every request
-            hc.increment_metric(mid, n)  # raises the HostError
+        if n:
+            st = hc._h.proxy_increment_metric(mid, n)  # direct: runs on every request
+            if st:
+                raise hc._error("proxy_increment_metric", st)
 
 
 class Gauge(Metric):

@@ -127,7 +127,7 @@ def plan(n: int, seed: int, model_weights: dict[str, int], stream_share: float =
 
 
 def expected(served: str, spec: Spec) -> tuple[str, Usage, str]:
-    """(text, usage, finish_reason) by e2e/mock_vllm.py's documented rule, for ``served`` answering ``spec``."""
+    """(text, usage, finish_reason) by e2e/mock_vllm's documented rule, for ``served`` answering ``spec``."""
     words = f"[{served}] echo: {spec.text}".split()
     limit = spec.max_tokens or DEFAULT_MAX_TOKENS
     tokens = [w if i == 0 else " " + w for i, w in enumerate(words)][:limit]

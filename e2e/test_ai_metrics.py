@@ -51,7 +51,7 @@ class Sent:
 
 
 def rule(served: str, text: str, max_tokens: int | None, chat: bool) -> Usage:
-    """e2e/mock_vllm.py's counting for one user message ``text`` (or prompt): prompt = (1 +) words (1 per chat
+    """e2e/mock_vllm's counting for one user message ``text`` (or prompt): prompt = (1 +) words (1 per chat
     message), completion = the words of ``[<served>] echo: <text>``, at most max_tokens (default 16)."""
     prompt = len(text.split()) + (1 if chat else 0)
     out = min(len(f"[{served}] echo: {text}".split()), max_tokens or DEFAULT_MAX_TOKENS)

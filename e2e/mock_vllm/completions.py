@@ -1,0 +1,145 @@
+"""Answering ``POST /v1/chat/completions`` and ``/v1/completions``: plain JSON or SSE, with injected faults."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .faults import Fault
+from .generation import ApiError, Generation, plan
+from .recording import Recorded
+
+if TYPE_CHECKING:
+    from .server import MockServer
+
+
+class _Dropped(Exception):
+    """The connection was closed on purpose (fault) or by the client: nothing more to write."""
+
+
+class Completions:
+    """The completion routes of the request handler (a mixin of ``handler._Handler``)."""
+
+    def _complete(self, mock: MockServer, kind: str, rec: Recorded, raw: bytes) -> None:
+        t0 = time.monotonic()
+        try:
+            fault = mock._take_fault(rec.headers)
+        except ValueError as e:
+            return self._json(400, ApiError(400, str(e)).body())
+        if fault.drop or fault.status:
+            _sleep_ms(fault.delay_ms)
+            if fault.drop:
+                self._close_abruptly(fault.reset)
+            err = ApiError(fault.status or 500, fault.message or f"mock-vllm: injected HTTP {fault.status}")
+            return self._json(err.status, err.body(), {"retry-after": fault.retry_after} if fault.retry_after else None)
+        if isinstance(rec.body, bytes):
+            try:
+                json.loads(raw)
+            except ValueError as e:
+                return self._json(400, ApiError(400, f"JSON decode error: {e}").body())
+        req = rec.body
+        try:
+            gen = plan(mock.model, kind, req, mock.max_model_len)
+        except ApiError as e:
+            return self._json(e.status, e.body())
+        request_id = rec.headers.get("x-request-id") or uuid.uuid4().hex
+        rid = ("chatcmpl-" if kind == "chat" else "cmpl-") + request_id
+        created = int(time.time())
+        model = req.get("model") or mock.model
+        token_delay = mock.token_delay_ms if fault.token_delay_ms is None else fault.token_delay_ms
+        with mock.metrics.slot():
+            _sleep_ms(fault.delay_ms)
+            if req.get("stream"):
+                include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+                return self._stream(mock, kind, gen, rid, created, model, include_usage, fault, token_delay, t0)
+            _sleep_ms(fault.ttft_ms + token_delay * max(0, len(gen.tokens) - 1))
+            if kind == "chat":
+                choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": gen.text,
+                                                                   "tool_calls": []},
+                                          "logprobs": None, "finish_reason": gen.finish_reason, "stop_reason": None}
+            else:
+                choice = {"index": 0, "text": gen.text, "logprobs": None, "finish_reason": gen.finish_reason,
+                          "stop_reason": None}
+            doc = {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
+                   "created": created, "model": model, "choices": [choice],
+                   "usage": {**gen.usage(), "prompt_tokens_details": None}}
+            data = _dumps(doc)
+            mock.metrics.first_token(time.monotonic() - t0)
+            if fault.drop_after_chunks is not None:
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                mock.metrics.finished("abort", gen.prompt_tokens, len(gen.tokens), time.monotonic() - t0)
+                self._close_abruptly(fault.reset)
+            mock.metrics.finished(gen.finish_reason, gen.prompt_tokens, len(gen.tokens), time.monotonic() - t0)
+            self._json(200, doc)
+
+    def _stream(self, mock: MockServer, kind: str, gen: Generation, rid: str, created: int, model: str,
+                include_usage: bool, fault: Fault, token_delay: int, t0: float) -> None:
+        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+
+        def chunk(choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
+            doc: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model, "choices": choices}
+            if include_usage:
+                doc["usage"] = usage
+            return doc
+
+        events: list[tuple[dict[str, Any] | None, int]] = []  # (chunk or None for [DONE], tokens it carries)
+        last = len(gen.tokens) - 1
+        if kind == "chat":
+            events.append((chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                   "finish_reason": None}]), 0))
+            for i, tok in enumerate(gen.tokens):
+                events.append((chunk([{"index": 0, "delta": {"content": tok}, "logprobs": None,
+                                       "finish_reason": gen.finish_reason if i == last else None}]), 1))
+        else:
+            for i, tok in enumerate(gen.tokens):
+                events.append((chunk([{"index": 0, "text": tok, "logprobs": None,
+                                       "finish_reason": gen.finish_reason if i == last else None,
+                                       "stop_reason": None}]), 1))
+        if include_usage:
+            events.append((chunk([], gen.usage()), 0))
+        events.append((None, 0))
+
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream; charset=utf-8")
+        self.send_header("transfer-encoding", "chunked")
+        self.send_header("cache-control", "no-cache")
+        self.end_headers()
+        self.wfile.flush()
+        generated = 0
+        try:
+            _sleep_ms(fault.ttft_ms)
+            for n, (doc, carried) in enumerate(events):
+                if fault.drop_after_chunks is not None and n >= fault.drop_after_chunks:
+                    break
+                if n > 0 and carried:
+                    _sleep_ms(token_delay)
+                payload = b"data: [DONE]\n\n" if doc is None else b"data: " + _dumps(doc) + b"\n\n"
+                self._chunk(payload)
+                if n == 0:
+                    mock.metrics.first_token(time.monotonic() - t0)
+                generated += carried
+        except OSError:
+            mock.metrics.finished("abort", gen.prompt_tokens, generated, time.monotonic() - t0)
+            raise
+        if fault.drop_after_chunks is not None:
+            mock.metrics.finished("abort", gen.prompt_tokens, generated, time.monotonic() - t0)
+            self._close_abruptly(fault.reset)
+        mock.metrics.finished(gen.finish_reason, gen.prompt_tokens, generated, time.monotonic() - t0)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()  # compact, like vLLM's pydantic model_dump_json
+
+
+def _sleep_ms(ms: int) -> None:
+    if ms > 0:
+        time.sleep(ms / 1000)

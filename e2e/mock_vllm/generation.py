@@ -1,0 +1,108 @@
+"""Validating a completion request the way vLLM does and deciding the deterministic reply (``plan``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+
+MAX_MODEL_LEN = 4096
+DEFAULT_MAX_TOKENS = 16
+ECHO_CHARS = 200
+ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
+               404: "NotFoundError", 408: "RequestTimeoutError", 409: "ConflictError",
+               422: "UnprocessableEntityError", 429: "RateLimitError", 500: "InternalServerError",
+               501: "NotImplementedError", 503: "ServiceUnavailableError"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, err_type: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.type = err_type or ERROR_TYPES.get(status) or HTTPStatus(status).phrase.replace(" ", "")
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.status}}
+
+
+@dataclass(frozen=True)
+class Generation:
+    tokens: list[str]
+    finish_reason: str
+    prompt_tokens: int
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+    def usage(self, generated: int | None = None) -> dict[str, int]:
+        n = len(self.tokens) if generated is None else generated
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": n, "total_tokens": self.prompt_tokens + n}
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and "text" in p)
+    return str(content)
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, list):
+        return " ".join(_prompt_text(p) for p in prompt)
+    return "" if prompt is None else str(prompt)
+
+
+def plan(served: str, kind: str, req: Any, max_model_len: int = MAX_MODEL_LEN) -> Generation:
+    """Validate a completion request the way vLLM does and decide the reply (see the module docstring)."""
+    if not isinstance(req, dict):
+        raise ApiError(400, "Request body must be a JSON object.")
+    model = req.get("model")
+    if model is not None and model != served:
+        raise ApiError(404, f"The model `{model}` does not exist.")
+    if kind == "chat":
+        messages = req.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise ApiError(400, "Field 'messages' is required and must be a list of message objects.", "messages")
+        texts = [_content_text(m.get("content")) for m in messages]
+        prompt_tokens = sum(1 + count_words(t) for t in texts)
+        users = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user"]
+        echo = users[-1] if users else (texts[-1] if texts else "")
+    else:
+        if "prompt" not in req:
+            raise ApiError(400, "Field 'prompt' is required.", "prompt")
+        echo = _prompt_text(req["prompt"])
+        prompt_tokens = count_words(echo)
+    stream = req.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise ApiError(400, "Field 'stream' must be a boolean.", "stream")
+    if req.get("stream_options") is not None and not stream:
+        raise ApiError(400, "Stream options can only be defined when `stream=True`.", "stream_options")
+    max_tokens = req.get("max_completion_tokens") if kind == "chat" else None
+    if max_tokens is None:
+        max_tokens = req.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = DEFAULT_MAX_TOKENS
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise ApiError(400, f"max_tokens must be an integer, got {max_tokens!r}.", "max_tokens")
+    if max_tokens < 1:
+        raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.", "max_tokens")
+    if prompt_tokens + max_tokens > max_model_len:
+        raise ApiError(400, f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                            f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in "
+                            f"the completion). Please reduce the length of the messages or completion.")
+    words = f"[{served}] echo: {echo[:ECHO_CHARS]}".split()
+    if req.get("ignore_eos") is True:
+        words = [words[i % len(words)] for i in range(max_tokens)]
+    tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    finish = "length" if len(tokens) > max_tokens or req.get("ignore_eos") is True else "stop"
+    return Generation(tokens[:max_tokens], finish, prompt_tokens)

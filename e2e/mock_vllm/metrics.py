@@ -1,0 +1,119 @@
+"""vLLM-style Prometheus metrics (``GET /metrics``) and the simple slot scheduler (``max_num_seqs``)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+DEFAULT_MAX_NUM_SEQS = 8
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+               480.0, 960.0, 1920.0, 7680.0)
+
+
+class Histogram:
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        for i, le in enumerate(self.buckets):
+            if value <= le:
+                self.counts[i] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self, name: str, help_text: str, labels: str) -> list[str]:
+        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        lines += [f'{name}_bucket{{{labels},le="{le}"}} {float(n)}' for le, n in zip(self.buckets, self.counts, strict=True)]
+        lines += [f'{name}_bucket{{{labels},le="+Inf"}} {float(self.count)}',
+                  f"{name}_count{{{labels}}} {float(self.count)}", f"{name}_sum{{{labels}}} {self.sum!r}"]
+        return lines
+
+
+class Metrics:
+    """Engine-side counters. ``slot()`` is the scheduler: waiting until one of ``max_num_seqs`` slots is free."""
+
+    def __init__(self, model: str, max_num_seqs: int) -> None:
+        self.model = model
+        self.max_num_seqs = max_num_seqs
+        self.cond = threading.Condition()
+        self.running = 0
+        self.waiting = 0
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.success = {"stop": 0, "length": 0, "abort": 0}
+        self.ttft = Histogram(TTFT_BUCKETS)
+        self.e2e = Histogram(E2E_BUCKETS)
+        self.started = time.time()
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        with self.cond:
+            self.waiting += 1
+            try:
+                while self.running >= self.max_num_seqs:
+                    self.cond.wait()
+            finally:
+                self.waiting -= 1
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.running -= 1
+                self.cond.notify()
+
+    def first_token(self, seconds: float) -> None:
+        with self.cond:
+            self.ttft.observe(seconds)
+
+    def finished(self, reason: str, prompt_tokens: int, generated: int, seconds: float) -> None:
+        with self.cond:
+            self.prompt_tokens += prompt_tokens
+            self.generation_tokens += generated
+            self.success[reason] += 1
+            self.e2e.observe(seconds)
+
+    def render(self) -> str:
+        m = f'model_name="{self.model}"'
+        with self.cond:
+            usage = min(1.0, self.running / self.max_num_seqs)
+            lines = [
+                "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+                "# TYPE vllm:num_requests_running gauge",
+                f"vllm:num_requests_running{{{m}}} {float(self.running)}",
+                "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.",
+                "# TYPE vllm:num_requests_waiting gauge",
+                f"vllm:num_requests_waiting{{{m}}} {float(self.waiting)}",
+                "# HELP vllm:gpu_cache_usage_perc GPU KV-cache usage. 1 means 100 percent usage.",
+                "# TYPE vllm:gpu_cache_usage_perc gauge",
+                f"vllm:gpu_cache_usage_perc{{{m}}} {usage!r}",
+                "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.",
+                "# TYPE vllm:kv_cache_usage_perc gauge",
+                f"vllm:kv_cache_usage_perc{{{m}}} {usage!r}",
+                "# HELP vllm:lora_requests_info Running stats on lora requests.",
+                "# TYPE vllm:lora_requests_info gauge",
+                f'vllm:lora_requests_info{{max_lora="1",running_lora_adapters="",waiting_lora_adapters=""}} '
+                f"{self.started!r}",
+                "# HELP vllm:prompt_tokens_total Number of prefill tokens processed.",
+                "# TYPE vllm:prompt_tokens_total counter",
+                f"vllm:prompt_tokens_total{{{m}}} {float(self.prompt_tokens)}",
+                "# HELP vllm:generation_tokens_total Number of generation tokens processed.",
+                "# TYPE vllm:generation_tokens_total counter",
+                f"vllm:generation_tokens_total{{{m}}} {float(self.generation_tokens)}",
+                "# HELP vllm:request_success_total Count of successfully processed requests.",
+                "# TYPE vllm:request_success_total counter",
+            ]
+            lines += [f'vllm:request_success_total{{finished_reason="{r}",{m}}} {float(n)}'
+                      for r, n in self.success.items()]
+            lines += self.ttft.render("vllm:time_to_first_token_seconds",
+                                      "Histogram of time to first token in seconds.", m)
+            lines += self.e2e.render("vllm:e2e_request_latency_seconds",
+                                     "Histogram of e2e request latency in seconds.", m)
+        return "\n".join(lines) + "\n"

@@ -98,6 +98,7 @@ def generate(abi: ModuleType, exports: frozenset[str] | None = None) -> str:
     out.append("static PyMethodDef pw_methods[] = {")
     for fn in abi.IMPORTS:
         out.append(f'  {{"{fn.name}", (PyCFunction)(void(*)(void))py_{fn.name}, METH_FASTCALL, NULL}},')
+    out.append("  PW_NATIVE_HELPERS /* hand-written accelerators, shim.c */")
     out.append("  {NULL, NULL, 0, NULL}\n};\n")
     names = ", ".join(f'"{e.name}"' for e in abi.EXPORTS)
     out.append(f"#define PW_NUM_EXPORTS {len(abi.EXPORTS)}")

@@ -53,6 +53,7 @@ class GatewayStream(HttpContext):
     first_byte_ns = 0
     published = False
     key_idx: int | None = None  # index of the pool key this request went out with
+    headers_in: dict[str, str] = {}  # the request headers as the client sent them (read-only)
     pool_of = staticmethod(pool_of)
 
     # -- request --
@@ -66,27 +67,31 @@ class GatewayStream(HttpContext):
                 h.remove(c.route_header)
                 h.remove(c.model_header)
             return Action.CONTINUE
+        hd = h.snapshot()  # one host call instead of one per header read below
         # Only the gateway may choose upstreams: a client cannot route by sending these itself.
-        h.remove(cfg.route_header)
-        h.remove(cfg.model_header)
-        method = h.get(":method")
-        path = (h.get(":path") or "").split("?", 1)[0]
+        if cfg.route_header in hd:
+            h.remove(cfg.route_header)
+        if cfg.model_header in hd:
+            h.remove(cfg.model_header)
+        method = hd.get(":method")
+        path = hd.get(":path", "").split("?", 1)[0]
         if path == "/v1/models" and method == "GET" and cfg.models_endpoint:
             self.send_local_response(200, models_list(cfg), JSON_HEADERS)
             return Action.PAUSE
         if method != "POST" or path not in cfg.paths:
             return Action.CONTINUE
-        ctype = (h.get("content-type") or "").lower()
+        ctype = hd.get("content-type", "").lower()
         if ctype and "json" not in ctype:
             return Action.CONTINUE  # not ours to judge: pass through untouched
         if end_of_stream:
             return self._reject(GatewayError(400, "request body is required", "missing_body"))
-        length = (h.get("content-length") or "").lstrip("0")
+        length = hd.get("content-length", "").lstrip("0")
         if length.isascii() and length.isdigit() and (len(length) > 18 or int(length) > cfg.max_body_bytes):
             return self._reject(self._too_large(cfg))
         self.active = True
         self.started_ns = hc.get_current_time_ns()
-        self.consumer = h.get(cfg.consumer_header) or ""
+        self.consumer = hd.get(cfg.consumer_header, "")
+        self.headers_in = hd
         return Action.PAUSE  # hold the headers until the body names the model
 
     def on_request_body(self, body_size: int, end_of_stream: bool) -> Action:
@@ -106,7 +111,7 @@ class GatewayStream(HttpContext):
     def _route(self, cfg: Config, body: bytes) -> None:
         doc, requested = parse_body(body)
         h = self.request_headers
-        model = resolve(cfg, requested, h.get, RNG)
+        model = resolve(cfg, requested, self.headers_in.get, RNG)
         if model is None:
             raise GatewayError(404, f"The model `{requested}` does not exist.", "model_not_found", "model")
         rewrite = model.upstream_model != requested or duplicate_model(body)  # one "model" goes upstream
@@ -124,8 +129,6 @@ class GatewayStream(HttpContext):
             body = with_model(doc, model.upstream_model)
             self.request_body.replace(body)
             h.set("content-length", str(len(body)))
-        if model.fallback or model.mirror or model.keys:
-            self.upstream_headers = h.items()
         if model.mirror and RNG.random() * 100 < model.mirror.percent:
             shadow = cfg.models[model.mirror.model]
             credential = None
@@ -134,7 +137,7 @@ class GatewayStream(HttpContext):
                 idx = pool.pick(hc.get_current_time_ns() // 1_000_000, RNG)
                 credential = pool.credential(idx) if idx is not None else None
             mirror(self, self.root.context_id, shadow,
-                   callout_headers(self.upstream_headers, shadow, cfg, model, credential),
+                   callout_headers(h.items(), shadow, cfg, model, credential),
                    with_model(doc, shadow.upstream_model), model.name)
 
     def _use_key(self, model: Model, h: object) -> None:
@@ -169,7 +172,9 @@ class GatewayStream(HttpContext):
         fb = model.fallback
         if self.fallback is None and (key_failed or (fb is not None and self.status in fb.on_status)):
             hc.log(LogLevel.INFO, f"{model.name} answered {status}: {'retrying' if key_failed else 'falling back'}")
-            self.fallback = Fallback(self, self.config, model, self.doc, self.upstream_headers, RNG, key_failed)
+            # The request headers as sent upstream: Envoy keeps the map readable for the stream's life.
+            self.fallback = Fallback(self, self.config, model, self.doc, self.request_headers.items(), RNG,
+                                     key_failed)
             self.fallback.start()
             return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)

@@ -11,6 +11,14 @@ Run it::
 It prints ``mock-vllm <model> listening on 127.0.0.1:<port>`` once ready and runs until SIGTERM/SIGINT (exit 0).
 In tests use ``serve(model)`` (in-process, ``port=0`` picks a free port) or ``spawn(model, port)`` (subprocess).
 
+Answers come at once unless faults delay them. ``--load-model`` (``serve(model, load_model=True, ...)``) makes the
+server behave like a loaded GPU instead: continuous batching, a queue, a KV cache, LoRA adapter slots and an optional
+prefix cache, so TTFT and latency grow with load; the formulas and knobs are in ``engine``.
+
+Modules: ``server`` (MockServer, serve), ``handler`` (HTTP, routes), ``completions`` (answers, SSE), ``generation``
+(validation, reply, token counts), ``engine`` (load model), ``metrics``, ``faults``, ``recording``, ``process``
+(spawn), ``cli``.
+
 Routes (like vLLM)
     ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /metrics``, ``GET /health``.
     With API keys, every ``/v1/...`` path needs ``Authorization: Bearer <key>`` (else 401 ``{"error": "Unauthorized"}``,
@@ -18,10 +26,12 @@ Routes (like vLLM)
     ``{"detail": "Not Found"}`` (FastAPI's body). Errors use vLLM's current envelope
     ``{"error": {"message", "type", "param", "code"}}`` (400 ``BadRequestError`` for bad JSON/fields, 404
     ``NotFoundError`` with ``The model `X` does not exist.`` for a wrong ``model``). A missing ``model`` means the
-    served one, as in vLLM. The response ``model`` echoes the request's ``model``.
+    served one, as in vLLM. The response ``model`` echoes the request's ``model``. With ``--lora-modules a b=/path``
+    (vLLM's flag) ``model`` may also name adapter ``a`` or ``b``; ``/v1/models`` lists them with ``parent`` = the
+    served model, as vLLM does. ``GET /mock/engine`` shows the load model's config, state and step statistics.
 
 Generation and token counting (documented rule; "token" = whitespace-separated word)
-    * reply text: ``"[<served model>] echo: <text>"`` where ``<text>`` is the last ``user`` message's content
+    * reply text: ``"[<served model or adapter>] echo: <text>"`` where ``<text>`` is the last ``user`` message's content
       (chat; the last message if no user message) or the prompt (completions; a list prompt is joined with spaces),
       cut to its first 200 characters. Content given as parts uses the ``text`` parts joined by a space.
     * reply tokens: the words of the reply text, the first one bare and each later one with one leading space
@@ -64,8 +74,9 @@ Recorded requests
 Metrics (``GET /metrics``, Prometheus text, label ``model_name``)
     gauges ``vllm:num_requests_running`` / ``vllm:num_requests_waiting`` (real: a request is waiting until one of
     ``max_num_seqs`` (8) slots is free, running while it is generated/delayed/streamed),
-    ``vllm:gpu_cache_usage_perc`` and ``vllm:kv_cache_usage_perc`` (= running / max_num_seqs, 0..1),
-    ``vllm:lora_requests_info``; counters ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``,
+    ``vllm:gpu_cache_usage_perc`` and ``vllm:kv_cache_usage_perc`` (= running / max_num_seqs, 0..1; with the load
+    model: tokens held / KV capacity), ``vllm:lora_requests_info`` (with adapters: one series per label set seen, the
+    current one valued now, as vLLM's prometheus_client does; see ``metrics``); counters ``vllm:prompt_tokens_total``, ``vllm:generation_tokens_total``,
     ``vllm:request_success_total{finished_reason=stop|length|abort}``; histograms
     ``vllm:time_to_first_token_seconds`` and ``vllm:e2e_request_latency_seconds``. Injected status/drop faults do
     not reach the "engine" and count nowhere.
@@ -74,6 +85,7 @@ Metrics (``GET /metrics``, Prometheus text, label ``model_name``)
 from __future__ import annotations
 
 from .cli import READY_RE, main
+from .engine import Engine, EngineConfig, PrefixCache, decode_tokens_per_s, step_ms
 from .faults import HEADER_FAULTS, Fault
 from .generation import (
     DEFAULT_MAX_TOKENS,
@@ -89,11 +101,40 @@ from .handler import COMPLETION_PATHS, MAX_BODY_BYTES
 from .metrics import DEFAULT_MAX_NUM_SEQS, E2E_BUCKETS, TTFT_BUCKETS, Histogram, Metrics
 from .process import REPO, MockProcess, spawn
 from .recording import MAX_RECORDED, MOCK_REQUESTS_SHOWN, Recorded
-from .server import MockServer, serve
+from .server import MockServer, parse_lora_modules, serve
 
 __all__ = [
-    "COMPLETION_PATHS", "DEFAULT_MAX_NUM_SEQS", "DEFAULT_MAX_TOKENS", "E2E_BUCKETS", "ECHO_CHARS", "ERROR_TYPES",
-    "HEADER_FAULTS", "MAX_BODY_BYTES", "MAX_MODEL_LEN", "MAX_RECORDED", "MOCK_REQUESTS_SHOWN", "READY_RE", "REPO",
-    "TTFT_BUCKETS", "ApiError", "Fault", "Generation", "Histogram", "Metrics", "MockProcess", "MockServer",
-    "Recorded", "count_words", "main", "plan", "serve", "spawn",
+    "COMPLETION_PATHS",
+    "DEFAULT_MAX_NUM_SEQS",
+    "DEFAULT_MAX_TOKENS",
+    "E2E_BUCKETS",
+    "ECHO_CHARS",
+    "ERROR_TYPES",
+    "HEADER_FAULTS",
+    "MAX_BODY_BYTES",
+    "MAX_MODEL_LEN",
+    "MAX_RECORDED",
+    "MOCK_REQUESTS_SHOWN",
+    "READY_RE",
+    "REPO",
+    "TTFT_BUCKETS",
+    "ApiError",
+    "Engine",
+    "EngineConfig",
+    "Fault",
+    "Generation",
+    "Histogram",
+    "Metrics",
+    "MockProcess",
+    "MockServer",
+    "PrefixCache",
+    "Recorded",
+    "count_words",
+    "decode_tokens_per_s",
+    "main",
+    "parse_lora_modules",
+    "plan",
+    "serve",
+    "spawn",
+    "step_ms",
 ]

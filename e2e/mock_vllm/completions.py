@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from .engine import Ticket, _Instant
 from .faults import Fault
 from .generation import ApiError, Generation, plan
 from .recording import Recorded
@@ -41,7 +42,7 @@ class Completions:
                 return self._json(400, ApiError(400, f"JSON decode error: {e}").body())
         req = rec.body
         try:
-            gen = plan(mock.model, kind, req, mock.max_model_len)
+            gen = plan(mock.model, kind, req, mock.max_model_len, mock.lora_modules)
         except ApiError as e:
             return self._json(e.status, e.body())
         request_id = rec.headers.get("x-request-id") or uuid.uuid4().hex
@@ -49,11 +50,15 @@ class Completions:
         created = int(time.time())
         model = req.get("model") or mock.model
         token_delay = mock.token_delay_ms if fault.token_delay_ms is None else fault.token_delay_ms
-        with mock.metrics.slot():
-            _sleep_ms(fault.delay_ms)
+        # An injected delay holds a slot when the load model is off; with it on, it comes before the engine.
+        _sleep_ms(fault.delay_ms if mock.engine else 0)
+        with mock.admit(gen) as ticket:
+            _sleep_ms(0 if mock.engine else fault.delay_ms)
             if req.get("stream"):
                 include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
-                return self._stream(mock, kind, gen, rid, created, model, include_usage, fault, token_delay, t0)
+                return self._stream(mock, kind, gen, ticket, rid, created, model, include_usage, fault, token_delay,
+                                    t0)
+            ticket.wait(len(gen.tokens))
             _sleep_ms(fault.ttft_ms + token_delay * max(0, len(gen.tokens) - 1))
             if kind == "chat":
                 choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": gen.text,
@@ -79,8 +84,8 @@ class Completions:
             mock.metrics.finished(gen.finish_reason, gen.prompt_tokens, len(gen.tokens), time.monotonic() - t0)
             self._json(200, doc)
 
-    def _stream(self, mock: MockServer, kind: str, gen: Generation, rid: str, created: int, model: str,
-                include_usage: bool, fault: Fault, token_delay: int, t0: float) -> None:
+    def _stream(self, mock: MockServer, kind: str, gen: Generation, ticket: Ticket | _Instant, rid: str,
+                created: int, model: str, include_usage: bool, fault: Fault, token_delay: int, t0: float) -> None:
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
 
         def chunk(choices: list[dict[str, Any]], usage: Any = None) -> dict[str, Any]:
@@ -112,19 +117,40 @@ class Completions:
         self.send_header("cache-control", "no-cache")
         self.end_headers()
         self.wfile.flush()
+        # Every event waits for the tokens it carries (the chat role chunk for the first one, as in vLLM). With the
+        # load model on, the events whose tokens are ready go out in one write.
+        pending: list[bytes] = []
+        first_sent = False
+
+        def flush() -> None:
+            nonlocal first_sent
+            if pending:
+                self.wfile.write(b"".join(pending))
+                self.wfile.flush()
+                pending.clear()
+                if not first_sent:
+                    first_sent = True
+                    mock.metrics.first_token(time.monotonic() - t0)
+
         generated = 0
         try:
             _sleep_ms(fault.ttft_ms)
             for n, (doc, carried) in enumerate(events):
                 if fault.drop_after_chunks is not None and n >= fault.drop_after_chunks:
                     break
-                if n > 0 and carried:
+                if n > 0 and carried and token_delay:
+                    flush()
                     _sleep_ms(token_delay)
+                need = max(1, generated + carried) if doc is not None else len(gen.tokens)
+                if not ticket.ready(need):
+                    flush()
+                    ticket.wait(need)
                 payload = b"data: [DONE]\n\n" if doc is None else b"data: " + _dumps(doc) + b"\n\n"
-                self._chunk(payload)
-                if n == 0:
-                    mock.metrics.first_token(time.monotonic() - t0)
+                pending.append(b"%x\r\n%s\r\n" % (len(payload), payload))
+                if not ticket.coalesce:
+                    flush()
                 generated += carried
+            flush()
         except OSError:
             mock.metrics.finished("abort", gen.prompt_tokens, generated, time.monotonic() - t0)
             raise

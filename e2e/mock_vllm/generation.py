@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -32,6 +33,8 @@ class Generation:
     tokens: list[str]
     finish_reason: str
     prompt_tokens: int
+    adapter: str | None = None  # the LoRA adapter the request named, if any
+    prompt_text: str = ""  # all prompt text (chat: the messages' contents, one a line), for the prefix cache
 
     @property
     def text(self) -> str:
@@ -62,13 +65,17 @@ def _prompt_text(prompt: Any) -> str:
     return "" if prompt is None else str(prompt)
 
 
-def plan(served: str, kind: str, req: Any, max_model_len: int = MAX_MODEL_LEN) -> Generation:
-    """Validate a completion request the way vLLM does and decide the reply (see the module docstring)."""
+def plan(served: str, kind: str, req: Any, max_model_len: int = MAX_MODEL_LEN,
+         adapters: Collection[str] = ()) -> Generation:
+    """Validate a completion request the way vLLM does and decide the reply (see the package docstring).
+
+    ``model`` may be ``served`` or one of the LoRA ``adapters``; the reply then starts with ``[<adapter>]``."""
     if not isinstance(req, dict):
         raise ApiError(400, "Request body must be a JSON object.")
     model = req.get("model")
-    if model is not None and model != served:
+    if model is not None and model != served and model not in adapters:
         raise ApiError(404, f"The model `{model}` does not exist.")
+    adapter = model if model is not None and model != served else None
     if kind == "chat":
         messages = req.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
@@ -77,10 +84,11 @@ def plan(served: str, kind: str, req: Any, max_model_len: int = MAX_MODEL_LEN) -
         prompt_tokens = sum(1 + count_words(t) for t in texts)
         users = [t for m, t in zip(messages, texts, strict=True) if m.get("role") == "user"]
         echo = users[-1] if users else (texts[-1] if texts else "")
+        prompt_text = "\n".join(texts)
     else:
         if "prompt" not in req:
             raise ApiError(400, "Field 'prompt' is required.", "prompt")
-        echo = _prompt_text(req["prompt"])
+        echo = prompt_text = _prompt_text(req["prompt"])
         prompt_tokens = count_words(echo)
     stream = req.get("stream")
     if stream is not None and not isinstance(stream, bool):
@@ -100,9 +108,9 @@ def plan(served: str, kind: str, req: Any, max_model_len: int = MAX_MODEL_LEN) -
         raise ApiError(400, f"This model's maximum context length is {max_model_len} tokens. However, you requested "
                             f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in "
                             f"the completion). Please reduce the length of the messages or completion.")
-    words = f"[{served}] echo: {echo[:ECHO_CHARS]}".split()
+    words = f"[{adapter or served}] echo: {echo[:ECHO_CHARS]}".split()
     if req.get("ignore_eos") is True:
         words = [words[i % len(words)] for i in range(max_tokens)]
     tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
     finish = "length" if len(tokens) > max_tokens or req.get("ignore_eos") is True else "stop"
-    return Generation(tokens[:max_tokens], finish, prompt_tokens)
+    return Generation(tokens[:max_tokens], finish, prompt_tokens, adapter, prompt_text)

@@ -132,10 +132,6 @@ class _Handler(Completions, BaseHTTPRequestHandler):
                 self.connection.shutdown(socket.SHUT_RDWR)
         raise _Dropped
 
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-        self.wfile.flush()
-
     # ---- dispatch
 
     def _dispatch(self) -> None:
@@ -210,6 +206,8 @@ class _Handler(Completions, BaseHTTPRequestHandler):
                 except ValueError as e:
                     return self._json(400, ApiError(400, str(e)).body())
                 return self._json(200, mock.fault_doc())
+        if rec.path == "/mock/engine" and method == "GET":
+            return self._json(200, mock.engine_doc())
         if rec.path == "/mock/requests":
             if method == "GET":
                 wanted = dict(p.partition("=")[::2] for p in rec.query.split("&") if p).get("path")

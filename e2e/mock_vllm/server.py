@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import json
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
+from .engine import INSTANT, Engine, EngineConfig, Ticket, _Instant
 from .faults import HEADER_FAULTS, Fault
-from .generation import MAX_MODEL_LEN
+from .generation import MAX_MODEL_LEN, Generation
 from .handler import _HTTPServer
 from .metrics import DEFAULT_MAX_NUM_SEQS, Metrics
 from .recording import MAX_RECORDED, Recorded
@@ -23,7 +26,10 @@ class MockServer:
 
     def __init__(self, model: str, port: int = 0, api_keys: tuple[str, ...] = (), *, host: str = "127.0.0.1",
                  max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, token_delay_ms: int = 0,
-                 max_model_len: int = MAX_MODEL_LEN, keepalive_timeout: float | None = None) -> None:
+                 max_model_len: int = MAX_MODEL_LEN, keepalive_timeout: float | None = None,
+                 load_model: bool = False, lora_modules: Iterable[str] = (), **engine_options: Any) -> None:
+        """``load_model`` turns on the engine load model; ``engine_options`` are ``EngineConfig`` fields
+        (``kv_capacity_tokens=...``). ``lora_modules``: adapters ``model`` may name, ``name`` or ``name=path``."""
         if not ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).version != 4:
             raise ValueError(f"mock-vllm listens on IPv4 loopback only, not {host!r}")
         self.model = model
@@ -31,7 +37,11 @@ class MockServer:
         self.max_model_len = max_model_len
         self.token_delay_ms = token_delay_ms
         self.keepalive_timeout = keepalive_timeout
-        self.metrics = Metrics(model, max_num_seqs)
+        self.lora_modules = parse_lora_modules(lora_modules)
+        self.engine_config = EngineConfig(max_num_seqs=max_num_seqs, **engine_options)
+        self.metrics = Metrics(model, max_num_seqs, max_loras=self.engine_config.max_loras,
+                               lora=bool(self.lora_modules), prefix_cache=load_model and self.engine_config.prefix_cache)
+        self.engine = Engine(self.engine_config, self.metrics, model) if load_model else None
         self.created = int(time.time())
         self._lock = threading.Lock()
         self._requests: deque[Recorded] = deque(maxlen=MAX_RECORDED)
@@ -57,6 +67,8 @@ class MockServer:
 
     def shutdown(self) -> None:
         """Stop accepting, drop open keep-alive/streaming connections, release the port."""
+        if self.engine:
+            self.engine.stop()
         self._httpd.shutdown()
         self._httpd.close_all()
         self._httpd.server_close()
@@ -120,17 +132,55 @@ class MockServer:
                     self._fault, self._fault_left = None, None
         return replace(base, **{key: getattr(overrides, key) for key in given})
 
+    # ---- the engine
+
+    @contextlib.contextmanager
+    def admit(self, gen: Generation) -> Iterator[Ticket | _Instant]:
+        """Run one request in the engine: yields a ticket to wait on for its tokens, aborts it on early exit."""
+        if self.engine is None:
+            with self.metrics.slot(gen.adapter):
+                yield INSTANT
+            return
+        ticket = self.engine.submit(gen.prompt_tokens, len(gen.tokens), gen.adapter, gen.prompt_text)
+        try:
+            yield ticket
+        finally:
+            self.engine.release(ticket)
+
+    def engine_doc(self) -> dict[str, Any]:
+        if self.engine:
+            return self.engine.doc()
+        return {"load_model": False, "config": self.engine_config.to_json()}
+
     # ---- documents
 
     def models_doc(self) -> dict[str, Any]:
+        cards = [(self.model, self.model, None, self.max_model_len)]
+        cards += [(name, path, self.model, None) for name, path in self.lora_modules.items()]
         return {"object": "list", "data": [{
-            "id": self.model, "object": "model", "created": self.created, "owned_by": "vllm", "root": self.model,
-            "parent": None, "max_model_len": self.max_model_len,
+            "id": name, "object": "model", "created": self.created, "owned_by": "vllm", "root": root,
+            "parent": parent, "max_model_len": max_len,
             "permission": [{"id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission",
                             "created": self.created, "allow_create_engine": False, "allow_sampling": True,
                             "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
                             "allow_fine_tuning": False, "organization": "*", "group": None,
-                            "is_blocking": False}]}]}
+                            "is_blocking": False}]} for name, root, parent, max_len in cards]}
+
+
+def parse_lora_modules(specs: Iterable[str]) -> dict[str, str]:
+    """vLLM's ``--lora-modules`` values: ``name``, ``name=path`` or ``{"name": ..., "path": ...}`` -> {name: path}."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        if spec.lstrip().startswith("{"):
+            doc = json.loads(spec)
+            name, path = str(doc["name"]), str(doc.get("path") or f"/adapters/{doc['name']}")
+        else:
+            name, _, path = spec.partition("=")
+            path = path or f"/adapters/{name}"
+        if not name:
+            raise ValueError(f"bad --lora-modules entry {spec!r}")
+        out[name] = path
+    return out
 
 
 def serve(model: str, port: int = 0, api_keys: tuple[str, ...] = (), **options: Any) -> MockServer:

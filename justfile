@@ -38,3 +38,7 @@ validate:
 # Package the AI gateway as an OCI image layout for Higress (dist/oci/ai-gateway; push with oras cp)
 oci tag="1.0.0": (build "ai_gateway")
     python build/oci.py --tag {{tag}}
+
+# Endpoint picker benchmark: round robin vs load-aware picking over mock vLLM servers (bench/results/endpoint-picker.md)
+bench-epp *args: (build "ai_gateway")
+    python bench/epp/run.py "$@"

@@ -1,0 +1,187 @@
+"""Open-loop load for bench/epp: a seeded request mix, Poisson arrivals, an asyncio streaming client, statistics.
+
+The same seed gives both systems the same request sequence (arrival times, models, prompt lengths, max_tokens).
+TTFT and end-to-end latency count from each request's *scheduled* arrival (no coordinated omission): TTFT ends at
+the first byte of generated content (the first SSE event with a non-empty ``delta.content``), end-to-end at the end
+of the stream (``data: [DONE]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+BASE_MODEL = "llama"
+ADAPTERS = ("sql-lora", "code-lora", "chat-lora", "summ-lora")
+VOCAB = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
+         "romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+# (share, user prompt words, max_tokens): mostly short chats, a tail of long prompts and of long answers
+CLASSES = {"short": (0.75, (50, 400), (16, 64)),
+           "long_prompt": (0.125, (1500, 3000), (16, 64)),
+           "long_output": (0.125, (50, 300), (200, 400))}
+LORA_SHARE = 0.3
+SYSTEM_PROMPTS = 4
+SYSTEM_WORDS = 40
+CONTENT = re.compile(rb'"delta":\{"content":"[^"]')
+USAGE = re.compile(rb'"completion_tokens":(\d+)')
+
+
+@dataclass
+class Spec:
+    at: float  # arrival, seconds from the start of the run
+    model: str
+    kind: str
+    prompt_words: int
+    max_tokens: int
+    measured: bool  # False during warm-up
+    body: bytes = field(repr=False, default=b"")
+
+
+def workload(rate: float, seconds: float, warmup: float, seed: int) -> list[Spec]:
+    """Poisson arrivals at ``rate`` req/s for ``warmup + seconds`` s; the first ``warmup`` s are not measured."""
+    rnd = random.Random(f"{seed}:{rate}")
+    systems = [" ".join(rnd.choice(VOCAB) for _ in range(SYSTEM_WORDS)) for _ in range(SYSTEM_PROMPTS)]
+    kinds, weights = zip(*((k, v[0]) for k, v in CLASSES.items()), strict=True)
+    out: list[Spec] = []
+    t = rnd.expovariate(rate)
+    while t < warmup + seconds:
+        kind = rnd.choices(kinds, weights)[0]
+        _, (w_lo, w_hi), (m_lo, m_hi) = CLASSES[kind]
+        words, max_tokens = rnd.randint(w_lo, w_hi), rnd.randint(m_lo, m_hi)
+        model = rnd.choice(ADAPTERS) if rnd.random() < LORA_SHARE else BASE_MODEL
+        user = " ".join(rnd.choice(VOCAB) for _ in range(words))
+        out.append(Spec(t, model, kind, words, max_tokens, t >= warmup,
+                        body(model, rnd.choice(systems), user, max_tokens)))
+        t += rnd.expovariate(rate)
+    return out
+
+
+def body(model: str, system: str, user: str, max_tokens: int) -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "system", "content": system},
+                                                    {"role": "user", "content": user}],
+                       "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
+                       "stream_options": {"include_usage": True}}).encode()
+
+
+@dataclass
+class Result:
+    spec: Spec
+    status: int = 0
+    ttft: float | None = None
+    e2e: float | None = None
+    output_tokens: int = 0
+    error: str | None = None
+    end: float = 0.0  # monotonic
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+async def one(host: str, port: int, spec: Spec, t0: float, timeout: float) -> Result:
+    """Send ``spec`` at ``t0 + spec.at`` and read the SSE answer."""
+    loop = asyncio.get_running_loop()
+    delay = t0 + spec.at - loop.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    due = t0 + spec.at
+    r = Result(spec)
+    writer = None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\n"
+                         b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(spec.body), spec.body))
+            head = await reader.readuntil(b"\r\n\r\n")
+            r.status = int(head.split(b" ", 2)[1])
+            buf = bytearray()
+            while chunk := await reader.read(65536):
+                start = max(0, len(buf) - 32)
+                buf += chunk
+                if r.ttft is None and CONTENT.search(buf, start):
+                    r.ttft = loop.time() - due
+            r.end = loop.time()
+            r.e2e = r.end - due
+        if r.status != 200:
+            r.error = f"HTTP {r.status}: {bytes(buf[:160]).decode(errors='replace')}"
+        elif b"data: [DONE]" not in buf:
+            r.error = "stream ended without [DONE]"
+        else:
+            usages = USAGE.findall(buf)
+            r.output_tokens = int(usages[-1]) if usages else 0
+            if r.ttft is None:
+                r.error = "no content"
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError) as e:
+        r.error = f"{type(e).__name__}: {e}"
+        r.end = loop.time()
+    finally:
+        if writer is not None:
+            writer.close()
+    return r
+
+
+async def run(host: str, port: int, specs: list[Spec], timeout: float = 120.0) -> tuple[list[Result], float]:
+    """Every request of ``specs`` at its time; returns the results and the monotonic start of the run."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 0.2
+    results = await asyncio.gather(*(one(host, port, s, t0, timeout) for s in specs))
+    return list(results), t0
+
+
+def run_sync(host: str, port: int, specs: list[Spec], timeout: float = 120.0) -> tuple[list[Result], float, float]:
+    """``run`` in a fresh event loop; also returns the client's own CPU seconds."""
+    cpu0 = time.process_time()
+    results, t0 = asyncio.run(run(host, port, specs, timeout))
+    return results, t0, time.process_time() - cpu0
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    """Nearest-rank quantile (``q`` in 0..1)."""
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(q * len(s) + 0.999999) - 1))]
+
+
+def summarize(results: list[Result], t0: float, warmup: float, seconds: float) -> dict[str, Any]:
+    """Statistics over the measured requests (those arriving after the warm-up)."""
+    measured = [r for r in results if r.spec.measured]
+    ok = [r for r in measured if r.ok]
+    start, stop = t0 + warmup, t0 + warmup + seconds
+    # Throughput: answers completed inside the measured window (warm-up requests included), per second of it
+    done = [r for r in results if r.ok and start <= r.end < stop]
+    ttft = [r.ttft for r in ok if r.ttft is not None]
+    e2e = [r.e2e for r in ok if r.e2e is not None]
+    out: dict[str, Any] = {
+        "requests": len(measured), "ok": len(ok), "errors": len(measured) - len(ok),
+        "req_per_s": len(done) / seconds, "output_tokens_per_s": sum(r.output_tokens for r in done) / seconds,
+        "offered_req_per_s": len(measured) / seconds,
+        "drain_s": max((r.end for r in ok), default=stop) - stop,
+        "ttft_p50": quantile(ttft, 0.5), "ttft_p90": quantile(ttft, 0.9), "ttft_p99": quantile(ttft, 0.99),
+        "ttft_mean": sum(ttft) / len(ttft) if ttft else None,
+        "e2e_p50": quantile(e2e, 0.5), "e2e_p90": quantile(e2e, 0.9), "e2e_p99": quantile(e2e, 0.99),
+        "ttft_p90_by_kind": {}, "ttft_p90_lora": quantile([r.ttft for r in ok if r.spec.model != BASE_MODEL
+                                                           and r.ttft is not None], 0.9),
+        "error_samples": sorted({r.error for r in measured if r.error})[:5],
+    }
+    for kind in CLASSES:
+        out["ttft_p90_by_kind"][kind] = quantile([r.ttft for r in ok if r.spec.kind == kind and r.ttft is not None],
+                                                 0.9)
+    return out
+
+
+def mix(specs: list[Spec]) -> dict[str, Any]:
+    """What the workload holds (for the report)."""
+    measured = [s for s in specs if s.measured]
+    n = max(1, len(measured))
+    return {"requests": len(measured), "warmup_requests": len(specs) - len(measured),
+            "kinds": {k: sum(s.kind == k for s in measured) / n for k in CLASSES},
+            "lora_share": sum(s.model != BASE_MODEL for s in measured) / n,
+            "mean_prompt_words": sum(s.prompt_words + SYSTEM_WORDS for s in measured) / n,
+            "mean_max_tokens": sum(s.max_tokens for s in measured) / n,
+            "classes": {k: {"share": v[0], "user_words": v[1], "max_tokens": v[2]} for k, v in CLASSES.items()}}

@@ -1,0 +1,222 @@
+"""Load-aware endpoint picking vs plain round robin, under the same open-loop load.
+
+Run from the repo root: ``.venv/bin/python bench/epp/run.py [--rates 8,15] [--seconds 30] [--warmup 4]``.
+N mock vLLM processes (``e2e.mock_vllm`` with its engine load model on, LoRA adapters, identical settings) serve
+one model. Two systems send them the same seeded request sequence (bench/epp/load.py) at each rate:
+
+* rr: Envoy 1.40, a STATIC cluster with ROUND_ROBIN over the N servers, no plugin;
+* epp: Envoy 1.40 + dist/ai-gateway.wasm with ``endpoint_picker`` on an ORIGINAL_DST cluster that connects to the
+  ``x-gateway-destination-endpoint`` the plugin sets (wasm-config/envoy/ai-gateway-endpoint-picker.yaml's shape).
+
+Each (system, rate) phase starts fresh mock processes, sends ``warmup`` s of unmeasured load, then ``seconds`` s
+measured, and waits for every answer. Writes bench/results/endpoint-picker.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+for _p in (REPO, REPO / "plugin", REPO / "build"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from bench import measure as m  # noqa: E402
+from bench.epp import load, report  # noqa: E402
+from e2e.envoy import Envoy, envoy_binary, free_port  # noqa: E402
+from e2e.mock_vllm import MockProcess, spawn  # noqa: E402
+
+MODULE = REPO / "dist" / "ai-gateway.wasm"
+RESULTS = REPO / "bench" / "results"
+SYSTEMS = {"rr": "Envoy, STATIC cluster, ROUND_ROBIN over the servers, no plugin",
+           "epp": "Envoy + ai-gateway endpoint_picker (vLLM metrics), ORIGINAL_DST cluster by "
+                  "x-gateway-destination-endpoint"}
+# One pretend GPU per mock: 8 sequences, a 12k-token KV cache, 2 LoRA slots (see e2e/mock_vllm/engine.py).
+ENGINE = {"max_num_seqs": 8, "max_num_batched_tokens": 2048, "kv_capacity_tokens": 12000,
+          "prefill_ms_per_1k_tokens": 25, "decode_ms_per_token": 15, "decode_batch_cost": 0.06,
+          "decode_kv_cost": 0.5, "max_loras": 2, "lora_load_ms": 40}
+PICKER: dict[str, Any] = {}  # endpoint_picker options beside "endpoints" (the plugin's defaults otherwise)
+POOL = "llm-pool"
+HEADER = "x-gateway-destination-endpoint"
+
+
+def log(msg: str) -> None:
+    print(f"bench/epp: {msg}", file=sys.stderr, flush=True)
+
+
+def mock_args() -> tuple[str, ...]:
+    args = ["--load-model", "--lora-modules", *load.ADAPTERS]
+    for k, v in ENGINE.items():
+        args += ["--" + k.replace("_", "-"), str(v)]
+    return tuple(args)
+
+
+def plugin_config(endpoints: list[str]) -> dict[str, Any]:
+    """The base model declares the picker; the adapters on the same cluster share it (the shipped config's shape)."""
+    models = [{"name": load.BASE_MODEL, "cluster": POOL, "endpoint_picker": {"endpoints": endpoints, **PICKER}}]
+    models += [{"name": a, "cluster": POOL} for a in load.ADAPTERS]
+    return {"models": models}
+
+
+def envoy_config(system: str, admin: int, listen: int, endpoints: list[str]) -> str:
+    """JSON (valid YAML). rr: STATIC round robin; epp: the wasm filter and an ORIGINAL_DST cluster."""
+    addr = lambda host, port: {"socket_address": {"address": host, "port_value": int(port)}}  # noqa: E731
+    limits = {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000,
+                              "max_retries": 0}]}
+    cluster: dict[str, Any] = {"name": POOL, "connect_timeout": "1s", "circuit_breakers": limits,
+                               "per_connection_buffer_limit_bytes": 10485760}
+    filters: list[dict[str, Any]] = []
+    if system == "rr":
+        cluster |= {"type": "STATIC", "lb_policy": "ROUND_ROBIN", "load_assignment": {
+            "cluster_name": POOL, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": addr(*e.split(":"))}} for e in endpoints]}]}}
+        route: dict[str, Any] = {"cluster": POOL, "timeout": "0s"}
+    else:
+        cluster |= {"type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                    "original_dst_lb_config": {"use_http_header": True, "http_header_name": HEADER}}
+        route = {"cluster_header": "x-ai-upstream", "timeout": "0s"}
+        filters = [{"name": "envoy.filters.http.wasm", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {"name": "ai_gateway", "root_id": "ai_gateway", "allow_on_headers_stop_iteration": True,
+                       "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                         "value": json.dumps(plugin_config(endpoints))},
+                       "vm_config": {"vm_id": "ai_gateway", "runtime": "envoy.wasm.runtime.v8",
+                                     "code": {"local": {"filename": str(MODULE)}}}}}}]
+    hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+                 "HttpConnectionManager",
+        "stat_prefix": "gateway", "stream_idle_timeout": "300s",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "route": route}]}]},
+        "http_filters": [*filters, {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+    cfg = {"admin": {"address": addr("127.0.0.1", admin)}, "static_resources": {
+        "listeners": [{"name": "gateway", "address": addr("127.0.0.1", listen),
+                       "per_connection_buffer_limit_bytes": 10485760, "filter_chains": [{"filters": [hcm]}]}],
+        "clusters": [cluster]}}
+    return json.dumps(cfg, indent=1)
+
+
+def get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+@contextmanager
+def mocks(ports: list[int]) -> Iterator[list[MockProcess]]:
+    with ExitStack() as stack:
+        procs = []
+        for i, port in enumerate(ports):
+            proc = spawn(load.BASE_MODEL, port, args=mock_args(), timeout=20)
+            stack.callback(proc.stop)
+            procs.append(proc)
+            log(f"mock {i} on {proc.url}")
+        yield procs
+
+
+def smoke(listen: int) -> None:
+    """One short request per model through the gateway."""
+    for model in (load.BASE_MODEL, *load.ADAPTERS):
+        spec = load.Spec(0.0, model, "smoke", 2, 4, True, load.body(model, "smoke", "hello there", 4))
+        (res,), _, _ = load.run_sync("127.0.0.1", listen, [spec], timeout=20)
+        if not res.ok:
+            raise RuntimeError(f"smoke request for {model} failed: {res.error}")
+
+
+def phase(system: str, listen: int, envoy: Envoy, ports: list[int], rate: float,
+          args: argparse.Namespace) -> dict[str, Any]:
+    specs = load.workload(rate, args.seconds, args.warmup, args.seed)
+    with mocks(ports) as procs:
+        smoke(listen)
+        for p in procs:
+            urllib.request.urlopen(urllib.request.Request(p.url + "/mock/requests", method="DELETE"), timeout=5)
+        pids = {"envoy": envoy.proc.pid, **{f"mock{i}": p.pid for i, p in enumerate(procs)}}  # type: ignore[union-attr]
+        cpu0 = {k: m.cpu_seconds(pid) for k, pid in pids.items()}
+        busy0, wall0 = m.busy_cpu_seconds(), time.monotonic()
+        log(f"{system} @ {rate:g} req/s: {len(specs)} requests over {args.warmup + args.seconds:g} s")
+        results, t0, client_cpu = load.run_sync("127.0.0.1", listen, specs)
+        wall = time.monotonic() - wall0
+        cpu = {k: (m.cpu_seconds(pid) - cpu0[k]) / wall for k, pid in pids.items()}
+        cpu["client"] = client_cpu / wall
+        busy = (m.busy_cpu_seconds() - busy0) / wall
+        engines = [get_json(p.url + "/mock/engine") for p in procs]
+        counts = [get_json(p.url + "/mock/requests?path=/v1/chat/completions")["count"] for p in procs]
+    out = load.summarize(results, t0, args.warmup, args.seconds)
+    steps = sum(e["stats"]["steps"] for e in engines)
+    out |= {"system": system, "rate": rate, "wall_s": wall, "cpu_busy_cores": busy, "cpu_cores_by_process": cpu,
+            "requests_per_server": counts,
+            "engine": {"steps": steps, "step_ms": sum(e["stats"]["step_ms"] for e in engines),
+                       "lag_ms": sum(e["stats"]["lag_ms"] for e in engines),
+                       "max_lag_ms": max(e["stats"]["max_lag_ms"] for e in engines),
+                       "lora_loads": sum(e["stats"]["lora_loads"] for e in engines)}}
+    log(f"{system} @ {rate:g}: {out['req_per_s']:.2f} req/s, TTFT p50/p90/p99 "
+        f"{report.ms(out['ttft_p50'])}/{report.ms(out['ttft_p90'])}/{report.ms(out['ttft_p99'])} ms, "
+        f"errors {out['errors']}, CPU busy {busy:.2f} cores, per server {counts}")
+    return out
+
+
+def run_system(system: str, ports: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
+    admin, listen = free_port(), free_port()
+    endpoints = [f"127.0.0.1:{p}" for p in ports]
+    with Envoy(envoy_config(system, admin, listen, endpoints), admin, concurrency=1, log_level="warning") as envoy:
+        return [phase(system, listen, envoy, ports, rate, args) for rate in args.rates]
+
+
+def envoy_version() -> str:
+    done = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True, timeout=30)
+    text = done.stdout.strip().split("version:")[-1].strip()
+    return text.split("/")[1] if "/" in text else text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[8.0, 15.0],
+                    help="total request rates, req/s (default 8,15: low, near saturation)")
+    ap.add_argument("--seconds", type=float, default=30, help="measured seconds per phase")
+    ap.add_argument("--warmup", type=float, default=4, help="unmeasured seconds of load before each phase")
+    ap.add_argument("--servers", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--systems", default="rr,epp")
+    ap.add_argument("--out", default=str(RESULTS / "endpoint-picker"), help="results path without extension")
+    args = ap.parse_args()
+    systems = [s for s in args.systems.split(",") if s]
+    if "epp" in systems and not MODULE.exists():
+        raise SystemExit(f"bench/epp: {MODULE} missing: run `.venv/bin/python build/pwbuild ai_gateway`")
+    ports = [free_port() for _ in range(args.servers)]
+    r: dict[str, Any] = {"environment": {
+        "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cpus": os.cpu_count(),
+        "load_avg_at_start": os.getloadavg()[0], "envoy": envoy_version(), "servers": args.servers,
+        "engine": ENGINE, "adapters": list(load.ADAPTERS), "picker": PICKER, "seed": args.seed,
+        "seconds": args.seconds, "warmup": args.warmup, "rates": args.rates,
+        "workload": {str(rate): load.mix(load.workload(rate, args.seconds, args.warmup, args.seed))
+                     for rate in args.rates}},
+        "systems": {s: SYSTEMS[s] for s in systems}, "phases": [], "unavailable": {}}
+    for system in systems:
+        log(f"system {system}: {SYSTEMS[system]}")
+        try:
+            r["phases"] += run_system(system, ports, args)
+        except RuntimeError as e:
+            if system != "epp":
+                raise
+            r["unavailable"][system] = str(e).splitlines()[0][:300]
+            log(f"epp unavailable: {e}")
+    md = report.markdown(r)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
+    out.with_suffix(".md").write_text(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import re
 
+from ai_gateway.observe import METRICS
+from proxywasm import MetricType
+
 from .conftest import REPO
 
-OBSERVE = (REPO / "plugin" / "ai_gateway" / "observe.py").read_text()
 DASHBOARD = json.loads((REPO / "wasm-config" / "grafana" / "ai-gateway-dashboard.json").read_text())
 PREFIX = "route_upstream_model_consumer_metric_"
 
 
 def emitted() -> set[str]:
-    """Metric names the plugin defines (from observe.py's counter/histogram lists)."""
-    counters = set(re.findall(r'\("(\w+)", ', OBSERVE.split("def record_metrics", 1)[1]))
-    histograms = set(re.findall(r'prefix \+ "(\w+)"', OBSERVE))
-    assert counters and histograms
+    """Metric names the plugin defines (observe.METRICS); histograms show as <name>_bucket in Prometheus."""
+    counters = {n for t, n in METRICS if t == MetricType.COUNTER}
+    histograms = {n for t, n in METRICS if t == MetricType.HISTOGRAM}
+    assert counters and histograms and len(counters) + len(histograms) == len(METRICS)
     return counters | {f"{h}_bucket" for h in histograms}
 
 

@@ -116,7 +116,33 @@ static PyObject *pw_unpack_pairs(PyObject *self, PyObject *arg) {
   return list;
 }
 
-#define PW_NATIVE_HELPERS {"unpack_pairs", (PyCFunction)pw_unpack_pairs, METH_O, NULL},
+/* unpack_dict(buf) -> {name: value}: repeated names joined with "," (proxywasm.hostcalls.unpack_dict). */
+static PyObject *pw_unpack_dict(PyObject *self, PyObject *arg) {
+  PyObject *list = pw_unpack_pairs(self, arg);
+  if (!list) return NULL;
+  PyObject *d = PyDict_New();
+  Py_ssize_t n = d ? PyList_GET_SIZE(list) : 0;
+  for (Py_ssize_t i = 0; d && i < n; i++) {
+    PyObject *k = PyTuple_GET_ITEM(PyList_GET_ITEM(list, i), 0);
+    PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(list, i), 1);
+    PyObject *old = PyDict_GetItemWithError(d, k);
+    int rc;
+    if (old) {
+      PyObject *joined = PyUnicode_FromFormat("%U,%U", old, v);
+      rc = joined ? PyDict_SetItem(d, k, joined) : -1;
+      Py_XDECREF(joined);
+    } else {
+      rc = PyErr_Occurred() ? -1 : PyDict_SetItem(d, k, v);
+    }
+    if (rc < 0) Py_CLEAR(d);
+  }
+  Py_DECREF(list);
+  return d;
+}
+
+#define PW_NATIVE_HELPERS                                            \
+  {"unpack_pairs", (PyCFunction)pw_unpack_pairs, METH_O, NULL},      \
+  {"unpack_dict", (PyCFunction)pw_unpack_dict, METH_O, NULL},
 
 #include "abi_glue.c"
 

@@ -78,16 +78,33 @@ class KeyPool:
         self.rr = 0
         self.gauges_set = False
         self.metric_prefix = f"keypool.{model}.key."
+        self._requests = [_COUNTERS(self._metric(i, "requests")) for i in range(len(cfg.keys))]
+        # The records as last decoded, with their CAS: unchanged shared data is not decoded again.
+        # (cas, records, keys in rotation, ms when the next cooldown ends)
+        self._view: tuple[int, list[list[int]], list[int], int] = (-1, [], [], 0)
 
     def _metric(self, idx: int, name: str) -> str:
         return f"{self.metric_prefix}{self.cfg.fingerprints[idx]}.metric.{name}"
 
     def state(self) -> list[list[int]]:
-        return _decode(shared.get(self.key)[0], len(self.cfg.keys))
+        raw, cas = shared.get(self.key)
+        if cas == self._view[0]:  # cas 0: never written (every key in rotation)
+            return self._view[1]
+        recs = _decode(raw, len(self.cfg.keys))
+        until = min([r[0] for r in recs if r[0]] or [1 << 62])
+        self._view = (cas, recs, [i for i, r in enumerate(recs) if not r[0]], until)
+        return recs
 
     def pick(self, now_ms: int, rng: random.Random, exclude: frozenset = frozenset()) -> int | None:
         """A healthy key's index (not in ``exclude``), else per ``when_all_out``; None: fail."""
         recs = self.state()
+        _, _, rotation, until = self._view
+        if rotation and now_ms < until and not exclude and self.gauges_set and self.cfg.selection != "random":
+            # The common case, without scanning the records: no cooldown has ended since they were decoded.
+            self.rr += 1
+            idx = rotation[self.rr % len(rotation)]
+            self._requests[idx].increment()
+            return idx
         n = len(recs)
         back = [i for i in range(n) if 0 < recs[i][0] <= now_ms]
         if back or not self.gauges_set:
@@ -103,7 +120,7 @@ class KeyPool:
             idx = min((i for i in range(n) if i not in exclude), key=lambda i: recs[i][0])
         else:
             return None
-        _COUNTERS(self._metric(idx, "requests")).increment()
+        self._requests[idx].increment()
         return idx
 
     def _mark_available(self, recs: list[list[int]], back: list[int], now_ms: int) -> None:
@@ -163,7 +180,13 @@ class KeyPool:
                 ejected = True
             return _encode(recs)
 
-        if is_5xx or eject_ms or self.state()[idx][1]:  # successes write only to clear a 5xx streak
+        if not (is_5xx or eject_ms):
+            # A success writes only to clear a 5xx streak, as seen when this request picked its key (the
+            # next read after any change sees it afresh): no shared-data read on the common path.
+            recs = self._view[1]
+            if recs and not recs[idx][1]:
+                return False
+        if is_5xx or eject_ms or self.state()[idx][1]:
             shared.update(self.key, update)
         if ejected:
             _COUNTERS(self._metric(idx, "ejections")).increment()

@@ -12,6 +12,10 @@ if TYPE_CHECKING:
     from typing import Any
 
 
+# json.dumps with options builds a new encoder per call: these are made once.
+_ENCODE_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ENCODE_ASCII = json.JSONEncoder(separators=(",", ":")).encode
+
 # A "model" key, however it is spelled (JSON escapes included): two of them may mean a duplicate key.
 _MODEL_KEY = re.compile(rb'"(?:m|\\u006[dD])(?:o|\\u006[fF])(?:d|\\u0064)(?:e|\\u0065)(?:l|\\u006[cC])"\s*:')
 
@@ -27,11 +31,17 @@ def _not_json(name: str) -> None:
     raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity: Python accepts them, JSON does not
 
 
+_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_not_json)  # json.loads(**hooks) builds one per call
+
+
 def _loads(body: bytes, **hooks: Any) -> Any:
     # JSON between systems is UTF-8 (RFC 8259): decoding here, strictly, rejects UTF-16/32, a BOM and
     # encoded surrogates alike on every host (json.loads(bytes) would guess the encoding, and the WASI
     # build has no utf-16-le/utf-8-sig codecs to guess with).
-    return json.loads(body.decode("utf-8"), parse_float=_finite, parse_constant=_not_json, **hooks)
+    text = body.decode("utf-8")
+    if hooks:
+        return json.loads(text, parse_float=_finite, parse_constant=_not_json, **hooks)
+    return _DECODER.decode(text)
 
 
 def parse_body(body: bytes) -> tuple[dict[str, Any], str]:
@@ -74,9 +84,9 @@ def with_model(doc: dict[str, Any], model: str) -> bytes:
     """The request body with ``model`` replaced (other fields keep their order)."""
     doc = {**doc, "model": model}
     try:
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        return _ENCODE_UTF8(doc).encode()
     except UnicodeEncodeError:  # a lone surrogate ("\ud800") has no UTF-8 form: keep it escaped, as sent
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return _ENCODE_ASCII(doc).encode()
 
 
 def needs_usage(doc: dict[str, Any]) -> bool:

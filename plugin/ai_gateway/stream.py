@@ -89,7 +89,7 @@ class GatewayStream(HttpContext):
         if length.isascii() and length.isdigit() and (len(length) > 18 or int(length) > cfg.max_body_bytes):
             return self._reject(self._too_large(cfg))
         self.active = True
-        self.started_ns = hc.get_current_time_ns()
+        self.started_ns = hc.now_ns()
         self.consumer = hd.get(cfg.consumer_header, "")
         self.headers_in = hd
         return Action.PAUSE  # hold the headers until the body names the model
@@ -134,7 +134,7 @@ class GatewayStream(HttpContext):
             credential = None
             if shadow.keys is not None:
                 pool = pool_of(shadow)
-                idx = pool.pick(hc.get_current_time_ns() // 1_000_000, RNG)
+                idx = pool.pick(hc.now_ns() // 1_000_000, RNG)
                 credential = pool.credential(idx) if idx is not None else None
             mirror(self, self.root.context_id, shadow,
                    callout_headers(h.items(), shadow, cfg, model, credential),
@@ -145,7 +145,7 @@ class GatewayStream(HttpContext):
         keys = model.keys
         assert keys is not None
         pool = pool_of(model)
-        idx = pool.pick(hc.get_current_time_ns() // 1_000_000, RNG)
+        idx = pool.pick(hc.now_ns() // 1_000_000, RNG)
         if idx is None:
             raise GatewayError(503, f"no upstream API key is available for model `{model.name}`; retry later",
                                "no_available_key")
@@ -167,7 +167,7 @@ class GatewayStream(HttpContext):
         if self.key_idx is not None and self.fallback is None:
             pool = pool_of(model)
             retry_after = self.response_headers.get("retry-after") if self.status == 429 else None
-            pool.report(self.key_idx, self.status, hc.get_current_time_ns() // 1_000_000, retry_after)
+            pool.report(self.key_idx, self.status, hc.now_ns() // 1_000_000, retry_after)
             key_failed = self.status in pool.cfg.eject_on
         fb = model.fallback
         if self.fallback is None and (key_failed or (fb is not None and self.status in fb.on_status)):
@@ -197,7 +197,7 @@ class GatewayStream(HttpContext):
         chunk = self.response_body.read() if body_size else b""
         if self.sse is not None:
             if chunk and not self.first_byte_ns:
-                self.first_byte_ns = hc.get_current_time_ns()
+                self.first_byte_ns = hc.now_ns()
             out = self.sse.feed(chunk, end_of_stream)
             if out is not chunk:
                 self.response_body.replace(out)
@@ -214,7 +214,7 @@ class GatewayStream(HttpContext):
         self.status = resp.status
         self._tap(resp.header("content-type"))
         if self.sse is not None:
-            self.first_byte_ns = hc.get_current_time_ns()
+            self.first_byte_ns = hc.now_ns()
             return self.sse.feed(resp.body, end=True)
         assert self.collector is not None
         self.collector.feed(resp.body)
@@ -244,7 +244,7 @@ class GatewayStream(HttpContext):
         cfg: Config = self.config
         if not cfg.metrics and cfg.ai_log == "off":
             return
-        now = hc.get_current_time_ns()
+        now = hc.now_ns()
         usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
         assert self.model is not None
         obs = Observation(

@@ -25,7 +25,18 @@ def record(cls: type[T]) -> type[T]:
         if n in cls.__dict__:
             delattr(cls, n)
 
+    names = frozenset(fields)
+    count = len(fields)
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        # Fast paths (records are made per request): every field given, all by position or all by name.
+        if kwargs:
+            if not args and len(kwargs) == count and kwargs.keys() == names:
+                self.__dict__.update(kwargs)
+                return
+        elif len(args) == count:
+            self.__dict__.update(zip(fields, args, strict=False))
+            return
         if len(args) > len(fields):
             raise TypeError(f"{cls.__name__}() takes {len(fields)} arguments, got {len(args)}")
         values = dict(zip(fields, args, strict=False))

@@ -61,10 +61,7 @@ class Headers:
 
         Cheaper than two ``get`` calls: each host call that returns bytes costs microseconds in the VM.
         """
-        out: dict[str, str] = {}
-        for k, v in hc.get_header_map_pairs(self.map_type):
-            out[k] = out[k] + "," + v if k in out else v
-        return out
+        return hc.get_header_map_dict(self.map_type)
 
     def replace_all(self, pairs: hc.HeaderInput) -> None:
         hc.set_header_map_pairs(self.map_type, pairs)

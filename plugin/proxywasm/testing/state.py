@@ -127,6 +127,10 @@ class HostState:
     def proxy_get_log_level(self) -> tuple[int, int]:
         return OK, self.log_level
 
+    def now_ns(self) -> int:
+        """The clock hostcalls.now_ns reads (WASI's clock_time_get inside the VM)."""
+        return self.shared.clock_ns
+
     def proxy_get_current_time_nanoseconds(self) -> tuple[int, int]:
         return OK, self.shared.clock_ns
 

@@ -375,7 +375,8 @@ def validator_fields(doc: dict, monkeypatch: pytest.MonkeyPatch) -> set[str]:
 
 # every object the validator knows, present once: it then reads every field it accepts
 FULL = {"models": [{"name": "a", "cluster": "ca", "fallback": {"models": ["b"]}, "mirror": {"model": "b"},
-                    "api_keys": {"keys": ["k1"], "probe": {}}}, {"name": "b", "cluster": "cb"}],
+                    "api_keys": {"keys": ["k1"], "probe": {}},
+                    "endpoint_picker": {"endpoints": ["10.0.0.1:8000"], "weights": {}}}, {"name": "b", "cluster": "cb"}],
         "aliases": [{"name": "al", "targets": [{"model": "a"}]}], "fallback": {}}
 
 

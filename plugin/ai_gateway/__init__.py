@@ -4,8 +4,9 @@ OpenAI-compatible inference servers (vLLM, SGLang, llama.cpp, hosted providers).
 from __future__ import annotations
 
 from proxywasm import RootContext, set_root_context
+from proxywasm import hostcalls as hc
 
-from . import config
+from . import config, picker
 from .probe import probe_keys, probe_period_ms
 from .stream import GatewayStream
 
@@ -22,13 +23,25 @@ class GatewayRoot(RootContext):
             return []
         return [c for c in (rules.global_config, *(r.config for r in rules.rules)) if c is not None]
 
+    probe_ms = 0  # key probes' period
+    next_probe_ms = 0
+    pickers: list = []  # every config's endpoint pickers (scraped on ticks)
+
     def on_config_loaded(self) -> None:
-        period = probe_period_ms(self.configs())
-        if period:
+        configs = self.configs()
+        self.probe_ms = probe_period_ms(configs)
+        self.pickers = [p for c in configs for p in c.pickers.values()]
+        period = min(p for p in (self.probe_ms, picker.period_ms(self.pickers), 1 << 30) if p)
+        if period < 1 << 30:
             self.set_tick_period_ms(period)
 
     def on_tick(self) -> None:
-        probe_keys(self, self.configs())
+        now_ms = hc.get_current_time_ns() // 1_000_000
+        if self.probe_ms and now_ms >= self.next_probe_ms:
+            self.next_probe_ms = now_ms + self.probe_ms - self.probe_ms // 4  # the tick may be a little early
+            probe_keys(self, self.configs())
+        if self.pickers:
+            picker.scrape(self, self.pickers, now_ms)
 
 
 set_root_context(GatewayRoot)

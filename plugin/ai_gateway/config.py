@@ -6,9 +6,10 @@ An empty configuration ``{}`` is valid and passes all traffic through untouched.
 
 from __future__ import annotations
 
-from proxywasm import ConfigError, Fields, record
+from proxywasm import ConfigError, Fields, factory, record
 
 from .keys import KeyPoolConfig, parse_pool
+from .picker.config import Pools
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -98,6 +99,8 @@ class Config:
     strip_injected_usage: bool  # and remove the usage-only chunk it did not ask for
     ai_log: str  # filter_state | log | both | off
     metrics: bool
+    pickers: dict = factory(dict)  # cluster -> picker.EndpointPicker (models[].endpoint_picker)
+    picker_headers: tuple = ()  # their destination headers: never accepted from clients
 
     @property
     def enabled(self) -> bool:
@@ -133,6 +136,7 @@ def parse(doc: dict[str, Any]) -> Config:
             if key not in ("on_status", "mode", "max_attempts", "timeout_ms"):
                 raise ConfigError(f"{defaults.path(key)}: unknown field (set models per model)")
     models: dict[str, Model] = {}
+    pools = Pools()
     for m in f.objs("models", []):
         name = m.str("name")
         if name in models:
@@ -152,6 +156,7 @@ def parse(doc: dict[str, Any]) -> Config:
             mirror=mirror,
             keys=parse_pool(keys_f, name) if keys_f is not None else None,
         )
+        pools.add(m, name, models[name].cluster)
         m.done()
     aliases: dict[str, Alias] = {}
     for a in f.objs("aliases", []):
@@ -176,6 +181,7 @@ def parse(doc: dict[str, Any]) -> Config:
                 raise ConfigError(f"models[{m.name}].fallback.models: unknown model {fb!r}")
         if m.mirror and m.mirror.model not in models:
             raise ConfigError(f"models[{m.name}].mirror.model: unknown model {m.mirror.model!r}")
+    pickers = pools.finish()
     cfg = Config(
         models=models,
         aliases=aliases,
@@ -189,6 +195,8 @@ def parse(doc: dict[str, Any]) -> Config:
         strip_injected_usage=f.bool("strip_injected_usage", True),
         ai_log=f.choice("ai_log", ("filter_state", "log", "both", "off"), "filter_state"),
         metrics=f.bool("metrics", True),
+        pickers=pickers,
+        picker_headers=tuple({p.header for p in pickers.values()}),
     )
     f.done()
     return cfg

@@ -17,6 +17,7 @@ from proxywasm import hostcalls as hc
 
 from .config import Config, Model, StatusSet
 from .keys import KeyPool
+from .picker import add_destination
 from .request import with_model
 from .upstream import callout_headers
 
@@ -70,6 +71,10 @@ class Fallback:
                 credential, self.key = pool.credential(idx), (pool, idx)
             body = with_model(self.doc, model.upstream_model)
             headers = callout_headers(self.request_headers, model, self.cfg, self.primary, credential)
+            if self.cfg.pickers:  # a model with an endpoint picker: its least loaded pod
+                headers = add_destination(self.cfg.pickers, model, self.doc, headers, now // 1_000_000, self.cfg.metrics)
+                if headers is None:
+                    continue  # sheddable, and every pod of this model is saturated
             try:
                 self.stream.http_call(model.cluster, headers, body, callback=self._on_answer,
                                       timeout_ms=max(1, (self.deadline_ns - now) // 1_000_000))

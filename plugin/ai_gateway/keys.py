@@ -15,8 +15,10 @@ from __future__ import annotations
 import struct
 from _sha256 import sha256  # built into the WASI CPython; hashlib would import more
 
-from proxywasm import Counter, Gauge, HostError, LogLevel, MetricCache, record, shared
+from proxywasm import Counter, Gauge, LogLevel, MetricCache, record, shared
 from proxywasm import hostcalls as hc
+
+from .lease import take_lease
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -209,16 +211,7 @@ class KeyPool:
     def take_probe_lease(self, owner: int, now_ms: int) -> bool:
         """One worker probes per interval: a lease in shared data, taken by CAS."""
         assert self.cfg.probe is not None
-        raw, cas = shared.get(self.lease_key)
-        if raw and len(raw) == 12:
-            holder, until = struct.unpack("<IQ", raw)
-            if until > now_ms and holder != owner:
-                return False
-        try:
-            shared.set(self.lease_key, struct.pack("<IQ", owner, now_ms + self.cfg.probe.interval_ms), cas)
-        except HostError:
-            return False
-        return True
+        return take_lease(self.lease_key, owner, now_ms, self.cfg.probe.interval_ms)
 
 
 def parse_pool(f: object, model: str) -> KeyPoolConfig:

@@ -7,10 +7,8 @@ from proxywasm import CalloutResponse, HostError, LogLevel
 from proxywasm import hostcalls as hc
 
 from .config import Config, Model
-from .stream import RNG, pool_of
-
-# Identifies this VM in the probe lease: root context ids repeat across Envoy workers.
-VM_TOKEN = RNG.getrandbits(31) | 1
+from .lease import VM_TOKEN
+from .stream import pool_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

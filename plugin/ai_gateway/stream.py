@@ -14,6 +14,7 @@ from .errors import JSON_HEADERS, GatewayError
 from .fallback import Fallback
 from .keys import KeyPool
 from .observe import Observation, publish
+from .picker import route as pick_endpoint
 from .request import duplicate_model, needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
@@ -73,6 +74,9 @@ class GatewayStream(HttpContext):
             h.remove(cfg.route_header)
         if cfg.model_header in hd:
             h.remove(cfg.model_header)
+        for name in cfg.picker_headers:  # nor a model server pod (models[].endpoint_picker)
+            if name in hd:
+                h.remove(name)
         method = hd.get(":method")
         path = hd.get(":path", "").split("?", 1)[0]
         if path == "/v1/models" and method == "GET" and cfg.models_endpoint:
@@ -123,6 +127,10 @@ class GatewayStream(HttpContext):
         self.model, self.requested, self.doc = model, requested, doc
         h.set(cfg.route_header, model.cluster)
         h.set(cfg.model_header, model.name)
+        picker = cfg.pickers.get(model.cluster) if cfg.pickers else None
+        if picker is not None:  # the least loaded pod, or 429 for a sheddable request when all are saturated
+            h.set(picker.header, pick_endpoint(picker, model, doc, self.headers_in.get, self.started_ns // 1_000_000,
+                                               cfg.metrics))
         if model.keys is not None:
             self._use_key(model, h)
         if rewrite:

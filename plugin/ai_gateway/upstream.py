@@ -5,6 +5,7 @@ from __future__ import annotations
 from proxywasm import hostcalls as hc
 
 from .config import Config, Model
+from .picker import add_destination
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ def callout_headers(request: list[tuple[str, str]], model: Model, cfg: Config, s
 
     ``source``'s pool key is never copied to another request; ``credential`` is ``model``'s.
     """
-    drop = _DROP | {cfg.route_header, cfg.model_header} | credential_headers(source)
+    drop = _DROP | {cfg.route_header, cfg.model_header, *cfg.picker_headers} | credential_headers(source)
     if model.keys is not None and not model.keys.forward_client_credential:
         drop |= credential_headers(model)  # as on the direct path: the client's credential stays here
     if credential:
@@ -44,7 +45,15 @@ def callout_headers(request: list[tuple[str, str]], model: Model, cfg: Config, s
 def mirror(stream: HttpContext, root_id: int, model: Model, headers: list[tuple[str, str]], body: bytes,
            source: str) -> None:
     """Send a copy to ``model`` and forget it: the call belongs to the root context, so it
-    neither delays the client's stream nor is cancelled when that stream ends."""
+    neither delays the client's stream nor is cancelled when that stream ends. A model with an
+    endpoint picker gets a pod like a sheddable request: no copy when every pod is saturated."""
+    cfg: Config = stream.config
+    if cfg.pickers:
+        picked = add_destination(cfg.pickers, model, None, headers, hc.get_current_time_ns() // 1_000_000,
+                                 cfg.metrics, sheddable=True)
+        if picked is None:
+            return
+        headers = picked
     headers = [*headers, ("x-ai-mirror-of", source)]
     hc.set_effective_context(root_id)
     try:

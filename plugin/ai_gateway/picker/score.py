@@ -1,0 +1,108 @@
+"""Choosing the endpoint for one request from the pool's last scrapes.
+
+Each endpoint is, as of this worker's copy of the shared record (``state``):
+
+* **fresh**: its last scrape succeeded and answered within ``stale_after_ms``;
+* **down**: its last scrape failed (refused, timed out, not 200, not a vLLM metrics page);
+* **stale**: neither (no scrape yet, or scraping stopped).
+
+A fresh endpoint is **saturated** when ``waiting >= queue_threshold`` or ``kv_cache >=
+kv_cache_threshold`` (the Gateway API inference extension's utilization detector).
+
+1. Fresh endpoints exist and some are not saturated: the highest **score** among those wins
+   (ties rotate per worker)::
+
+       score = w.queue    * (1 - q / queue_threshold)        q: vllm:num_requests_waiting
+             + w.running  * (1 - r / (max_r + 1))             r: vllm:num_requests_running + this worker's
+                                                                 picks since that scrape; max over candidates
+             + w.kv_cache * (1 - kv / kv_cache_threshold)     kv: vllm:kv_cache_usage_perc (0..1)
+             + w.lora     * lora                              LoRA adapter affinity, below
+             + w.prefix   * (1 if this endpoint wins the prompt prefix's rendezvous, else 0)
+
+   Every term is in [0, 1] (candidates are below both thresholds), so a small load difference
+   moves the score a little and an affinity can outweigh it, while a large one wins. Counting this
+   worker's own picks since the last scrape spreads a burst instead of sending it all to the
+   endpoint that looked idlest ``scrape_interval_ms`` ago.
+   ``lora`` applies when the request's upstream model is not an endpoint's base model (an adapter):
+   1.0 loaded (``running_lora_adapters``), 0.8 a free adapter slot (fewer than ``max_lora``
+   loaded), 0.6 queued for loading (``waiting_lora_adapters``), else 0 (``vllm:lora_requests_info``,
+   values as in the Gateway API inference extension's LoRA affinity scorer).
+   The prefix term exists only with ``prefix_chars`` > 0 (see ``affinity``).
+2. Every fresh endpoint is saturated: **sheddable** requests are refused (429); critical and
+   standard ones go to the **least loaded** fresh endpoint: lowest ``max(q / queue_threshold,
+   kv / kv_cache_threshold)``, then fewest running requests.
+3. No fresh endpoint: round robin over the stale ones, or over all endpoints if every one is down
+   (the request may still succeed; Envoy answers 503 if not). Nothing is shed without evidence.
+"""
+
+from __future__ import annotations
+
+from .affinity import rendezvous
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .config import EndpointPicker
+    from .state import Endpoint, View
+
+SCORED, LEAST_LOADED, UNSCORED = "scored", "least_loaded", "unscored"
+_EPS = 1e-9
+
+
+def lora_score(e: Endpoint, model: str) -> float:
+    if model in e.running_adapters:
+        return 1.0
+    if len(e.running_adapters) < e.max_lora:
+        return 0.8
+    if model in e.waiting_adapters:
+        return 0.6
+    return 0.0
+
+
+def _rotate(view: View, best: list[Endpoint]) -> Endpoint:
+    if len(best) == 1:
+        return best[0]
+    view.rr += 1
+    return best[view.rr % len(best)]
+
+
+def scores(candidates: list[Endpoint], pool: EndpointPicker, model: str, prefix: int | None) -> list[float]:
+    w = pool.weights
+    qt, kt = pool.queue_threshold, pool.kv_cache_threshold
+    rs = [e.running + e.picks for e in candidates]
+    rscale = max(rs) + 1.0
+    adapter = w.lora > 0 and any(e.max_lora >= 0 for e in candidates) and all(e.model != model for e in candidates)
+    winner = None
+    if prefix is not None and w.prefix > 0:
+        winner = max(candidates, key=lambda e: rendezvous(prefix, e.eid))
+    out = []
+    for e, r in zip(candidates, rs, strict=True):
+        s = w.queue * (1.0 - e.waiting / qt) + w.running * (1.0 - r / rscale) + w.kv_cache * (1.0 - e.kv / kt)
+        if adapter and e.max_lora >= 0:
+            s += w.lora * lora_score(e, model)
+        if e is winner:
+            s += w.prefix
+        out.append(s)
+    return out
+
+
+def choose(view: View, pool: EndpointPicker, endpoints: list[Endpoint], now_ms: int, sheddable: bool,
+           model: str, prefix: int | None) -> tuple[Endpoint | None, str]:
+    """(endpoint, how) per the module's rules; (None, ...) = shed the request."""
+    horizon = now_ms - pool.stale_after_ms
+    fresh = [e for e in endpoints if e.up and e.ok_ms >= horizon]
+    if not fresh:
+        stale = [e for e in endpoints if not e.down]
+        return _rotate(view, stale or endpoints), UNSCORED
+    qt, kt = pool.queue_threshold, pool.kv_cache_threshold
+    free = [e for e in fresh if e.waiting < qt and e.kv < kt]
+    if not free:
+        if sheddable:
+            return None, LEAST_LOADED
+        loads = [(max(e.waiting / qt, e.kv / kt), e.running + e.picks) for e in fresh]
+        low = min(loads)
+        return _rotate(view, [e for e, ld in zip(fresh, loads, strict=True) if ld == low]), LEAST_LOADED
+    if len(free) == 1:
+        return free[0], SCORED
+    s = scores(free, pool, model, prefix)
+    top = max(s)
+    return _rotate(view, [e for e, v in zip(free, s, strict=True) if v >= top - _EPS]), SCORED

@@ -27,9 +27,13 @@ test *args: build
 lint:
     ruff check plugin build e2e tests bench
 
-# Benchmarks (results in bench/results/)
-bench: build
-    python bench/run.py
+# AI gateway benchmark: Envoy (a), Envoy + ai-gateway (b), LiteLLM (c) on W1-W3 + VM start/memory (bench/results/ai-gateway.md); subsets: --only a,b W1
+bench *args: (build "ai_gateway")
+    python bench/ai/run.py "$@"
+
+# Benchmark of the showcase plugin (bench/results/latest.md)
+bench-showcase *args: build
+    python bench/run.py "$@"
 
 # Validate every Envoy config in the repository
 validate:

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -76,36 +75,12 @@ def plugin_config() -> str:
 
 def vm_start_envoy(concurrency: int = 2) -> dict[str, Any]:
     with gateway("plugin", concurrency) as gw:
-        lines = m.ready_lines(gw.envoy.log_text, at_least=concurrency + 1)
-        pid = gw.pid
-    if not lines:
-        raise RuntimeError("no 'python: ready in' lines in the Envoy log")
-    ms = [x.ms for x in lines]
-    return {"concurrency": concurrency, "startup_s": gw.startup_s, "median_ms": statistics.median(ms),
-            "max_ms": max(ms), "linear_memory_kib": max(x.memory_kib for x in lines),
-            "vms": [{"thread": "main" if x.tid == pid else "worker", "ms": x.ms, "memory_kib": x.memory_kib}
-                    for x in lines]}
+        out = m.vm_start_in_envoy(gw.envoy.log_text, gw.pid, concurrency)
+    return {**out, "startup_s": gw.startup_s}
 
 
 def vm_start_wasmtime(runs: int = 5) -> dict[str, Any]:
-    from proxywasm.testing.wasm import WasmHost, load_module
-
-    t0 = time.perf_counter()
-    load_module(MODULE)  # compiled once (cached in .cache/wasmtime), outside the timing
-    load_s = time.perf_counter() - t0
-    config = plugin_config()
-    wall, inside, memory = [], [], 0
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        host = WasmHost(MODULE)
-        if not host.start(config):
-            raise RuntimeError(f"plugin did not start in wasmtime: {host.logs}")
-        wall.append((time.perf_counter() - t0) * 1000)
-        memory = host.memory_size() // 1024
-        found = [float(x[1]) for _, msg in host.logs if (x := re.search(r"ready in ([\d.]+) ms", msg))]
-        inside.extend(found[:1])
-    return {"runs": runs, "median_ms": statistics.median(wall), "all_ms": wall, "module_load_s": load_s,
-            "ready_in_median_ms": statistics.median(inside) if inside else None, "linear_memory_kib": memory}
+    return m.vm_start_wasmtime(MODULE, plugin_config(), runs)
 
 
 def throughput(kind: str, args: argparse.Namespace, envoy_cpus: set[int] | None,
@@ -242,10 +217,9 @@ def main() -> int:
         log((built.stdout.strip().splitlines() or ["pwbuild: ok"])[-1])
     cpus = sorted(os.sched_getaffinity(0))
     envoy_cpus, wrk_cpus = ({cpus[0]}, {cpus[1]}) if len(cpus) >= 2 and args.pin else (None, None)
-    version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
     r: dict[str, Any] = {
         "time": time.strftime("%Y-%m-%d %H:%M:%S"), "args": {k: str(v) for k, v in vars(args).items()},
-        "env": {"envoy": (re.findall(r"/(\d+\.\d+\.\d+)/", version) or ["?"])[0], "cpus": len(cpus),
+        "env": {"envoy": m.envoy_version(envoy_binary()), "cpus": len(cpus),
                 "pinning": f"envoy→cpu{cpus[0]}, wrk→cpu{cpus[1]}" if envoy_cpus else "off",
                 "machine": platform.machine(), "loadavg_1m_at_start": os.getloadavg()[0]},
         "module": {"bytes": MODULE.stat().st_size, "mib": MODULE.stat().st_size / 2**20},
@@ -264,8 +238,8 @@ def main() -> int:
     for kind in ("plugin", "noplugin"):
         log(f"RSS, {kind} (concurrency 4) ...")
         mem[f"{kind}_c4_kib"] = rss_after_warmup(kind, 4, args)
-    mem["per_vm_kib"] = ((mem["plugin_c4_kib"] - mem["plugin_c1_kib"])
-                         - (mem["noplugin_c4_kib"] - mem["noplugin_c1_kib"])) / 3
+    mem["per_vm_kib"] = m.rss_per_extra_vm((mem["plugin_c1_kib"], mem["plugin_c4_kib"]),
+                                           (mem["noplugin_c1_kib"], mem["noplugin_c4_kib"]), 3)
     r["memory"] = mem
     r["rows"], r["notes"] = build_rows(r), notes(r)
     r["elapsed_s"] = round(time.monotonic() - started, 1)

@@ -82,3 +82,22 @@ def test_large_body_usage_found_in_tail() -> None:
     for i in range(0, len(body), 65536):
         c.feed(body[i : i + 65536])
     assert c.usage() == Usage(8, 0, 8)
+
+
+sse_pieces = st.lists(st.sampled_from([
+    b"data: ", b'{"choices":[{"delta":{"content":"hi"}}],"usage":null}', b'{"choices":[],"usage":{"prompt_tokens":2,'
+    b'"completion_tokens":3}}', b'"usage": null', b'"usage" :{"total_tokens":9}}', b'"usage"', b"[DONE]", b"\n", b"\r",
+    b"\r\n", b"\n\n", b"\r\n\r\n", b"x" * 40, b": ping", b"data: [DONE]\n\n"]), max_size=80).map(b"".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=sse_pieces, cuts=cuts)
+def test_skimming_a_passed_through_stream_finds_what_splitting_every_event_finds(data: bytes, cuts: list[int]) -> None:
+    """Passing through, the scanner skips events without a usage object or [DONE]: it must record exactly what
+    reading every event records, however the stream is cut."""
+    reference = SseScanner(False)
+    reference.skim = False
+    assert feed_split(reference, data, cuts) == data
+    skim = SseScanner(False)
+    assert feed_split(skim, data, cuts) == data
+    assert (skim.usage, skim.done) == (reference.usage, reference.done)

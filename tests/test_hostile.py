@@ -12,8 +12,8 @@ Documented behaviour pinned here:
   JSON escapes of lone surrogates ("\\ud800") are valid JSON and are kept, escaped, when the body is rewritten;
 - duplicate keys: Python's json keeps the *last* ``model``; the gateway then sends the body upstream rewritten
   with that one ``model`` only, so an upstream parser that keeps the first cannot serve another model;
-- nesting is bounded by the interpreter's recursion limit: about 985 levels in-process, about 590 in the
-  .wasm (a deeper body is 400 ``invalid_json``);
+- nesting is bounded: at most 500 levels (proxywasm.jsonscan.MAX_DEPTH, the same on both hosts; a deeper body is
+  400 ``invalid_json``);
 - requests the gateway does not handle (other methods, paths — not normalised: ``/v1/chat/completions/../x`` is
   another path — and non-JSON content types) pass through untouched, except that client-sent routing headers
   (``x-ai-upstream``, ``x-ai-model``) are removed from every request, even when the gateway is off for it.

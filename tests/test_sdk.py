@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from proxywasm import Action, LogLevel, StreamType
 from proxywasm.testing import UnimplementedHostCall
@@ -233,3 +235,62 @@ def test_finished_streams_are_forgotten(host) -> None:
     s, _ = send(host, "contexts")
     live = int(s.request_header("x-contexts"))
     assert 2 <= live <= 66  # the root, this stream, and at most one pending batch
+
+
+# --- proxywasm.jsonscan: the C scanner inside the VM answers exactly as the Python reference ---
+
+_DEEP = lambda n: b'{"a":' + b"[" * (n - 1) + b"]" * (n - 1) + b"}"  # noqa: E731 - nesting n deep in all
+JSON_EDGES = [
+    b'{"model":"x"}', b' {"a":1 , "b" : [1,2,{"c":null}]}\n', b"[]", b'"s"', b"1", b"{}", b"", b"  ", b'{"a":1,}',
+    b'{"a" 1}', b'{"a":01}', b'{"a":-0}', b'{"a":-}', b'{"a":1.}', b'{"a":.5}', b'{"a":1e}', b'{"a":1E+2}',
+    b'{"a":1.7976931348623157e308}', b'{"a":1.7976931348623159e308}', b'{"a":1e309}', b'{"a":-1e309}',
+    b'{"a":1e-400}', b'{"a":' + b"9" * 4300 + b"}", b'{"a":' + b"9" * 4301 + b"}", b'{"a":-' + b"9" * 4301 + b"}",
+    b'{"a":1' + b"0" * 4400 + b".5}", _DEEP(500), _DEEP(501), b"[" * 500 + b"]" * 500, b"[" * 501 + b"]" * 501,
+    b'{"a":"\\ud800"}', b'{"\\u006dodel":"x","model":"y"}', b'{"a":"\x01"}', b'{"a":"\x7f"}', b'{"a":"\\x"}',
+    b'{"a":"\\u12"}', b'{"a":"\\u12g4"}', b'{"a":"\xc3\xa9"}', b'{"a":"\xc0\xaf"}', b'{"a":"\xed\xa0\x80"}',
+    b'{"a":"\xf4\x8f\xbf\xbf"}', b'{"a":"\xf4\x90\x80\x80"}', b'{"a":"\xe0\x9f\xbf"}', b'{"a":"\xf0\x8f\xbf\xbf"}',
+    b'{"a":"\xe2\x82"}', b'{"a":"\xe2\x82', b"\xef\xbb\xbf{}", b'{"a":true,"b":false,"c":null}', b'{"a":tru}',
+    b'{"a":NaN}', b'{"a":Infinity}', b'{"a":-Infinity}', b'{"a":1}x', b'{"a":1}{}', b'{"a":1} \t\r\n',
+    b'{"a":"' + b"x" * 21 + b'\\"' + b"y" * 9 + b'\\\\"}', b'{"\xc3\xa9":"\xe2\x82\xac","b":[1,"\xf0\x9f\x98\x80"]}',
+    b'{"a":1\xff}', b'{"a":"x"\x00}', b'{"model":"m","model":{"x":[1]},"n":2.5}', b'{"a" : { "b" : 1 } , "c":2}',
+]
+
+
+def _json_members(host, body: bytes):
+    s = host.http_stream()
+    s.send_request_headers({**REQ, "x-op": "json-members"})
+    s.send_request_body(body, end_of_stream=True)
+    return json.loads(s.request_body)
+
+
+def _reference(body: bytes):
+    from proxywasm.jsonscan import _reference as ref
+
+    try:
+        members = ref(body)
+    except ValueError:
+        return {"error": True}
+    return {"members": None if members is None else [list(m) for m in members]}
+
+
+def test_json_members_edges(host) -> None:
+    for body in JSON_EDGES:
+        assert _json_members(host, body) == _reference(body), body[:80]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.dictionaries(st.text(max_size=6), json_values, max_size=5), cut=st.integers(0, 400),
+       flip=st.integers(0, 400), byte=st.integers(0, 255), ascii_only=st.booleans(), indent=st.sampled_from([None, 1]))
+def test_json_members_agree_with_the_reference(host, doc, cut, flip, byte, ascii_only, indent) -> None:
+    body = json.dumps(doc, ensure_ascii=ascii_only, indent=indent).encode("utf-8", "surrogatepass")
+    variants = [body, body[: cut % (len(body) + 1)]]
+    if body:
+        i = flip % len(body)
+        variants.append(body[:i] + bytes([byte]) + body[i + 1 :])
+    for b in variants:
+        assert _json_members(host, b) == _reference(b), b[:200]

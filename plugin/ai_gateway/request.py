@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-import re
+
+from proxywasm import jsonscan
+from proxywasm.jsonscan import DECODER
 
 from .errors import GatewayError
 
@@ -16,45 +18,55 @@ if TYPE_CHECKING:
 _ENCODE_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _ENCODE_ASCII = json.JSONEncoder(separators=(",", ":")).encode
 
-# A "model" key, however it is spelled (JSON escapes included): two of them may mean a duplicate key.
-_MODEL_KEY = re.compile(rb'"(?:m|\\u006[dD])(?:o|\\u006[fF])(?:d|\\u0064)(?:e|\\u0065)(?:l|\\u006[cC])"\s*:')
+
+class RequestDoc:
+    """A request body known to be a JSON object; its top-level members are decoded only when read.
+
+    Reading ``model`` and ``stream`` this way costs a tenth of building the whole document, which is
+    done (once) only when the body is rewritten.
+    """
+
+    __slots__ = ("_full", "_spans", "raw")
+
+    def __init__(self, raw: bytes, members: list[tuple[int, int, int, int]]) -> None:
+        self.raw = raw
+        self._full: dict[str, Any] | None = None
+        spans: dict[bytes, list[tuple[int, int]]] = {}  # by the key's UTF-8 bytes, JSON escapes resolved
+        for ks, ke, vs, ve in members:
+            key = raw[ks + 1 : ke - 1]
+            if b"\\" in key:
+                key = DECODER.decode(raw[ks:ke].decode("utf-8")).encode("utf-8", "surrogatepass")
+            spans.setdefault(key, []).append((vs, ve))
+        self._spans = spans
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The member's value (the last one when repeated, as json.loads keeps)."""
+        spans = self._spans.get(key.encode())
+        if not spans:
+            return default
+        vs, ve = spans[-1]
+        return DECODER.decode(self.raw[vs:ve].decode("utf-8"))
+
+    def count(self, key: str) -> int:
+        return len(self._spans.get(key.encode(), ()))
+
+    def full(self) -> dict[str, Any]:
+        if self._full is None:
+            self._full = DECODER.decode(self.raw.decode("utf-8"))
+        return self._full
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if value - value != 0.0:  # 1e999 overflows to inf, which json.dumps would write as Infinity
-        raise ValueError("number out of range")
-    return value
-
-
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity: Python accepts them, JSON does not
-
-
-_DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_not_json)  # json.loads(**hooks) builds one per call
-
-
-def _loads(body: bytes, **hooks: Any) -> Any:
-    # JSON between systems is UTF-8 (RFC 8259): decoding here, strictly, rejects UTF-16/32, a BOM and
-    # encoded surrogates alike on every host (json.loads(bytes) would guess the encoding, and the WASI
-    # build has no utf-16-le/utf-8-sig codecs to guess with).
-    text = body.decode("utf-8")
-    if hooks:
-        return json.loads(text, parse_float=_finite, parse_constant=_not_json, **hooks)
-    return _DECODER.decode(text)
-
-
-def parse_body(body: bytes) -> tuple[dict[str, Any], str]:
+def parse_body(body: bytes) -> tuple[RequestDoc, str]:
     """Return (document, model); a GatewayError (400) says what is wrong."""
     if not body.strip():
         raise GatewayError(400, "request body is required", "missing_body")
     try:
-        doc = _loads(body)
-    except (ValueError, RecursionError):
-        # ValueError covers invalid UTF-8, invalid JSON and non-finite numbers; RecursionError absurd nesting
+        members = jsonscan.members(body)
+    except ValueError:  # invalid UTF-8, invalid JSON, non-finite numbers, absurd nesting
         raise GatewayError(400, "request body is not valid JSON", "invalid_json") from None
-    if not isinstance(doc, dict):
+    if members is None:
         raise GatewayError(400, "request body must be a JSON object", "invalid_json")
+    doc = RequestDoc(body, members)
     model = doc.get("model")
     if model is None:
         raise GatewayError(400, "you must provide a model parameter", "missing_model", "model")
@@ -63,38 +75,34 @@ def parse_body(body: bytes) -> tuple[dict[str, Any], str]:
     return doc, model
 
 
-def duplicate_model(body: bytes) -> bool:
+def duplicate_model(doc: RequestDoc) -> bool:
     """Whether the body's top-level object has ``model`` more than once.
 
-    The gateway routes by the last one (Python's json); an upstream whose parser keeps the
+    The gateway routes by the last one (as Python's json does); an upstream whose parser keeps the
     first would serve another model, so such a body is always rewritten with one ``model``.
     """
-    if b"\\u" not in body and body.count(b'"model"') < 2:
-        return False  # the common case, decided by byte searches (the regex is costly in the VM)
-    if len(_MODEL_KEY.findall(body)) < 2:
-        return False
-    try:
-        pairs = _loads(body, object_pairs_hook=lambda p: p)  # only the top level stays a list of pairs
-    except (ValueError, RecursionError):
-        return True
-    return sum(1 for k, _ in pairs if k == "model") > 1
+    return doc.count("model") > 1
 
 
-def with_model(doc: dict[str, Any], model: str) -> bytes:
+def _dict(doc: RequestDoc | dict[str, Any]) -> dict[str, Any]:
+    return doc.full() if isinstance(doc, RequestDoc) else doc
+
+
+def with_model(doc: RequestDoc | dict[str, Any], model: str) -> bytes:
     """The request body with ``model`` replaced (other fields keep their order)."""
-    doc = {**doc, "model": model}
+    doc = {**_dict(doc), "model": model}
     try:
         return _ENCODE_UTF8(doc).encode()
     except UnicodeEncodeError:  # a lone surrogate ("\ud800") has no UTF-8 form: keep it escaped, as sent
         return _ENCODE_ASCII(doc).encode()
 
 
-def needs_usage(doc: dict[str, Any]) -> bool:
+def needs_usage(doc: RequestDoc | dict[str, Any]) -> bool:
     """A streaming request that did not ask for the final usage chunk."""
     opts = doc.get("stream_options")
     return doc.get("stream") is True and not (isinstance(opts, dict) and opts.get("include_usage") is True)
 
 
-def with_usage_requested(doc: dict[str, Any]) -> dict[str, Any]:
+def with_usage_requested(doc: RequestDoc | dict[str, Any]) -> dict[str, Any]:
     opts = doc.get("stream_options")
-    return {**doc, "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}}
+    return {**_dict(doc), "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}}

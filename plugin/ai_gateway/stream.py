@@ -118,7 +118,7 @@ class GatewayStream(HttpContext):
         model = resolve(cfg, requested, self.headers_in.get, RNG)
         if model is None:
             raise GatewayError(404, f"The model `{requested}` does not exist.", "model_not_found", "model")
-        rewrite = model.upstream_model != requested or duplicate_model(body)  # one "model" goes upstream
+        rewrite = model.upstream_model != requested or duplicate_model(doc)  # one "model" goes upstream
         self.stream = doc.get("stream") is True
         if cfg.inject_stream_usage and needs_usage(doc):
             doc = with_usage_requested(doc)  # usage metrics need the final usage chunk

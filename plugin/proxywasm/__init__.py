@@ -4,7 +4,7 @@ A plugin subclasses :class:`RootContext` and :class:`HttpContext` and registers 
 root with :func:`set_root_context`; ``build/pwbuild`` turns it into one .wasm module.
 """
 
-from . import hostcalls, shared
+from . import hostcalls, jsonscan, shared
 from .abi import Action, BufferType, LogLevel, MapType, MetricType, Result, StreamType
 from .config import ConfigError, Fields
 from .context import CalloutResponse, HttpContext, RootContext
@@ -37,6 +37,7 @@ __all__ = [
     "factory",
     "get_property",
     "hostcalls",
+    "jsonscan",
     "log",
     "record",
     "set_property",

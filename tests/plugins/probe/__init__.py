@@ -21,6 +21,7 @@ from proxywasm import (
     RootContext,
     SharedQueue,
     hostcalls,
+    jsonscan,
     set_root_context,
     shared,
 )
@@ -140,6 +141,15 @@ class Probe(HttpContext[dict]):
         return Action.CONTINUE
 
     def on_request_body(self, body_size: int, end_of_stream: bool) -> Action:
+        if self.op == "json-members":  # proxywasm.jsonscan on this host (C inside the VM): the answer replaces the body
+            if not end_of_stream:
+                return Action.PAUSE
+            try:
+                answer = {"members": jsonscan.members(self.request_body.read())}
+            except ValueError:
+                answer = {"error": True}
+            self.request_body.replace(json.dumps(answer).encode())
+            return Action.CONTINUE
         if self.op != "body":
             return Action.CONTINUE
         if not end_of_stream:

@@ -93,11 +93,12 @@ sse_pieces = st.lists(st.sampled_from([
 @settings(max_examples=400, deadline=None)
 @given(data=sse_pieces, cuts=cuts)
 def test_skimming_a_passed_through_stream_finds_what_splitting_every_event_finds(data: bytes, cuts: list[int]) -> None:
-    """Passing through, the scanner skips events without a usage object or [DONE]: it must record exactly what
-    reading every event records, however the stream is cut."""
-    reference = SseScanner(False)
-    reference.skim = False
-    assert feed_split(reference, data, cuts) == data
-    skim = SseScanner(False)
-    assert feed_split(skim, data, cuts) == data
-    assert (skim.usage, skim.done) == (reference.usage, reference.done)
+    """The scanner skips events without a usage object or [DONE] (and, passing through, reads only the stream's
+    tail): it must pass on and record exactly what reading every event does, however the stream is cut."""
+    for drop in (False, True):
+        reference = SseScanner(drop)
+        reference.skim = False
+        want = feed_split(reference, data, cuts)
+        skim = SseScanner(drop)
+        assert feed_split(skim, data, cuts) == want
+        assert (skim.usage, skim.done) == (reference.usage, reference.done)

@@ -157,10 +157,9 @@ class GatewayStream(HttpContext):
         if idx is None:
             raise GatewayError(503, f"no upstream API key is available for model `{model.name}`; retry later",
                                "no_available_key")
-        if not keys.forward_client_credential:
+        if not keys.forward_client_credential and keys.header != "authorization" and "authorization" in self.headers_in:
             h.remove("authorization")
-            h.remove(keys.header)
-        h.set(*pool.credential(idx))
+        h.set(*pool.credential(idx))  # replaces every value the client sent in that header
         self.key_idx = idx
 
     # -- response --

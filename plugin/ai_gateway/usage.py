@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections import deque
 
 from proxywasm import record
 
 MAX_JSON_BODY = 1 << 20  # parse whole bodies up to this; beyond, scan the tail for usage
 MAX_EVENT = 1 << 20  # an SSE event longer than this is passed on unexamined (usage reports are small)
 TAIL = 8192
+TAIL_KEEP = 1 << 16  # an SSE stream passed through keeps its last 64 KiB for reading usage and [DONE]
 _USAGE_RE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
 _FIELD_RE = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d{1,12})')
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _DECODER = json.JSONDecoder()
+# "usage": {object, at most one level of nested objects}, then only scalar members and the closing "}"
+_USAGE_LAST = re.compile(rb'"usage"\s*:\s*(\{[^{}\[\]]*(?:\{[^{}\[\]]*\}[^{}\[\]]*)*\})[^{}\[\]]*\}\s*\Z')
 
 
 @record
@@ -31,11 +35,12 @@ class Usage:
     def from_obj(cls, usage: object) -> Usage | None:
         if not isinstance(usage, dict):
             return None
-        def num(key: str) -> int:
-            v = usage.get(key)
-            return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 40 else 0
-        inp, out = num("prompt_tokens"), num("completion_tokens")
-        return cls(inp, out, num("total_tokens") or inp + out)
+        inp, out = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
+        return cls(inp, out, _count(usage.get("total_tokens")) or inp + out)
+
+
+def _count(v: object) -> int:
+    return v if type(v) is int and 0 <= v < 1 << 40 else 0  # not bool, not float, not absurd
 
 
 def usage_from_json(body: bytes) -> Usage | None:
@@ -59,23 +64,14 @@ def _top_level_usage(body: bytes) -> Usage | None:
     object). Anything else, including a body that is not JSON, takes the full parse.
     """
     i = body.rfind(b'"usage"')
-    if i < 0:
+    if i < 0 or body[max(0, i - 64) : i].rstrip()[-1:] not in (b"{", b","):
         return None
-    if body[max(0, i - 64) : i].rstrip()[-1:] not in (b"{", b","):
-        return None
-    j = i + 7
-    while body[j : j + 1] in (b" ", b"\t", b"\r", b"\n"):
-        j += 1
-    if body[j : j + 1] != b":":
+    m = _USAGE_LAST.match(body, i)
+    if m is None:
         return None
     try:
-        text = body[j + 1 :].decode("utf-8")
-        start = len(text) - len(text.lstrip())
-        obj, end = _DECODER.raw_decode(text, start)
+        obj = _DECODER.decode(m.group(1).decode("utf-8"))
     except (ValueError, RecursionError):
-        return None
-    rest = text[end:].rstrip()
-    if not isinstance(obj, dict) or rest[-1:] != "}" or any(c in rest[:-1] for c in "{}[]"):
         return None
     return Usage.from_obj(obj)
 
@@ -157,44 +153,113 @@ class SseScanner:
     ``feed(chunk)`` returns the bytes to pass to the client now. With
     ``drop_usage_only`` (usage was requested by the gateway, not the client) whole
     events are held until complete so the usage-only event can be removed; otherwise
-    bytes pass through unchanged and immediately.
+    bytes pass through unchanged and immediately, and only the stream's last
+    ``TAIL_KEEP`` bytes are kept: ``usage`` and ``done`` are read from them when asked
+    (the usage report and [DONE] are the last events of a stream).
+
+    Both ways, only events that may carry a usage object or [DONE] are split and read
+    (splitting an event costs ~40k VM instructions, and most carry neither); ``skim =
+    False`` reads every event as it arrives, the reference the tests compare against.
     """
 
-    done = False  # saw the "data: [DONE]" event: the answer is complete, whatever happens to the connection
-    skim = True  # passing through: split only the events that may matter (False: every event, as reference)
+    skim = True
 
     def __init__(self, drop_usage_only: bool) -> None:
         self.drop = drop_usage_only
         self.pending = bytearray()  # bytes of the event not yet complete (at most MAX_EVENT + one chunk)
         self.oversized = False  # within an event longer than MAX_EVENT: passed on, neither held nor parsed
-        self.usage: Usage | None = None
+        self._usage: Usage | None = None
+        self._done = False
         self.events = 0
-        self.clean = 0  # pass-through: leading bytes of pending already seen to hold no usage or [DONE]
+        self.clean = 0  # leading bytes of pending already seen to hold no usage or [DONE]
+        self.tail: deque[bytes] | None = None if drop_usage_only else deque()
+        self.tail_size = 0
+        self.trimmed = False  # the tail no longer starts at the stream's start
+        self.ended = False
+        self.settled = -1  # tail_size when usage/done were last read from the tail
+
+    @property
+    def usage(self) -> Usage | None:
+        """The last usage report seen."""
+        if self.tail is not None and self.skim:
+            self._settle()
+        return self._usage
+
+    @property
+    def done(self) -> bool:
+        """Saw the "data: [DONE]" event: the answer is complete, whatever happens to the connection."""
+        if self.tail is not None and self.skim:
+            self._settle()
+        return self._done
 
     def feed(self, chunk: bytes, end: bool = False) -> bytes:
+        tail = self.tail
+        if tail is not None and self.skim:  # passing through: keep the last TAIL_KEEP bytes, read them when asked
+            if chunk:
+                tail.append(chunk)
+                self.tail_size += len(chunk)
+                while self.tail_size - len(tail[0]) >= TAIL_KEEP:
+                    self.tail_size -= len(tail.popleft())
+                    self.trimmed = True
+            self.ended = self.ended or end
+            return chunk
         buf = self.pending
         scan_from = max(0, len(buf) - 3)  # held bytes have no event end, but may end with part of one
         buf += chunk
-        if self.skim and not self.drop and not self.oversized:
-            # Passing through: only events that may carry usage or [DONE] are split and read; the events
-            # before them are skipped (splitting one costs ~40k VM instructions, and most carry neither).
-            old = len(buf) - len(chunk)  # held bytes: they hold no event end, and self.clean of them no mark
-            at = _interesting(buf, max(0, min(self.clean, old) - 32))
-            cut = _last_event_end(buf, max(0, old - 3), len(buf) if at < 0 else at)
-            if cut:
-                del buf[:cut]
-                scan_from = 0
-            if at >= 0:
-                return self._split(buf, scan_from, end, chunk)
+        if not self.skim or self.oversized:
+            return self._split(buf, scan_from, end, chunk)
+        old = len(buf) - len(chunk)  # held bytes: they hold no event end, and self.clean of them no mark
+        at = _interesting(buf, max(0, min(self.clean, old) - 32))
+        cut = _last_event_end(buf, max(0, old - 3), len(buf) if at < 0 else at)
+        head = b""
+        if cut:  # whole events without usage or [DONE]: passed on as they are
+            head = bytes(buf[:cut])
+            del buf[:cut]
+            scan_from = 0
+        out = self._split(buf, scan_from, end, chunk)
+        if at < 0:
             self.clean = len(buf)
-            if len(buf) > MAX_EVENT:  # an overlong event: from here on the full path passes it unexamined
-                del buf[:-3]
-                self.oversized = True
-            if end:
-                buf.clear()
-                self.oversized = False
-            return chunk
-        return self._split(buf, scan_from, end, chunk)
+        return head + out if head else out
+
+    def _settle(self) -> None:
+        """Read usage and [DONE] from the kept tail (from its end backwards, stopping at the first find)."""
+        assert self.tail is not None
+        if self.settled == self.tail_size:
+            return
+        self.settled = self.tail_size
+        data = b"".join(self.tail)
+        lo = 0
+        if self.trimmed:  # the first bytes may be the end of an event: start after it
+            m = _EVENT_END.search(data)
+            lo = m.end() if m else len(data)
+        hi = len(data) if self.ended else _last_event_end(data, lo, len(data))
+        if hi <= lo:
+            return
+        self._done = self._done or self._last_event(data, lo, hi, b"[DONE]")
+        self._last_event(data, lo, hi, b'"usage"')
+
+    def _last_event(self, data: bytes, lo: int, hi: int, mark: bytes) -> bool:
+        """Read the last event in data[lo:hi] that records something through ``_event``."""
+        i = data.rfind(mark, lo, hi)
+        while i >= 0:
+            if mark == b'"usage"' and data[i + 7 : i + 23].lstrip(b" \t\r\n:").startswith(b"null"):
+                i = data.rfind(mark, lo, i)
+                continue
+            start = _last_event_end(data, lo, i) or lo
+            m = _EVENT_END.search(data, i, hi)
+            end = m.end() if m else hi
+            if end - start <= MAX_EVENT:
+                before = (self._usage, self._done)
+                self._usage, self._done = None, False
+                self._event(data[start:end])
+                found = self._done if mark == b"[DONE]" else self._usage is not None
+                if found:
+                    if mark == b"[DONE]":
+                        self._usage = before[0]
+                    return True
+                self._usage, self._done = before
+            i = data.rfind(mark, lo, start)
+        return False
 
     def _split(self, buf: bytearray, scan_from: int, end: bool, chunk: bytes) -> bytes:
         self.clean = 0  # what stays held is looked at afresh next time
@@ -226,7 +291,7 @@ class SseScanner:
         """Record what the event says; False if it is a usage-only event to drop."""
         self.events += 1
         if b"[DONE]" in event and _data(event) == b"[DONE]":
-            self.done = True
+            self._done = True
             return True
         if b'"usage"' not in event:
             return True
@@ -241,5 +306,5 @@ class SseScanner:
             return True
         usage = Usage.from_obj(obj.get("usage"))
         if usage is not None:
-            self.usage = usage
+            self._usage = usage
         return not _is_usage_only(obj)

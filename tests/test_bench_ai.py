@@ -87,10 +87,14 @@ def test_targets_mark_results_built_on_errors() -> None:
         return {"wrk": {"rps": rps, "p50_ms": 1.0, "p99_ms": p99, "requests": 1, "non_2xx": non_2xx,
                         "socket_errors": 0, "seconds": 5}, "cpu_us_per_request": 1.0}
 
-    r = {"a": {"W1": cell(1000, 2.0)}, "b": {"W1": cell(800, 2.5)}, "c": {"W1": cell(50, 500, non_2xx=3)}}
+    r = {"a": {"W1": cell(1000, 2.0)}, "b": {"W1": cell(800, 4.5)}, "c": {"W1": cell(50, 500, non_2xx=3)},
+         "environment": {"connections": 16}}
+    r["a"]["W1"]["one_connection"] = cell(100, 0.5)["wrk"]
+    r["b"]["W1"]["one_connection"] = cell(90, 1.2)["wrk"]
     rows = {x["target"].split(" (")[0]: x for x in run.target_rows(r)}
     assert rows["W1: b ≥ 70% of a's req/s"]["result"] == "PASS"
-    assert rows["W1: p99 added by b ≤ 1 ms"]["result"] == "PASS"
+    assert rows["W1: p99 added by b ≤ 1 ms, one request in flight"]["result"] == "PASS"  # +0.7 ms
+    assert rows["W1: p99 added by b ≤ 1 ms at 16 connections"]["result"] == "FAIL"  # +2.5 ms, queueing included
     assert rows["W1: b ≥ 10x c's req/s"]["result"] == "PASS*"  # c had errors: flagged, not hidden
 
 

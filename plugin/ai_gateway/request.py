@@ -19,6 +19,10 @@ _ENCODE_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encod
 _ENCODE_ASCII = json.JSONEncoder(separators=(",", ":")).encode
 
 
+_LITERALS = {b"true": True, b"false": False, b"null": None}
+_NOT_LITERAL = object()
+
+
 class RequestDoc:
     """A request body known to be a JSON object; its top-level members are decoded only when read.
 
@@ -45,7 +49,11 @@ class RequestDoc:
         if not spans:
             return default
         vs, ve = spans[-1]
-        return DECODER.decode(self.raw[vs:ve].decode("utf-8"))
+        raw = self.raw[vs:ve]
+        if raw[:1] == b'"' and b"\\" not in raw:  # a plain string (model names): no decoder needed
+            return raw[1:-1].decode("utf-8")
+        literal = _LITERALS.get(raw, _NOT_LITERAL)
+        return DECODER.decode(raw.decode("utf-8")) if literal is _NOT_LITERAL else literal
 
     def count(self, key: str) -> int:
         return len(self._spans.get(key.encode(), ()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -19,6 +20,10 @@ def test_same_seed_same_requests_for_both_systems() -> None:
     doc = json.loads(a[0].body)
     assert doc["stream"] and doc["ignore_eos"] and doc["stream_options"] == {"include_usage": True}
     assert doc["model"] in (load.BASE_MODEL, *load.ADAPTERS)
+    slow, fast = load.workload(5, 10, 0, seed=3), load.workload(10, 10, 0, seed=3)  # same requests, faster
+    assert (len(slow), len(fast)) == (50, 100) and [s.body for s in slow] == [s.body for s in fast[:50]]
+    assert [2 * s.at for s in fast[:50]] == pytest.approx([s.at for s in slow], rel=0.2)
+    assert all(a.at < b.at for a, b in itertools.pairwise(fast))
 
 
 def test_mix_has_the_documented_shares() -> None:

@@ -9,10 +9,12 @@ of the stream (``data: [DONE]``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +22,12 @@ BASE_MODEL = "llama"
 ADAPTERS = ("sql-lora", "code-lora", "chat-lora", "summ-lora")
 VOCAB = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa quebec "
          "romeo sierra tango uniform victor whiskey xray yankee zulu").split()
-# (share, user prompt words, max_tokens): mostly short chats, a tail of long prompts and of long answers
-CLASSES = {"short": (0.75, (50, 400), (16, 64)),
-           "long_prompt": (0.125, (1500, 3000), (16, 64)),
-           "long_output": (0.125, (50, 300), (200, 400))}
-LORA_SHARE = 0.3
+# (requests in every 8, user prompt words, max_tokens): mostly short chats, a tail of long prompts and long answers
+CLASSES = {"short": (6, (50, 400), (16, 64)),
+           "long_prompt": (1, (1500, 3000), (16, 64)),
+           "long_output": (1, (50, 300), (200, 400))}
+LORA_IN_10 = 3  # requests in every 10 that name an adapter
+LORA_SHARE = LORA_IN_10 / 10
 SYSTEM_PROMPTS = 4
 SYSTEM_WORDS = 40
 CONTENT = re.compile(rb'"delta":\{"content":"[^"]')
@@ -43,22 +46,38 @@ class Spec:
 
 
 def workload(rate: float, seconds: float, warmup: float, seed: int) -> list[Spec]:
-    """Poisson arrivals at ``rate`` req/s for ``warmup + seconds`` s; the first ``warmup`` s are not measured."""
-    rnd = random.Random(f"{seed}:{rate}")
+    """Poisson arrivals at ``rate`` req/s for ``warmup + seconds`` s; the first ``warmup`` s are not measured.
+
+    Exactly ``round(rate * (warmup + seconds))`` requests: a Poisson process conditioned on its count (exponential
+    gaps, scaled to fill the duration), so every seed offers the same number of requests. The request sequence and
+    the gaps depend on ``seed`` only: at every rate the same requests come in the same order. Kinds and adapters are dealt from shuffled
+    decks (every 8 requests hold each kind's count, every 10 hold 3 adapter requests), so the work offered per
+    second varies little between seeds; sizes are uniform within each kind's ranges."""
+    rnd, gaps = random.Random(f"{seed}:requests"), random.Random(f"{seed}:arrivals")
     systems = [" ".join(rnd.choice(VOCAB) for _ in range(SYSTEM_WORDS)) for _ in range(SYSTEM_PROMPTS)]
-    kinds, weights = zip(*((k, v[0]) for k, v in CLASSES.items()), strict=True)
+    kinds = _deck(rnd, [k for k, v in CLASSES.items() for _ in range(v[0])])
+    lora = _deck(rnd, [True] * LORA_IN_10 + [False] * (10 - LORA_IN_10))
+    total = warmup + seconds
+    n = max(1, round(rate * total))
+    g = [gaps.expovariate(1) for _ in range(n + 1)]
+    times = [x * total / sum(g) for x in itertools.accumulate(g[:n])]
     out: list[Spec] = []
-    t = rnd.expovariate(rate)
-    while t < warmup + seconds:
-        kind = rnd.choices(kinds, weights)[0]
+    for t in times:
+        kind = next(kinds)
         _, (w_lo, w_hi), (m_lo, m_hi) = CLASSES[kind]
         words, max_tokens = rnd.randint(w_lo, w_hi), rnd.randint(m_lo, m_hi)
-        model = rnd.choice(ADAPTERS) if rnd.random() < LORA_SHARE else BASE_MODEL
+        model = rnd.choice(ADAPTERS) if next(lora) else BASE_MODEL
         user = " ".join(rnd.choice(VOCAB) for _ in range(words))
         out.append(Spec(t, model, kind, words, max_tokens, t >= warmup,
                         body(model, rnd.choice(systems), user, max_tokens)))
-        t += rnd.expovariate(rate)
     return out
+
+
+def _deck(rnd: random.Random, cards: list[Any]) -> Iterator[Any]:
+    while True:
+        hand = list(cards)
+        rnd.shuffle(hand)
+        yield from hand
 
 
 def body(model: str, system: str, user: str, max_tokens: int) -> bytes:
@@ -184,4 +203,4 @@ def mix(specs: list[Spec]) -> dict[str, Any]:
             "lora_share": sum(s.model != BASE_MODEL for s in measured) / n,
             "mean_prompt_words": sum(s.prompt_words + SYSTEM_WORDS for s in measured) / n,
             "mean_max_tokens": sum(s.max_tokens for s in measured) / n,
-            "classes": {k: {"share": v[0], "user_words": v[1], "max_tokens": v[2]} for k, v in CLASSES.items()}}
+            "classes": {k: {"share": v[0] / 8, "user_words": v[1], "max_tokens": v[2]} for k, v in CLASSES.items()}}

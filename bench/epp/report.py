@@ -18,7 +18,8 @@ def _row(p: dict[str, Any]) -> str:
     lag = eng["lag_ms"] / eng["step_ms"] if eng["step_ms"] else 0.0
     return (f"| {p['rate']:g} | {p['system']} | {p['offered_req_per_s']:.2f} | {p['req_per_s']:.2f} | {p['output_tokens_per_s']:,.0f} "
             f"| {ms(p['ttft_p50'])} | {ms(p['ttft_p90'])} | {ms(p['ttft_p99'])} | {ms(p['e2e_p90'])} "
-            f"| {p['errors']} / {p['requests']} | {p['cpu_busy_cores']:.2f} | {lag:.1%} "
+            f"| {p['errors']} / {p['requests']} | {p['cpu_busy_cores']:.2f} "
+            f"| {sum(p['cpu_cores_by_process'].values()):.2f} | {lag:.1%} "
             f"| {' / '.join(str(c) for c in p['requests_per_server'])} |")
 
 
@@ -60,6 +61,12 @@ def markdown(r: dict[str, Any]) -> str:
         f"{env['load_avg_at_start']:.2f} at start · {env['servers']} mock vLLM processes · seed {env['seed']} · "
         f"{env['warmup']:g} s warm-up + {env['seconds']:g} s measured per phase · one run.", "",
         *[f"- {s}: {d}" for s, d in r["systems"].items()],
+        *([f"- module: {env['module']['path']} (sha256 {env['module']['sha256'][:12]}…)"
+           + (f", built from the working tree at {env['git_head']}"
+              + (" with uncommitted changes under plugin/" if env["plugin_changes_uncommitted"] else "")
+              if env["module"]["default"] else "")]
+          if env.get("module") else []),
+        *([f"- {env['note']}"] if env.get("note") else []),
         *[f"- {s}: not measured ({why})" for s, why in r["unavailable"].items()], "",
         "Each mock (e2e/mock_vllm/engine.py): " + ", ".join(f"{k} {v}" for k, v in eng.items())
         + f"; adapters {', '.join(env['adapters'])}. Workload (bench/epp/load.py): open-loop Poisson arrivals, "
@@ -68,8 +75,8 @@ def markdown(r: dict[str, Any]) -> str:
         "second; done req/s and out tok/s = answers completed inside the measured window (all of an answer's "
         "tokens count when it completes).", "",
         "| rate req/s | system | offered req/s | done req/s | out tok/s | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | e2e p90 ms "
-        "| errors | CPU busy (cores) | mock step lag | requests per server |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| errors | CPU busy (cores) | bench CPU (cores) | mock step lag | requests per server |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *[_row(p) for p in sorted(r["phases"], key=lambda p: (p["rate"], p["system"] != "rr"))], "",
     ]
     t = targets(r["phases"])
@@ -97,7 +104,7 @@ def markdown(r: dict[str, Any]) -> str:
         if p["error_samples"]:
             notes.append(f"- {p['system']} @ {p['rate']:g} errors: {'; '.join(p['error_samples'])}")
     parts += ["CPU busy = the whole machine's busy CPU during the phase (all processes, other agents' included; "
-              f"{env['cpus']} cores). Mock step lag = how late the mocks' engine steps ran beyond their planned "
+              f"{env['cpus']} cores); bench CPU = Envoy + the mocks + the load client. Mock step lag = how late the mocks' engine steps ran beyond their planned "
               "duration, summed over steps, as a share of the planned time (small: the mocks, not the CPU, set the "
               "pace). Busy cores by process are in the JSON.", ""]
     if notes:

@@ -15,6 +15,7 @@ measured, and waits for every answer. Writes bench/results/endpoint-picker.{md,j
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -47,6 +48,7 @@ ENGINE = {"max_num_seqs": 8, "max_num_batched_tokens": 2048, "kv_capacity_tokens
           "decode_kv_cost": 0.5, "max_loras": 2, "lora_load_ms": 40}
 PICKER: dict[str, Any] = {}  # endpoint_picker options beside "endpoints" (the plugin's defaults otherwise)
 POOL = "llm-pool"
+COUNTERS = {"picks", "scrape_failures", "shed", "unscored"}
 HEADER = "x-gateway-destination-endpoint"
 
 
@@ -68,7 +70,7 @@ def plugin_config(endpoints: list[str]) -> dict[str, Any]:
     return {"models": models}
 
 
-def envoy_config(system: str, admin: int, listen: int, endpoints: list[str]) -> str:
+def envoy_config(system: str, admin: int, listen: int, endpoints: list[str], module: Path = MODULE) -> str:
     """JSON (valid YAML). rr: STATIC round robin; epp: the wasm filter and an ORIGINAL_DST cluster."""
     addr = lambda host, port: {"socket_address": {"address": host, "port_value": int(port)}}  # noqa: E731
     limits = {"thresholds": [{"max_connections": 100000, "max_pending_requests": 100000, "max_requests": 100000,
@@ -91,7 +93,7 @@ def envoy_config(system: str, admin: int, listen: int, endpoints: list[str]) -> 
                        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
                                          "value": json.dumps(plugin_config(endpoints))},
                        "vm_config": {"vm_id": "ai_gateway", "runtime": "envoy.wasm.runtime.v8",
-                                     "code": {"local": {"filename": str(MODULE)}}}}}}]
+                                     "code": {"local": {"filename": str(module)}}}}}}]
     hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
                  "HttpConnectionManager",
@@ -142,6 +144,7 @@ def phase(system: str, listen: int, envoy: Envoy, ports: list[int], rate: float,
             urllib.request.urlopen(urllib.request.Request(p.url + "/mock/requests", method="DELETE"), timeout=5)
         pids = {"envoy": envoy.proc.pid, **{f"mock{i}": p.pid for i, p in enumerate(procs)}}  # type: ignore[union-attr]
         cpu0 = {k: m.cpu_seconds(pid) for k, pid in pids.items()}
+        picker0 = envoy.stats("picker") if system == "epp" else {}
         busy0, wall0 = m.busy_cpu_seconds(), time.monotonic()
         log(f"{system} @ {rate:g} req/s: {len(specs)} requests over {args.warmup + args.seconds:g} s")
         results, t0, client_cpu = load.run_sync("127.0.0.1", listen, specs)
@@ -150,11 +153,14 @@ def phase(system: str, listen: int, envoy: Envoy, ports: list[int], rate: float,
         cpu["client"] = client_cpu / wall
         busy = (m.busy_cpu_seconds() - busy0) / wall
         engines = [get_json(p.url + "/mock/engine") for p in procs]
+        # counters (picks, scrape_failures, shed, unscored) as this phase's increase; gauges as they are now
+        picker = {k.removeprefix("wasmcustom.picker."): v - picker0.get(k, 0) if k.rsplit(".", 1)[-1] in COUNTERS
+                  else v for k, v in envoy.stats("picker").items()} if system == "epp" else {}
         counts = [get_json(p.url + "/mock/requests?path=/v1/chat/completions")["count"] for p in procs]
     out = load.summarize(results, t0, args.warmup, args.seconds)
     steps = sum(e["stats"]["steps"] for e in engines)
     out |= {"system": system, "rate": rate, "wall_s": wall, "cpu_busy_cores": busy, "cpu_cores_by_process": cpu,
-            "requests_per_server": counts,
+            "requests_per_server": counts, "picker_stats": picker,
             "engine": {"steps": steps, "step_ms": sum(e["stats"]["step_ms"] for e in engines),
                        "lag_ms": sum(e["stats"]["lag_ms"] for e in engines),
                        "max_lag_ms": max(e["stats"]["max_lag_ms"] for e in engines),
@@ -168,8 +174,17 @@ def phase(system: str, listen: int, envoy: Envoy, ports: list[int], rate: float,
 def run_system(system: str, ports: list[int], args: argparse.Namespace) -> list[dict[str, Any]]:
     admin, listen = free_port(), free_port()
     endpoints = [f"127.0.0.1:{p}" for p in ports]
-    with Envoy(envoy_config(system, admin, listen, endpoints), admin, concurrency=1, log_level="warning") as envoy:
+    cfg = envoy_config(system, admin, listen, endpoints, Path(args.module))
+    with Envoy(cfg, admin, concurrency=1, log_level="warning") as envoy:
         return [phase(system, listen, envoy, ports, rate, args) for rate in args.rates]
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=REPO, timeout=30).stdout.strip()
+
+
+def sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def envoy_version() -> str:
@@ -180,22 +195,28 @@ def envoy_version() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[8.0, 15.0],
-                    help="total request rates, req/s (default 8,15: low, near saturation)")
-    ap.add_argument("--seconds", type=float, default=30, help="measured seconds per phase")
+    ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[7.0, 14.0],
+                    help="total request rates, req/s (default 7,14: low, near round robin's saturation)")
+    ap.add_argument("--seconds", type=float, default=40, help="measured seconds per phase")
     ap.add_argument("--warmup", type=float, default=4, help="unmeasured seconds of load before each phase")
     ap.add_argument("--servers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--systems", default="rr,epp")
+    ap.add_argument("--module", default=str(MODULE), help="the ai-gateway module for epp")
+    ap.add_argument("--note", default="", help="a line for the report (e.g. where --module was built from)")
     ap.add_argument("--out", default=str(RESULTS / "endpoint-picker"), help="results path without extension")
     args = ap.parse_args()
     systems = [s for s in args.systems.split(",") if s]
-    if "epp" in systems and not MODULE.exists():
-        raise SystemExit(f"bench/epp: {MODULE} missing: run `.venv/bin/python build/pwbuild ai_gateway`")
+    if "epp" in systems and not Path(args.module).exists():
+        raise SystemExit(f"bench/epp: {args.module} missing: run `.venv/bin/python build/pwbuild ai_gateway`")
     ports = [free_port() for _ in range(args.servers)]
     r: dict[str, Any] = {"environment": {
         "when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "cpus": os.cpu_count(),
         "load_avg_at_start": os.getloadavg()[0], "envoy": envoy_version(), "servers": args.servers,
+        "git_head": git("rev-parse", "--short", "HEAD"),
+        "plugin_changes_uncommitted": bool(git("status", "--porcelain", "plugin")),
+        "module": {"path": args.module, "sha256": sha256(args.module), "default": Path(args.module) == MODULE}
+        if "epp" in systems else None, "note": args.note,
         "engine": ENGINE, "adapters": list(load.ADAPTERS), "picker": PICKER, "seed": args.seed,
         "seconds": args.seconds, "warmup": args.warmup, "rates": args.rates,
         "workload": {str(rate): load.mix(load.workload(rate, args.seconds, args.warmup, args.seed))

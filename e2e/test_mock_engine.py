@@ -237,8 +237,9 @@ def test_under_load_ttft_grows_with_the_queue() -> None:
         for t in threads:
             t.join()
         ttfts = sorted(r["ttft"] for r in results)
-        # 2 run at once: the last two wait for two rounds of ~0.4 s each
-        assert peak == 4 and ttfts[0] < 0.3 and ttfts[-1] > 0.6 and ttfts[-1] < 5
+        # 2 run at once (4 wait; up to 6 before the engine's next step admits two); the last two wait for two
+        # rounds of ~0.4 s each
+        assert 4 <= peak <= 6 and ttfts[0] < 0.3 and ttfts[-1] > 0.6 and ttfts[-1] < 5
         engine_doc = json.loads(call(s.url, "GET", "/mock/engine")[2])
         assert engine_doc["load_model"] and engine_doc["stats"]["finished"] == 7 and engine_doc["running"] == 0
 

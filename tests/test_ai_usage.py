@@ -102,3 +102,10 @@ def test_skimming_a_passed_through_stream_finds_what_splitting_every_event_finds
         skim = SseScanner(drop)
         assert feed_split(skim, data, cuts) == want
         assert (skim.usage, skim.done) == (reference.usage, reference.done)
+
+
+def test_skimmed_tail_reports_both_usage_and_done() -> None:
+    data = b'data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}\n\ndata: [DONE]\n\n'
+    sc = SseScanner(False)
+    assert sc.feed(data, end=True) == data
+    assert (sc.usage, sc.done) == (Usage(2, 3, 5), True)

@@ -245,6 +245,9 @@ class GatewayStream(HttpContext):
             # "data: [DONE]" is whole even so: the official OpenAI client closes the connection right there,
             # often before the upstream's terminating chunk has arrived.
             self._publish(complete=self.sse is not None and self.sse.done)
+        # The stream and its Fallback refer to each other: unlinked here, both go when Envoy deletes the stream
+        # instead of waiting (with the request's body and document) for a full garbage collection.
+        self.fallback = None
 
     def _publish(self, complete: bool = True) -> None:
         self.published = True

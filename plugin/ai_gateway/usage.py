@@ -253,9 +253,11 @@ class SseScanner:
                 self._usage, self._done = None, False
                 self._event(data[start:end])
                 found = self._done if mark == b"[DONE]" else self._usage is not None
-                if found:
+                if found:  # keep what this event says about ``mark`` only
                     if mark == b"[DONE]":
                         self._usage = before[0]
+                    else:
+                        self._done = before[1]
                     return True
                 self._usage, self._done = before
             i = data.rfind(mark, lo, start)

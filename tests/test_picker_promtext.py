@@ -131,3 +131,45 @@ def test_hostile_metrics_answers_on_both_hosts(make_host) -> None:
         assert not h.logs_at(LogLevel.ERROR), (i, h.logs_at(LogLevel.ERROR))
     scrape_round(h, {A: page(0, 0), B: page(0, 7), C: 503})
     assert picked(h) == A
+
+
+SGLANG_PAGE = b"""# HELP sglang:num_running_reqs The number of running requests.
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs{model_name="Qwen/Qwen2.5-7B-Instruct",tp_rank="0"} 7.0
+# HELP sglang:num_queue_reqs The number of requests in the waiting queue.
+# TYPE sglang:num_queue_reqs gauge
+sglang:num_queue_reqs{model_name="Qwen/Qwen2.5-7B-Instruct",tp_rank="0"} 4.0
+# HELP sglang:token_usage The token usage.
+# TYPE sglang:token_usage gauge
+sglang:token_usage{model_name="Qwen/Qwen2.5-7B-Instruct",tp_rank="0"} 0.62
+sglang:num_queue_reqs_total{model_name="Qwen/Qwen2.5-7B-Instruct"} 999
+"""
+
+TRITON_PAGE = b"""# TYPE nv_trt_llm_request_metrics gauge
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="context",version="1"} 1
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="scheduled",version="1"} 6
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="max",version="1"} 64
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="active",version="1"} 6
+nv_trt_llm_request_metrics{model="tensorrt_llm",request_type="waiting",version="1"} 2
+# TYPE nv_trt_llm_kv_cache_block_metrics gauge
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="tokens_per",model="tensorrt_llm",version="1"} 64
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction",model="tensorrt_llm",version="1"} 0.375
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="used",model="tensorrt_llm",version="1"} 3
+"""
+
+
+def test_sglang_and_triton_pages_are_read_under_their_names() -> None:
+    """The inference extension's model server protocol: the same three gauges under SGLang's and Triton
+    TensorRT-LLM's names (no LoRA info on either)."""
+    sg = parse(SGLANG_PAGE)
+    assert sg is not None
+    assert (sg.waiting, sg.running, sg.kv_cache, sg.model, sg.max_lora) == (
+        4.0, 7.0, 0.62, "Qwen/Qwen2.5-7B-Instruct", -1)
+    trt = parse(TRITON_PAGE)
+    assert trt is not None
+    assert (trt.waiting, trt.running, trt.kv_cache, trt.max_lora) == (2.0, 6.0, 0.375, -1)
+    # a page with vLLM's gauges is read as vLLM's, whatever else it has
+    both = parse(VLLM_PAGE + SGLANG_PAGE)
+    assert both is not None and (both.waiting, both.running) == (1.0, 5.0)
+    # Triton requests without the waiting/scheduled series are not a usable page
+    assert parse(TRITON_PAGE.replace(b'request_type="waiting"', b'request_type="other"')) is None

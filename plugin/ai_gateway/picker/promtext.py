@@ -1,4 +1,10 @@
-"""The few vLLM gauges the endpoint picker needs, read out of a Prometheus text exposition.
+"""The few model-server gauges the endpoint picker needs, read out of a Prometheus text exposition.
+
+The model server protocol of the Gateway API inference extension: queued requests, running requests and
+KV-cache usage, under vLLM's names (plus its LoRA info), SGLang's (``sglang:num_queue_reqs``,
+``sglang:num_running_reqs``, ``sglang:token_usage``) or Triton TensorRT-LLM's
+(``nv_trt_llm_request_metrics{request_type="waiting"|"scheduled"}``,
+``nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}``); the first set a page has wins.
 
 A vLLM ``/metrics`` page is tens of kilobytes (mostly histograms); the picker needs four
 metric families. Rather than tokenising every line in Python (slow inside the VM), each
@@ -6,7 +12,7 @@ family's samples are found with ``bytes.find`` (C speed) and only those lines ar
 
 Any input is safe: a malformed line, value (``NaN``, ``+Inf``, garbage) or label block is
 skipped, work is bounded (lines, labels, samples per family), and a page without the queue
-gauges is "not a vLLM metrics page" (``None``), which the scraper counts as a failed scrape.
+gauges is "not a model server's metrics page" (``None``), which the scraper counts as a failed scrape.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ WAITING = b"vllm:num_requests_waiting"
 RUNNING = b"vllm:num_requests_running"
 KV_CACHE = (b"vllm:kv_cache_usage_perc", b"vllm:gpu_cache_usage_perc")  # new name first (vLLM >= 0.10)
 LORA = b"vllm:lora_requests_info"
+SGLANG = (b"sglang:num_queue_reqs", b"sglang:num_running_reqs", b"sglang:token_usage")
+TRT_REQUESTS = b"nv_trt_llm_request_metrics"  # request_type="waiting" | "scheduled" | ...
+TRT_KV_BLOCKS = b"nv_trt_llm_kv_cache_block_metrics"  # kv_cache_block_type="fraction" | ...
 
 MAX_SAMPLES = 64  # per family: vLLM has one series per engine
 MAX_LINE = 16_384
@@ -113,17 +122,38 @@ def _adapters(value: str) -> tuple:
     return tuple(a for a in names if a)
 
 
+Samples = list[tuple[dict[str, str], float]]
+
+
+def _having(found: Samples, label: str, value: str) -> Samples:
+    return [s for s in found if s[0].get(label) == value]
+
+
+def _queues(text: bytes) -> tuple[Samples, Samples, Samples] | None:
+    """(waiting, running, KV-cache usage) samples under the first server's names the page has."""
+    waiting, running = samples(text, WAITING), samples(text, RUNNING)
+    if waiting and running:
+        for name in KV_CACHE:
+            kv = samples(text, name)
+            if kv:
+                return waiting, running, kv
+        return waiting, running, []
+    waiting, running = samples(text, SGLANG[0]), samples(text, SGLANG[1])
+    if waiting and running:
+        return waiting, running, samples(text, SGLANG[2])
+    trt = samples(text, TRT_REQUESTS)
+    waiting, running = _having(trt, "request_type", "waiting"), _having(trt, "request_type", "scheduled")
+    if waiting and running:
+        return waiting, running, _having(samples(text, TRT_KV_BLOCKS), "kv_cache_block_type", "fraction")
+    return None
+
+
 def parse(text: bytes) -> ServerMetrics | None:
-    """The picker's view of one ``/metrics`` page; None if it has no vLLM queue gauges."""
-    waiting = samples(text, WAITING)
-    running = samples(text, RUNNING)
-    if not waiting or not running:
+    """The picker's view of one ``/metrics`` page; None if it has no queue gauges the picker knows."""
+    queues = _queues(text)
+    if queues is None:
         return None
-    kv: list[tuple[dict[str, str], float]] = []
-    for name in KV_CACHE:
-        kv = samples(text, name)
-        if kv:
-            break
+    waiting, running, kv = queues
     max_lora, run_ad, wait_ad = -1, (), ()
     lora = samples(text, LORA)
     if lora:

@@ -148,6 +148,7 @@ def test_sheddable_gets_429_when_all_saturated(make_host) -> None:
     assert s.local_response.status == 429
     err = error_of(s)
     assert err["code"] == "endpoints_saturated" and "llama" in err["message"]
+    assert ("retry-after", "1") in s.local_response.headers  # the next scrape (200 ms) may free a pod: 1 s
     assert h.metric("picker.pool.metric.shed") == 1
     # standard (the default) and critical: the least loaded, max(q / 5, kv / 0.8): A 1.25, B 1.125, C 1.0
     assert picked(h) == C

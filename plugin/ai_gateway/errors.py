@@ -15,11 +15,17 @@ def error_body(status: int, message: str, code: str, param: str | None = None) -
 class GatewayError(Exception):
     """A request the gateway answers itself, with an OpenAI-style error body."""
 
-    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, code: str, param: str | None = None,
+                 retry_after_s: int = 0) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.param = param
+        self.retry_after_s = retry_after_s  # > 0: sent as Retry-After (what OpenAI clients back off on)
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return (*JSON_HEADERS, ("retry-after", str(self.retry_after_s))) if self.retry_after_s > 0 else JSON_HEADERS
 
     @property
     def body(self) -> bytes:

@@ -266,7 +266,7 @@ class GatewayStream(HttpContext):
         publish(obs, cfg.metrics, cfg.ai_log in ("filter_state", "both"), cfg.ai_log in ("log", "both"))
 
     def _reject(self, err: GatewayError) -> Action:
-        self.send_local_response(err.status, err.body, JSON_HEADERS, err.code)
+        self.send_local_response(err.status, err.body, err.headers, err.code)
         return Action.PAUSE
 
     @staticmethod

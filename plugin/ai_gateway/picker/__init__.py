@@ -75,7 +75,8 @@ def route(pool: EndpointPicker, model: Any, doc: dict[str, Any], header: Callabl
     ep = pick(pool, model.name, model.upstream_model, doc, level, now_ms, metrics)
     if ep is None:
         raise GatewayError(429, f"every endpoint serving `{model.name}` is saturated; this request is sheddable, "
-                                "retry later", "endpoints_saturated")
+                                "retry later", "endpoints_saturated",
+                           retry_after_s=max(1, -(-pool.scrape_interval_ms // 1000)))  # the next scrape may free one
     return ep
 
 

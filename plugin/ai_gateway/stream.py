@@ -168,12 +168,13 @@ class GatewayStream(HttpContext):
         model = self.model
         if model is None:
             return Action.CONTINUE
-        status = self.response_headers.get(":status") or "0"
-        self.status = int(status) if status.isdigit() else 0
+        hd = self.response_headers.snapshot()  # one host call for :status, retry-after and content-type
+        status = hd.get(":status", "0")
+        self.status = int(status) if status.isascii() and status.isdigit() else 0
         key_failed = False
         if self.key_idx is not None and self.fallback is None:
             pool = pool_of(model)
-            retry_after = self.response_headers.get("retry-after") if self.status == 429 else None
+            retry_after = hd.get("retry-after") if self.status == 429 else None
             pool.report(self.key_idx, self.status, hc.now_ns() // 1_000_000, retry_after)
             key_failed = self.status in pool.cfg.eject_on
         fb = model.fallback
@@ -185,7 +186,7 @@ class GatewayStream(HttpContext):
             self.fallback.start()
             return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)
-        self._tap(self.response_headers.get("content-type"))
+        self._tap(hd.get("content-type"))
         if end_of_stream:
             self._publish()
         return Action.CONTINUE

@@ -20,7 +20,6 @@ TAIL_KEEP = 1 << 16  # an SSE stream passed through keeps its last 64 KiB for re
 _USAGE_RE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
 _FIELD_RE = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d{1,12})')
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_DECODER = json.JSONDecoder()
 # "usage": {object, at most one level of nested objects}, then only scalar members and the closing "}"
 _USAGE_LAST = re.compile(rb'"usage"\s*:\s*(\{[^{}\[\]]*(?:\{[^{}\[\]]*\}[^{}\[\]]*)*\})[^{}\[\]]*\}\s*\Z')
 
@@ -70,7 +69,7 @@ def _top_level_usage(body: bytes) -> Usage | None:
     if m is None:
         return None
     try:
-        obj = _DECODER.decode(m.group(1).decode("utf-8"))
+        obj = json.loads(m.group(1).decode("utf-8"))
     except (ValueError, RecursionError):
         return None
     return Usage.from_obj(obj)
@@ -170,7 +169,6 @@ class SseScanner:
         self.oversized = False  # within an event longer than MAX_EVENT: passed on, neither held nor parsed
         self._usage: Usage | None = None
         self._done = False
-        self.events = 0
         self.clean = 0  # leading bytes of pending already seen to hold no usage or [DONE]
         self.tail: deque[bytes] | None = None if drop_usage_only else deque()
         self.tail_size = 0
@@ -239,7 +237,7 @@ class SseScanner:
         self._last_event(data, lo, hi, b'"usage"')
 
     def _last_event(self, data: bytes, lo: int, hi: int, mark: bytes) -> bool:
-        """Read the last event in data[lo:hi] that records something through ``_event``."""
+        """Find the last event in data[lo:hi] that is [DONE] or reports usage (``mark`` says which); usage is kept."""
         i = data.rfind(mark, lo, hi)
         while i >= 0:
             if mark == b'"usage"' and data[i + 7 : i + 23].lstrip(b" \t\r\n:").startswith(b"null"):
@@ -249,17 +247,12 @@ class SseScanner:
             m = _EVENT_END.search(data, i, hi)
             end = m.end() if m else hi
             if end - start <= MAX_EVENT:
-                before = (self._usage, self._done)
-                self._usage, self._done = None, False
-                self._event(data[start:end])
-                found = self._done if mark == b"[DONE]" else self._usage is not None
-                if found:  # keep what this event says about ``mark`` only
-                    if mark == b"[DONE]":
-                        self._usage = before[0]
-                    else:
-                        self._done = before[1]
+                done, usage, _ = _read_event(data[start:end])
+                if mark == b"[DONE]" and done:
                     return True
-                self._usage, self._done = before
+                if mark == b'"usage"' and usage is not None:
+                    self._usage = usage
+                    return True
             i = data.rfind(mark, lo, start)
         return False
 
@@ -291,22 +284,27 @@ class SseScanner:
 
     def _event(self, event: bytes) -> bool:
         """Record what the event says; False if it is a usage-only event to drop."""
-        self.events += 1
-        if b"[DONE]" in event and _data(event) == b"[DONE]":
+        done, usage, usage_only = _read_event(event)
+        if done:
             self._done = True
-            return True
-        if b'"usage"' not in event:
-            return True
-        payload = _data(event)
-        if not payload or payload == b"[DONE]" or re.search(rb'"usage"\s*:\s*\{', payload) is None:
-            return True
-        try:
-            obj = json.loads(payload.decode("utf-8"))
-        except (ValueError, RecursionError):
-            return True
-        if not isinstance(obj, dict):
-            return True
-        usage = Usage.from_obj(obj.get("usage"))
         if usage is not None:
             self._usage = usage
-        return not _is_usage_only(obj)
+        return not usage_only
+
+
+def _read_event(event: bytes) -> tuple[bool, Usage | None, bool]:
+    """(is the [DONE] event, the usage it reports, is a usage-only event)."""
+    if b"[DONE]" in event and _data(event) == b"[DONE]":
+        return True, None, False
+    if b'"usage"' not in event:
+        return False, None, False
+    payload = _data(event)
+    if not payload or payload == b"[DONE]" or re.search(rb'"usage"\s*:\s*\{', payload) is None:
+        return False, None, False
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return False, None, False
+    if not isinstance(obj, dict):
+        return False, None, False
+    return False, Usage.from_obj(obj.get("usage")), _is_usage_only(obj)

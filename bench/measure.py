@@ -219,3 +219,15 @@ def wait_idle(pids: Iterable[int], timeout: float = 10.0, window: float = 0.3, b
 def envoy_version(binary: str) -> str:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
     return (re.findall(r"/(\d+\.\d+\.\d+)/", out) or ["?"])[0]
+
+
+def noise_notes(label: str, own_util: float, wrk_util: float, other_util: float, who: str = "the gateway") -> list[str]:
+    """Warnings for one measured run: other load on the machine, or a gateway that was not CPU-bound."""
+    out = []
+    if other_util > 0.15:
+        out.append(f"{label}: other processes used {other_util:.2f} CPUs during the run: req/s and latency are "
+                   "noisy (the machine is shared), CPU µs/req much less")
+    if own_util < 0.85:
+        out.append(f"{label}: {who} used only {own_util:.0%} of its CPU: it was not the only bottleneck "
+                   f"(wrk used {wrk_util:.0%}, other processes {other_util:.0%})")
+    return out

@@ -172,12 +172,7 @@ def notes(r: dict[str, Any]) -> list[str]:
         w = t["wrk"]
         if w["non_2xx"] or w["socket_errors"]:
             out.append(f"{kind}: {w['non_2xx']} non-2xx responses, {w['socket_errors']} socket errors")
-        if t["other_cpu_util"] > 0.15:
-            out.append(f"{kind}: other processes used {t['other_cpu_util']:.2f} CPUs during the run: "
-                       "req/s are noisy, trust CPU per request more (or rerun on a quiet machine)")
-        if t["envoy_cpu_util"] < 0.85:
-            out.append(f"{kind}: Envoy used only {t['envoy_cpu_util']:.0%} of a CPU: it was not the only bottleneck "
-                       f"(wrk used {t['wrk_cpu_util']:.0%}, other processes {t['other_cpu_util']:.0%})")
+        out += m.noise_notes(kind, t["envoy_cpu_util"], t["wrk_cpu_util"], t["other_cpu_util"], "Envoy")
     return out
 
 

@@ -575,12 +575,7 @@ def notes(r: dict[str, Any]) -> list[str]:
             cell = r.get(s, {}).get(wl)
             if not cell:
                 continue
-            if cell["other_cpu_util"] > 0.15:
-                out.append(f"{s} {wl}: other processes used {cell['other_cpu_util']:.2f} CPUs during the run: req/s "
-                           "and latency are noisy (the machine is shared), CPU µs/req much less")
-            if cell["cpu_util"] < 0.85:
-                out.append(f"{s} {wl}: the gateway used only {cell['cpu_util']:.0%} of its CPU: it was not the only "
-                           f"bottleneck (wrk used {cell['wrk_cpu_util']:.0%})")
+            out += m.noise_notes(f"{s} {wl}", cell["cpu_util"], cell["wrk_cpu_util"], cell["other_cpu_util"])
     return out
 
 

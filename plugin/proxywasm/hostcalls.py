@@ -215,22 +215,21 @@ def set_buffer(buffer_type: BufferType, start: int, size: int, data: bytes) -> N
 
 # --- header maps ---
 
-def get_header_map_pairs(map_type: MapType) -> Pairs:
+def _header_map(map_type: MapType) -> bytes:
     st, buf = _h.proxy_get_header_map_pairs(map_type)
     if st == _NOT_FOUND:
-        return []
+        return b""  # unpacks to no headers
     if st:
         raise _error("proxy_get_header_map_pairs", st)
-    return unpack_pairs(buf)
+    return buf
+
+
+def get_header_map_pairs(map_type: MapType) -> Pairs:
+    return unpack_pairs(_header_map(map_type))
 
 
 def get_header_map_dict(map_type: MapType) -> dict[str, str]:
-    st, buf = _h.proxy_get_header_map_pairs(map_type)
-    if st == _NOT_FOUND:
-        return {}
-    if st:
-        raise _error("proxy_get_header_map_pairs", st)
-    return unpack_dict(buf)
+    return unpack_dict(_header_map(map_type))
 
 
 def set_header_map_pairs(map_type: MapType, pairs: HeaderInput) -> None:

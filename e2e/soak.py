@@ -234,19 +234,26 @@ def _check_stream(res: Result, raw: Any) -> str | None:
 
 
 def run_clients(url: str, specs: list[Spec], threads: int, on_result: Callable[[Result], None] | None = None,
-                timeout: float = 30) -> list[Result]:
-    """Send ``specs`` from ``threads`` threads (one OpenAI client each, no retries); results in spec order."""
+                timeout: float = 30, max_rate: float = 0) -> list[Result]:
+    """Send ``specs`` from ``threads`` threads (one OpenAI client each, no retries); results in spec order.
+
+    With ``max_rate`` the n-th request starts no earlier than n / max_rate seconds after the first: a run then
+    lasts at least len(specs) / max_rate seconds however fast the gateway is, so faults scheduled by progress
+    still land while clients are running."""
     results: list[Result | None] = [None] * len(specs)
-    order = iter(specs)
+    order = iter(enumerate(specs))
     lock = threading.Lock()
+    start = time.monotonic()
 
     def worker() -> None:
         client = OpenAI(base_url=f"{url}/v1", api_key="sk-soak", max_retries=0, timeout=timeout)
         while True:
             with lock:
-                spec = next(order, None)
+                n, spec = next(order, (0, None))
             if spec is None:
                 return
+            if max_rate:
+                time.sleep(max(0.0, start + n / max_rate - time.monotonic()))
             res = call(client, spec)
             results[spec.i] = res
             if on_result:

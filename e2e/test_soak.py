@@ -2,7 +2,8 @@
 
 Envoy with 2 workers in front of three mock vLLM processes, each model falling back to the other two (SEQ,
 max_attempts 3), the by_model route timing out after 1 s. While 6 client threads (the official ``openai`` client,
-``max_retries=0``: the gateway, not the client, must absorb every failure) send 4,000 requests — chat and
+``max_retries=0``: the gateway, not the client, must absorb every failure) send 4,000 requests (at most 200 a
+second) — chat and
 completions, plain and streaming (always with ``stream_options.include_usage``), three models and an alias —
 qwen answers 5xx in random windows, gemma now and then answers only after the route timeout, and llama is
 SIGKILLed twice and restarted (see ``e2e/soak.py``, ``Chaos``, for the schedule and why it leaves every request a
@@ -41,6 +42,9 @@ from e2e.soak import (
 
 REQUESTS = 4000
 THREADS = 6
+# At most this many requests a second (>= 20 s in all): the kills are scheduled by progress and each takes ~3.5 s
+# (the slow backend's requests drain, then 1.5 s down), so a faster run could end before the second kill lands.
+MAX_RATE = 200
 WEIGHTS = {QWEN: 30, GEMMA: 25, LLAMA: 25, ALIAS: 20}  # requested model (or alias) -> share
 TOKENS = ("input_token", "output_token", "total_token")
 
@@ -82,7 +86,7 @@ def test_soak_with_faults(ai_gateway_wasm: Path) -> None:
         t0 = time.monotonic()
         chaos.start()
         try:
-            results = run_clients(soak.url, specs, THREADS, on_result)
+            results = run_clients(soak.url, specs, THREADS, on_result, max_rate=MAX_RATE)
         finally:
             t_end = time.monotonic()
             chaos.stop()

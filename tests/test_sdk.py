@@ -253,6 +253,12 @@ JSON_EDGES = [
     b'{"a":NaN}', b'{"a":Infinity}', b'{"a":-Infinity}', b'{"a":1}x', b'{"a":1}{}', b'{"a":1} \t\r\n',
     b'{"a":"' + b"x" * 21 + b'\\"' + b"y" * 9 + b'\\\\"}', b'{"\xc3\xa9":"\xe2\x82\xac","b":[1,"\xf0\x9f\x98\x80"]}',
     b'{"a":1\xff}', b'{"a":"x"\x00}', b'{"model":"m","model":{"x":[1]},"n":2.5}', b'{"a" : { "b" : 1 } , "c":2}',
+    # floats without an exponent skip strtod up to 308 integer digits: both sides of DBL_MAX (~1.8e308)
+    b'{"a":0.2,"b":-0.5}', b'{"a":' + b"9" * 308 + b'.9}', b'{"a":' + b"1" + b"0" * 308 + b'.5}',
+    b'{"a":' + b"9" * 309 + b'.5}', b'{"a":-' + b"9" * 309 + b'.5}',
+    # the index: repeated keys count, integers of up to 18 digits come decoded, escaped keys are flagged
+    b'{"n":1,"n":22,"n":333}', b'{"a":' + b"9" * 18 + b',"b":' + b"9" * 19 + b',"c":0,"d":-1,"e":1.0}',
+    b'{"mo\\u0064el":"x"}',
 ]
 
 
@@ -264,13 +270,16 @@ def _json_members(host, body: bytes):
 
 
 def _reference(body: bytes):
+    from proxywasm.jsonscan import _index_reference
     from proxywasm.jsonscan import _reference as ref
 
     try:
         members = ref(body)
+        found = _index_reference(body)
     except ValueError:
         return {"error": True}
-    return {"members": None if members is None else [list(m) for m in members]}
+    index = None if found is None else [{k.decode("latin-1"): list(v) for k, v in found[0].items()}, found[1]]
+    return {"members": None if members is None else [list(m) for m in members], "index": index}
 
 
 def test_json_members_edges(host) -> None:

@@ -12,11 +12,13 @@ import re
 from collections import deque
 
 from proxywasm import record
+from proxywasm.jsonscan import JsonObject
 
 MAX_JSON_BODY = 1 << 20  # parse whole bodies up to this; beyond, scan the tail for usage
 MAX_EVENT = 1 << 20  # an SSE event longer than this is passed on unexamined (usage reports are small)
 TAIL = 8192
 TAIL_KEEP = 1 << 16  # an SSE stream passed through keeps its last 64 KiB for reading usage and [DONE]
+SETTLE_WINDOW = 4096  # ... and reads its last 4 KiB first
 _USAGE_RE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
 _FIELD_RE = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d{1,12})')
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
@@ -32,7 +34,8 @@ class Usage:
 
     @classmethod
     def from_obj(cls, usage: object) -> Usage | None:
-        if not isinstance(usage, dict):
+        """From a usage object (a dict, or a lazy JsonObject); None for anything else."""
+        if not isinstance(usage, (dict, JsonObject)):
             return None
         inp, out = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
         return cls(inp, out, _count(usage.get("total_tokens")) or inp + out)
@@ -43,24 +46,32 @@ def _count(v: object) -> int:
 
 
 def usage_from_json(body: bytes) -> Usage | None:
-    """Usage of a complete (non-streaming) response body, or None."""
+    """Usage of a complete (non-streaming) response body, or None.
+
+    The top-level ``usage`` is read without parsing the body when that is unambiguous; else the body is
+    validated in one native pass and only its ``usage`` member decoded (a full parse costs ~50 VM
+    instructions per byte); a body that is not JSON gets the tail search.
+    """
     fast = _top_level_usage(body)
     if fast is not None:
         return fast
     try:
-        doc = json.loads(body.decode("utf-8"))  # bytes would make json guess UTF-16/32, codecs WASI lacks
-    except (ValueError, RecursionError):
-        return usage_from_tail(body[-TAIL:])
-    return Usage.from_obj(doc.get("usage")) if isinstance(doc, dict) else None
+        doc = JsonObject.parse(body)
+    except ValueError:  # not strict JSON: Python's json is laxer (NaN), as upstreams can be
+        doc = _lenient(body)
+        if doc is None:
+            return usage_from_tail(body[-TAIL:])
+    if isinstance(doc, dict):
+        return Usage.from_obj(doc.get("usage"))
+    return None if doc is None else Usage.from_obj(doc.object("usage"))
 
 
 def _top_level_usage(body: bytes) -> Usage | None:
-    """The top-level ``usage`` object read without parsing the whole body, when that is unambiguous.
+    """The top-level ``usage`` object, found from the end, when that is unambiguous.
 
-    Parsing a whole answer costs ~50 VM instructions per byte; usage sits near the end. The last
-    ``"usage"`` key is taken when it follows ``{`` or ``,`` (so it is a key, not text in a string) and
-    only scalar members and the final ``}`` come after its object (so its parent is the outermost
-    object). Anything else, including a body that is not JSON, takes the full parse.
+    Usage sits near the end of an answer. The last ``"usage"`` key is taken when it follows ``{`` or
+    ``,`` (so it is a key, not text in a string) and only scalar members and the final ``}`` come after
+    its object (so its parent is the outermost object). Anything else takes the full scan.
     """
     i = body.rfind(b'"usage"')
     if i < 0 or body[max(0, i - 64) : i].rstrip()[-1:] not in (b"{", b","):
@@ -69,10 +80,18 @@ def _top_level_usage(body: bytes) -> Usage | None:
     if m is None:
         return None
     try:
-        obj = json.loads(m.group(1).decode("utf-8"))
+        return Usage.from_obj(JsonObject.parse(m.group(1)))
+    except ValueError:
+        return None
+
+
+def _lenient(data: bytes) -> dict | None:
+    """``data`` decoded by Python's json (NaN and Infinity accepted) when it is an object; None otherwise."""
+    try:
+        doc = json.loads(data.decode("utf-8"))  # bytes would make json guess UTF-16/32, codecs WASI lacks
     except (ValueError, RecursionError):
         return None
-    return Usage.from_obj(obj)
+    return doc if isinstance(doc, dict) else None
 
 
 def usage_from_tail(tail: bytes) -> Usage | None:
@@ -124,13 +143,14 @@ def _interesting(data: bytearray, start: int) -> int:
     return done
 
 
-def _last_event_end(data: bytearray, start: int, stop: int) -> int:
+def _last_event_end(data: bytearray | bytes, start: int, stop: int) -> int:
     """The offset just after the last event end (blank line) in ``data[start:stop]``, or 0.
 
-    Events are short, so the last 2 KiB are searched first; ``\r`` endings only where a ``\r`` occurs.
+    Events are short, so the last 512 bytes are searched first, then 4 KiB, then all; ``\r`` endings
+    only where a ``\r`` occurs.
     """
-    lo = max(start, stop - 2048)
-    while True:
+    for lo in (stop - 512, stop - 4096, start):
+        lo = max(lo, start)
         seps = (b"\n\n", b"\r\r", b"\r\n\r\n") if data.find(b"\r", lo, stop) >= 0 else (b"\n\n",)
         end = 0
         for sep in seps:
@@ -139,11 +159,19 @@ def _last_event_end(data: bytearray, start: int, stop: int) -> int:
                 end = max(end, i + len(sep))
         if end or lo == start:
             return end
-        lo = start
+    return 0
 
 
-def _is_usage_only(obj: dict) -> bool:
-    return obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+def _last_bytes(parts: deque[bytes], n: int) -> bytes:
+    """The last ``n`` bytes of the concatenated ``parts`` (copying only those)."""
+    out: list[bytes] = []
+    for part in reversed(parts):
+        if len(part) >= n:
+            out.append(part[len(part) - n :])
+            break
+        out.append(part)
+        n -= len(part)
+    return b"".join(reversed(out))
 
 
 class SseScanner:
@@ -220,21 +248,29 @@ class SseScanner:
         return head + out if head else out
 
     def _settle(self) -> None:
-        """Read usage and [DONE] from the kept tail (from its end backwards, stopping at the first find)."""
+        """Read usage and [DONE] from the kept tail, from its end backwards, stopping at the first find.
+
+        Both are in a stream's last events: its last few KiB are read first, the whole tail only when
+        one of them is not there.
+        """
         assert self.tail is not None
         if self.settled == self.tail_size:
             return
         self.settled = self.tail_size
-        data = b"".join(self.tail)
-        lo = 0
-        if self.trimmed:  # the first bytes may be the end of an event: start after it
-            m = _EVENT_END.search(data)
-            lo = m.end() if m else len(data)
-        hi = len(data) if self.ended else _last_event_end(data, lo, len(data))
-        if hi <= lo:
-            return
-        self._done = self._done or self._last_event(data, lo, hi, b"[DONE]")
-        self._last_event(data, lo, hi, b'"usage"')
+        for window in (SETTLE_WINDOW, TAIL_KEEP):
+            whole = window >= self.tail_size
+            data = b"".join(self.tail) if whole else _last_bytes(self.tail, window)
+            lo = 0
+            if self.trimmed or not whole:  # the first bytes may be the end of an event: start after it
+                m = _EVENT_END.search(data)
+                lo = m.end() if m else len(data)
+            hi = len(data) if self.ended else _last_event_end(data, lo, len(data))
+            if hi > lo:
+                self._done = self._done or self._last_event(data, lo, hi, b"[DONE]")
+                if self._last_event(data, lo, hi, b'"usage"') and self._done:
+                    return
+            if whole:
+                return
 
     def _last_event(self, data: bytes, lo: int, hi: int, mark: bytes) -> bool:
         """Find the last event in data[lo:hi] that is [DONE] or reports usage (``mark`` says which); usage is kept."""
@@ -302,9 +338,10 @@ def _read_event(event: bytes) -> tuple[bool, Usage | None, bool]:
     if not payload or payload == b"[DONE]" or re.search(rb'"usage"\s*:\s*\{', payload) is None:
         return False, None, False
     try:
-        obj = json.loads(payload.decode("utf-8"))
-    except (ValueError, RecursionError):
+        obj: JsonObject | dict | None = JsonObject.parse(payload)
+    except ValueError:
+        obj = _lenient(payload)
+    if obj is None:
         return False, None, False
-    if not isinstance(obj, dict):
-        return False, None, False
-    return False, Usage.from_obj(obj.get("usage")), _is_usage_only(obj)
+    usage = Usage.from_obj(obj.get("usage") if isinstance(obj, dict) else obj.object("usage"))
+    return False, usage, usage is not None and obj.get("choices") == []

@@ -15,10 +15,15 @@ from __future__ import annotations
 import json
 from json.decoder import scanstring
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 try:
-    from _proxywasm import json_members as _native  # type: ignore[import-not-found]
+    from _proxywasm import json_index as _native_index  # type: ignore[import-not-found]
+    from _proxywasm import json_members as _native
 except ImportError:
-    _native = None
+    _native = _native_index = None
 
 MAX_DEPTH = 500
 
@@ -86,3 +91,90 @@ def _reference(body: bytes) -> list[tuple[int, int, int, int]] | None:
 
 def members(body: bytes) -> list[tuple[int, int, int, int]] | None:
     return _native(body) if _native is not None else _reference(body)
+
+
+Index = dict[bytes, tuple[int, int, int, "int | None"]]
+
+
+def _index_reference(body: bytes) -> tuple[Index, bool] | None:
+    found = _reference(body)
+    if found is None:
+        return None
+    out: Index = {}
+    for ks, ke, vs, ve in found:
+        key, value = body[ks + 1 : ke - 1], body[vs:ve]
+        out[key] = (vs, ve, out[key][2] + 1 if key in out else 1, int(value) if _small_int(value) else None)
+    return out, any(b"\\" in k for k in out)
+
+
+def _small_int(value: bytes) -> bool:
+    return value.isdigit() and len(value) <= 18
+
+
+def index(body: bytes) -> tuple[Index, bool] | None:
+    """``{raw key bytes: (value_start, value_end, times seen, the value if a non-negative integer of at most 18
+    digits)}`` for the top-level object's members (the last one of a repeated key) and whether a key holds a JSON
+    escape; None and ValueError as ``members``."""
+    return _native_index(body) if _native_index is not None else _index_reference(body)
+
+
+_LITERALS = {b"true": True, b"false": False, b"null": None}
+_NOT_LITERAL = object()
+
+
+class JsonObject:
+    """A JSON object whose top-level members are decoded only when read.
+
+    ``JsonObject.parse(raw)`` validates ``raw`` in one pass (``members``) and answers None when it is another
+    JSON value; reading one member then decodes just that member's bytes. Reading ``model`` or ``usage``
+    this way costs a fraction of building the whole document, which ``full()`` does (once) when needed.
+    """
+
+    __slots__ = ("_full", "_index", "raw")
+
+    def __init__(self, raw: bytes, found: tuple[Index, bool]) -> None:
+        self.raw = raw
+        self._full: dict[str, Any] | None = None
+        idx, escaped = found
+        if escaped:  # keys compared as decoded: "mod\\u0065l" is "model" (rare: rebuilt in Python)
+            idx = {}
+            for ks, ke, vs, ve in members(raw) or ():
+                key = DECODER.decode(raw[ks:ke].decode("utf-8")).encode("utf-8", "surrogatepass")
+                value = raw[vs:ve]
+                idx[key] = (vs, ve, idx[key][2] + 1 if key in idx else 1, int(value) if _small_int(value) else None)
+        self._index = idx
+
+    @classmethod
+    def parse(cls, raw: bytes) -> JsonObject | None:
+        """The object ``raw`` holds, None for another JSON value; ValueError when ``raw`` is not JSON."""
+        found = index(raw)
+        return None if found is None else cls(raw, found)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The member's value (the last one when repeated, as json.loads keeps)."""
+        span = self._index.get(key.encode())
+        if span is None:
+            return default
+        if span[3] is not None:  # a non-negative integer (token counts, max_tokens), decoded by the scan
+            return span[3]
+        raw = self.raw[span[0] : span[1]]
+        if raw[:1] == b'"' and 92 not in raw:  # a plain string (model names; 92 is a backslash): no decoder
+            return raw[1:-1].decode("utf-8")
+        literal = _LITERALS.get(raw, _NOT_LITERAL)
+        return DECODER.decode(raw.decode("utf-8")) if literal is _NOT_LITERAL else literal
+
+    def object(self, key: str) -> JsonObject | None:
+        """The member as a lazy JsonObject when it is an object (already validated: nothing is decoded)."""
+        span = self._index.get(key.encode())
+        if span is None or self.raw[span[0]] != 123:  # "{"
+            return None
+        return JsonObject.parse(self.raw[span[0] : span[1]])
+
+    def count(self, key: str) -> int:
+        span = self._index.get(key.encode())
+        return 0 if span is None else span[2]
+
+    def full(self) -> dict[str, Any]:
+        if self._full is None:
+            self._full = DECODER.decode(self.raw.decode("utf-8"))
+        return self._full

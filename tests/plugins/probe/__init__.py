@@ -144,8 +144,12 @@ class Probe(HttpContext[dict]):
         if self.op == "json-members":  # proxywasm.jsonscan on this host (C inside the VM): the answer replaces the body
             if not end_of_stream:
                 return Action.PAUSE
+            body = self.request_body.read()
             try:
-                answer = {"members": jsonscan.members(self.request_body.read())}
+                answer = {"members": jsonscan.members(body)}
+                found = jsonscan.index(body)  # the same scan, as a dict (C inside the VM too)
+                answer["index"] = None if found is None else [
+                    {k.decode("latin-1"): list(v) for k, v in found[0].items()}, found[1]]
             except ValueError:
                 answer = {"error": True}
             self.request_body.replace(json.dumps(answer).encode())

@@ -627,6 +627,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "--only a,b   --only b W1")
     ap.add_argument("--workloads", nargs="+", metavar="W", help="workloads, e.g. --workloads W1,W2")
     ap.add_argument("--out", type=Path, default=RESULTS, help="directory for the results (default bench/results)")
+    ap.add_argument("--module", type=Path, help="the plugin module of b (default dist/ai-gateway.wasm): compare builds")
     args = ap.parse_args(argv)
     tokens = split_tokens(args.only) + split_tokens(args.workloads)
     systems = [t.lower() for t in tokens if t.lower() in PARTS]
@@ -644,7 +645,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global MODULE
     args = parse_args(argv)
+    MODULE = (args.module or MODULE).resolve()
     started = time.monotonic()
     if ({"b", "vm"} & set(args.systems)) and not MODULE.exists():
         raise SystemExit(f"bench/ai: {MODULE} missing: run `.venv/bin/python build/pwbuild ai_gateway`")

@@ -31,6 +31,10 @@ lint:
 bench *args: (build "ai_gateway")
     python bench/ai/run.py "$@"
 
+# Floor of a Python plugin in Envoy: no-op, pause-only and minimal plugins vs Envoy alone and ai-gateway (bench/results/ai-floor.md)
+bench-floor *args: (build "ai_gateway")
+    python bench/ai/floor.py "$@"
+
 # Benchmark of the showcase plugin (bench/results/latest.md)
 bench-showcase *args: build
     python bench/run.py "$@"

@@ -61,6 +61,54 @@ def test_response_body_sees_all_chunks(host) -> None:
     assert s.response_header("x-probe-op") == "response-body"
 
 
+TAP_CASES = [  # (keep, whole_upto, chunks): the last chunk comes with end_of_stream
+    (8, 0, [b"abc", b"defghij", b"klmnopqrstu", b"vw"]),  # tail only: chunks longer than keep read in part
+    (8, 0, [b"abc", b"de", b""]),  # shorter than keep: all of it, untrimmed; an empty last call
+    (4, 100, [b"0123456789", b"abcdefghij"]),  # whole while <= whole_upto
+    (4, 12, [b"0123456789", b"abcdefghij", b"XY"]),  # whole, then over whole_upto: its end only
+    (3, 0, [b"", b"", b"xyz", b"1234567"]),  # empty chunks do not start the clock
+    (5, 5, [b"12345", b""]),  # exactly whole_upto
+    (16, 0, [bytes(range(256)) * 3, b"\x00\xff"]),  # binary
+]
+
+
+@pytest.mark.parametrize(("keep", "whole", "chunks"), TAP_CASES)
+def test_response_tap(host, keep: int, whole: int, chunks: list[bytes]) -> None:
+    """Chunks pass on unchanged without a Python call; at the end the plugin gets the body (<= whole_upto) or its
+    last ``keep`` bytes, its size and whether the clock started (C inside the VM, Python in-process)."""
+    s, _ = send(host, "tap", **{"x-keep": str(keep), "x-whole": str(whole)})
+    s.send_response_headers({":status": "200"})
+    for c in chunks[:-1]:
+        assert s.send_response_body(c, end_of_stream=False) == Action.CONTINUE
+    forwarded = s.response_body
+    assert forwarded == b"".join(chunks[:-1])  # passed on as they came
+    s.send_response_body(chunks[-1], end_of_stream=True)
+    report = json.loads(s.response_body[len(forwarded):])
+    body = b"".join(chunks)
+    kept = body if len(body) <= whole else body[-keep:]
+    assert report == {"calls": 1, "end": True, "body_size": len(chunks[-1]),
+                      "tap": [kept.decode("latin-1"), len(body), len(body) > 0, len(kept) < len(body)]}
+
+
+def test_response_tap_of_a_reset_stream(host) -> None:
+    """A stream deleted while tapped (reset before its end) takes its tap along; other streams are not tapped."""
+    s, _ = send(host, "tap", **{"x-keep": "4"})
+    s.send_response_headers({":status": "200"})
+    s.send_response_body(b"abcdef", end_of_stream=False)
+    s.complete()
+    from proxywasm.testing.fake import FakeHost
+
+    if isinstance(host, FakeHost):  # inside the VM the C table is freed the same way (tap.c, on_delete)
+        from proxywasm import taps
+
+        assert not taps._py_taps
+    s2, _ = send(host, "response-body")
+    s2.send_response_headers({":status": "200"})
+    assert s2.send_response_body(b"x", end_of_stream=False) == Action.PAUSE  # reached Python
+    s2.send_response_body(b"y", end_of_stream=True)
+    assert json.loads(s2.response_body) == {"len": 2, "chunks": "xy"}
+
+
 def test_properties(make_host) -> None:
     h = make_host("probe")
     assert h.start({})

@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=45)
     ap.add_argument("-n", type=int, default=100)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--children", metavar="NAME", help="also list what functions whose label contains NAME call")
     ap.add_argument("--plain", type=float, default=0, help="instructions per request without the profiler "
                     "(bench/ai/instructions.py), to subtract the hooks' cost")
     a = ap.parse_args()
@@ -100,6 +101,12 @@ def main() -> None:
     print(f"{'own*':>9} {'own':>9} {'total':>9} {'calls':>6}  function (per request; own* = own minus the hooks)")
     for own, total, calls, _, label, corr in sorted(rows, key=lambda r: -r[5])[: a.top]:
         print(f"{corr:9,.0f} {own:9,.0f} {total:9,.0f} {calls:6.1f}  {label}")
+    if a.children:
+        subs = [line.split("\t")[1:] for _, line in host.state.logs if line.startswith("FUELSUB\t")]
+        for parent in sorted({p for p, *_ in subs if a.children in p}):
+            print(f"\n{parent} calls (total per request, profiler hooks included):")
+            for _, child, calls, total in sorted((s for s in subs if s[0] == parent), key=lambda s: -int(s[3])):
+                print(f"  {int(total) / a.n:9,.0f} {int(calls) / a.n:6.1f}  {child}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +20,15 @@ CFLAGS = ("--target=wasm32-wasi", "-O2", "-D_WASI_EMULATED_SIGNAL", "-D_WASI_EMU
 LDFLAGS = ("--target=wasm32-wasi", "-mexec-model=reactor", "-s", "-Wl,-z,stack-size=1048576",
            "-lwasi-emulated-signal", "-lwasi-emulated-getpid",
            "-lwasi-emulated-process-clocks", "-lm")
+
+
+def _inline(path: Path) -> str:
+    """The shim's source with its ``#include "x.c"`` lines of files beside it replaced by their text (one unit)."""
+    def sub(m: re.Match[str]) -> str:
+        part = path.parent / m.group(1)
+        return part.read_text() if part.is_file() else m.group(0)
+
+    return re.sub(r'^#include "([a-z_]+\.c)".*$', sub, path.read_text(), flags=re.M)
 
 
 def load_abi(src: Path) -> ModuleType:
@@ -93,7 +103,7 @@ class Builder:
         stubs = wasistubs.generate(self.tc.wasilibc_real)
         stdlib_c = freeze.to_c("pw_frozen_stdlib", stdlib)
         plugin_c = freeze.to_c("pw_frozen_plugin", plugin, entry)
-        shim_src = SHIM.read_text()
+        shim_src = _inline(SHIM)
         key = _digest(glue, stubs, stdlib_c, plugin_c, shim_src, self.tc.zig_version, *CFLAGS, *LDFLAGS,
                       *(hashlib.sha256(p.read_bytes()).hexdigest() for p in self.tc.libs))
         stamp = out.with_suffix(out.suffix + ".inputs")

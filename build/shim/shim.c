@@ -17,6 +17,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "mem.c" /* memcpy, memmove, memset */
+
 /* Frozen module tables and the plugin's entry module (generated). */
 extern const struct _frozen pw_frozen_stdlib[];
 extern const struct _frozen pw_frozen_plugin[];
@@ -434,11 +436,16 @@ fail:
 static PyObject *pw_json_members(PyObject *self, PyObject *arg) { return pw_json_scan(arg, 0); }
 static PyObject *pw_json_index(PyObject *self, PyObject *arg) { return pw_json_scan(arg, 1); }
 
+static PyObject *pw_tap_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs); /* tap.c */
+static PyObject *pw_tap_take(PyObject *self, PyObject *arg);
+
 #define PW_NATIVE_HELPERS                                            \
   {"unpack_pairs", (PyCFunction)pw_unpack_pairs, METH_O, NULL},      \
   {"unpack_dict", (PyCFunction)pw_unpack_dict, METH_O, NULL},      \
   {"json_members", (PyCFunction)pw_json_members, METH_O, NULL},      \
-  {"json_index", (PyCFunction)pw_json_index, METH_O, NULL},
+  {"json_index", (PyCFunction)pw_json_index, METH_O, NULL},      \
+  {"tap_start", (PyCFunction)(void (*)(void))pw_tap_start, METH_FASTCALL, NULL}, \
+  {"tap_take", (PyCFunction)pw_tap_take, METH_O, NULL},
 
 #include "abi_glue.c"
 
@@ -464,6 +471,8 @@ static int pw_npending;
 static PyObject *pw_delete_many;
 
 static void pw_log_error(const char *msg) { proxy_log(4, msg, strlen(msg)); }
+
+#include "tap.c" /* response body taps */
 
 /* Log the pending Python exception with its traceback through sys.stderr. */
 static void pw_print_error(const char *where) {
@@ -576,6 +585,8 @@ static int pw_handled_in_c(int idx, const int32_t *v) {
     }
     return pw_lazy_create && pw_roots == 1 && v[1] == pw_root_id;
   }
+  if (idx == PW_EXPORT_ON_RESPONSE_BODY) return pw_tap_handles(v[0], (uint32_t)v[1], v[2]);
+  if (idx == PW_EXPORT_ON_DELETE) pw_tap_remove(v[0]);
   if (idx == PW_EXPORT_ON_DELETE && pw_defer_delete && pw_roots == 1 && v[0] != pw_root_id) {
     pw_pending[pw_npending++] = v[0];
     if (pw_npending == PW_PENDING_MAX) pw_flush_deletes();

@@ -58,19 +58,17 @@ class Observation:
             head = _HEADS[key] = (f'{{"model":{_str(self.model)},"served_model":{_str(self.served)},'
                                   f'"route":{_str(self.route)},"cluster":{_str(self.cluster)},'
                                   f'"consumer":{_str(self.consumer)},')
-        return (f'{head}"status":{int(self.status)},"stream":{_BOOL[self.stream]},"input_tokens":{int(inp)},'
-                f'"output_tokens":{int(out)},"total_tokens":{int(total)},"usage_known":{_BOOL[u is not None]},'
-                f'"ttft_ms":{_num(self.ttft_ms)},"duration_ms":{int(self.duration_ms)},'
-                f'"fallback_from":{_str(self.fallback_from) if self.fallback_from else "null"},'
-                f'"complete":{_BOOL[bool(self.complete)]}}}')
+        ttft = self.ttft_ms
+        return _LINE % (head, self.status, _BOOL[self.stream], inp, out, total, _BOOL[u is not None],
+                        "null" if ttft is None else str(int(ttft)), self.duration_ms,
+                        _str(self.fallback_from) if self.fallback_from else "null", _BOOL[bool(self.complete)])
 
 
+# One %-format (in C) instead of an f-string of a dozen parts: the AI log line is made per request.
+_LINE = ('%s"status":%d,"stream":%s,"input_tokens":%d,"output_tokens":%d,"total_tokens":%d,"usage_known":%s,'
+         '"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s}')
 _HEADS: dict[tuple[str, str, str, str, str], str] = {}  # the AI log's label part, per label set
 _BOOL = {True: "true", False: "false"}
-
-
-def _num(v: int | None) -> str:
-    return "null" if v is None else str(int(v))
 
 
 class _Series:

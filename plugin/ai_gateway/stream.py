@@ -18,7 +18,7 @@ from .picker import route as pick_endpoint
 from .request import duplicate_model, needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
-from .usage import JsonCollector, SseScanner
+from .usage import MAX_JSON_BODY, TAIL, TAIL_KEEP, JsonCollector, SseScanner
 
 RNG = random.Random()  # seeded from the host's random_get, per VM
 _POOLS: dict[str, KeyPool] = {}  # this VM's view of each model's key pool
@@ -52,6 +52,7 @@ class GatewayStream(HttpContext):
     sse: SseScanner | None = None
     collector: JsonCollector | None = None
     first_byte_ns = 0
+    tapped = False  # the response body goes on untouched and the VM keeps its end (see _tap)
     published = False
     key_idx: int | None = None  # index of the pool key this request went out with
     headers_in: dict[str, str] = {}  # the request headers as the client sent them (read-only)
@@ -191,16 +192,44 @@ class GatewayStream(HttpContext):
             self._publish()
         return Action.CONTINUE
 
-    def _tap(self, content_type: str | None) -> None:
+    def _tap(self, content_type: str | None, tap: bool = True) -> None:
+        """Observe the answer: usage, [DONE] and time to first token. Unless usage-only events are to be dropped
+        (each event is then looked at), the body passes on untouched and the VM keeps only what is read at its
+        end (``tapped``): a JSON answer whole (up to MAX_JSON_BODY, then its end), a stream's last TAIL_KEEP bytes.
+        """
         if "text/event-stream" in (content_type or ""):
             self.sse = SseScanner(self.drop_usage)
+            if tap and not self.drop_usage:
+                self.tap_response_body(TAIL_KEEP)
+                self.tapped = True
         else:
             self.collector = JsonCollector()
+            if tap:
+                self.tap_response_body(TAIL, MAX_JSON_BODY)
+                self.tapped = True
+
+    def _take_tap(self, ended: bool) -> None:
+        """What the response tap kept goes to the scanner or collector, as if it had been fed chunk by chunk."""
+        self.tapped = False
+        got = self.take_response_tap()
+        if got is None:
+            return
+        if self.sse is not None:
+            self.first_byte_ns = got.first_ns
+            self.sse.trimmed = got.trimmed  # the kept bytes may start inside an event
+            self.sse.feed(got.data, ended)
+        elif self.collector is not None:
+            self.collector.kept(got.data, got.size, got.trimmed)
 
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
         if self.fallback is not None and self.fallback.current is not None:
             return Action.PAUSE  # the failed upstream's body is held back while falling back
         if self.model is None or self.published:
+            return Action.CONTINUE
+        if self.tapped:  # the end of a tapped body (its last chunk is in the tap)
+            self._take_tap(end_of_stream)
+            if end_of_stream:
+                self._publish()
             return Action.CONTINUE
         chunk = self.response_body.read() if body_size else b""
         if self.sse is not None:
@@ -220,7 +249,7 @@ class GatewayStream(HttpContext):
     def on_fallback_answer(self, resp: CalloutResponse) -> bytes:
         """Observe a fallback's complete answer; returns the body the client gets."""
         self.status = resp.status
-        self._tap(resp.header("content-type"))
+        self._tap(resp.header("content-type"), tap=False)
         if self.sse is not None:
             self.first_byte_ns = hc.now_ns()
             return self.sse.feed(resp.body, end=True)
@@ -241,6 +270,8 @@ class GatewayStream(HttpContext):
     # -- end --
 
     def on_log(self) -> None:
+        if self.tapped:
+            self._take_tap(False)
         if self.model is not None and not self.published:
             # The stream ended early: upstream cut off, client gone, reset. An SSE answer that reached its
             # "data: [DONE]" is whole even so: the official OpenAI client closes the connection right there,

@@ -11,7 +11,6 @@ import json
 import re
 from collections import deque
 
-from proxywasm import record
 from proxywasm.jsonscan import JsonObject
 
 MAX_JSON_BODY = 1 << 20  # parse whole bodies up to this; beyond, scan the tail for usage
@@ -22,23 +21,38 @@ SETTLE_WINDOW = 4096  # ... and reads its last 4 KiB first
 _USAGE_RE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
 _FIELD_RE = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d{1,12})')
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+_USAGE_OBJ = re.compile(rb'"usage"\s*:\s*\{')
 # "usage": {object, at most one level of nested objects}, then only scalar members and the closing "}"
 _USAGE_LAST = re.compile(rb'"usage"\s*:\s*(\{[^{}\[\]]*(?:\{[^{}\[\]]*\}[^{}\[\]]*)*\})[^{}\[\]]*\}\s*\Z')
 
 
-@record
 class Usage:
-    input: int = 0
-    output: int = 0
-    total: int = 0
+    """Token counts of one answer (a plain class: one is made per request)."""
+
+    __slots__ = ("input", "output", "total")
+
+    def __init__(self, input: int = 0, output: int = 0, total: int = 0) -> None:
+        self.input, self.output, self.total = input, output, total
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Usage) and (self.input, self.output, self.total) == (
+            other.input, other.output, other.total)
+
+    def __repr__(self) -> str:
+        return f"Usage(input={self.input}, output={self.output}, total={self.total})"
 
     @classmethod
     def from_obj(cls, usage: object) -> Usage | None:
         """From a usage object (a dict, or a lazy JsonObject); None for anything else."""
-        if not isinstance(usage, (dict, JsonObject)):
+        if isinstance(usage, JsonObject):  # the counts come decoded with the scan's index
+            small = usage.small_int
+            inp, out, total = small(b"prompt_tokens"), small(b"completion_tokens"), small(b"total_tokens")
+        elif isinstance(usage, dict):
+            inp, out, total = usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_tokens")
+        else:
             return None
-        inp, out = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
-        return cls(inp, out, _count(usage.get("total_tokens")) or inp + out)
+        inp, out = _count(inp), _count(out)
+        return cls(inp, out, _count(total) or inp + out)
 
 
 def _count(v: object) -> int:
@@ -121,12 +135,23 @@ class JsonCollector:
                 self.parts = []
             self.tail = (self.tail + chunk)[-TAIL:]
 
+    def kept(self, data: bytes, size: int, trimmed: bool) -> None:
+        """The body as a response tap kept it (whole up to MAX_JSON_BODY, else its last TAIL bytes)."""
+        self.size = size
+        if trimmed:
+            self.parts, self.tail = [], data[-TAIL:]
+        else:
+            self.parts = [data]
+
     def usage(self) -> Usage | None:
         return usage_from_json(b"".join(self.parts)) if self.parts else usage_from_tail(self.tail)
 
 
 def _data(event: bytes) -> bytes:
     """The data payload of one SSE event (multi-line data joined with newlines)."""
+    line = event.rstrip(b"\n")
+    if line[:6] == b"data: " and b"\n" not in line and b"\r" not in line:  # one data line (the usual)
+        return bytes(line[6:].lstrip(b" "))
     lines = [ln[5:].lstrip(b" ") for ln in event.splitlines() if ln.startswith(b"data:")]
     return b"\n".join(lines)
 
@@ -335,7 +360,7 @@ def _read_event(event: bytes) -> tuple[bool, Usage | None, bool]:
     if b'"usage"' not in event:
         return False, None, False
     payload = _data(event)
-    if not payload or payload == b"[DONE]" or re.search(rb'"usage"\s*:\s*\{', payload) is None:
+    if not payload or payload == b"[DONE]" or _USAGE_OBJ.search(payload) is None:
         return False, None, False
     try:
         obj: JsonObject | dict | None = JsonObject.parse(payload)
@@ -343,5 +368,9 @@ def _read_event(event: bytes) -> tuple[bool, Usage | None, bool]:
         obj = _lenient(payload)
     if obj is None:
         return False, None, False
-    usage = Usage.from_obj(obj.get("usage") if isinstance(obj, dict) else obj.object("usage"))
-    return False, usage, usage is not None and obj.get("choices") == []
+    if isinstance(obj, dict):
+        usage = Usage.from_obj(obj.get("usage"))
+        return False, usage, usage is not None and obj.get("choices") == []
+    usage = Usage.from_obj(obj.object("usage"))
+    choices = obj.text("choices")  # [] (usage-only event) read without decoding
+    return False, usage, usage is not None and choices[:1] == b"[" and not choices[1:-1].strip()

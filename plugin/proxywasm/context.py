@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from . import hostcalls as hc
-from . import streams
+from . import streams, taps
 from .abi import Action, BufferType, LogLevel, MapType, StreamType
 from .config import ConfigError
 from .record import factory, record
@@ -176,6 +176,19 @@ class HttpContext(_Context, _Generic):
     def send_local_response(status: int, body: bytes | str = b"", headers: hc.HeaderInput = (),
                             details: str = "") -> None:
         hc.send_local_response(status, body, headers, details.replace(" ", "_"))
+
+    def tap_response_body(self, keep: int, whole_upto: int = 0) -> None:
+        """From the next chunk on, pass the response body on without calling on_response_body, except at its end.
+
+        The VM keeps every byte while the body is at most ``whole_upto`` bytes long, then only its last ``keep``
+        bytes, and the time its first bytes came; ``take_response_tap()`` hands them over. Inside the VM this
+        costs one host call per chunk instead of a Python callback. See proxywasm.taps.
+        """
+        taps.start(self.context_id, keep, whole_upto)
+
+    def take_response_tap(self) -> taps.Tapped | None:
+        """What the response tap kept (None without one); the tap is gone afterwards."""
+        return taps.take(self.context_id)
 
     @staticmethod
     def resume_request() -> None:

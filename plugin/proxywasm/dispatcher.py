@@ -9,6 +9,8 @@ from __future__ import annotations
 from . import hostcalls as hc
 from .abi import Action, BufferType, LogLevel
 from .context import HttpContext, RootContext, _Context, read_callout_response
+from .taps import _py_taps
+from .taps import handles as _tapped
 
 TYPE_CHECKING = False  # typing itself is not imported at VM start
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ def reset() -> None:
     _contexts.clear()
     _callouts.clear()
     _roots.clear()
+    _py_taps.clear()
 
 
 def _lazy(context_id: int) -> _Context | None:
@@ -70,6 +73,8 @@ def delete_many(context_ids: tuple[int, ...]) -> None:
     """Forget stream contexts Envoy deleted (batched by the shim; their on_delete is the no-op)."""
     for cid in context_ids:
         _contexts.pop(cid, None)
+        if _py_taps:
+            _py_taps.pop(cid, None)
 
 
 def register_callout(token: int, ctx: _Context, callback: CalloutCallback | None) -> None:
@@ -207,6 +212,8 @@ def proxy_on_response_headers(context_id: int, num_headers: int, end_of_stream: 
 
 
 def proxy_on_response_body(context_id: int, body_size: int, end_of_stream: int) -> int:
+    if _py_taps and _tapped(context_id, body_size, end_of_stream != 0):  # in-process host (the shim does it in C)
+        return 0
     ctx = _contexts.get(context_id) or _lazy(context_id)
     if ctx is None:
         return 0
@@ -285,6 +292,8 @@ def needed_exports() -> list[str]:
 
 def proxy_on_delete(context_id: int) -> None:
     ctx = _contexts.pop(context_id, None)
+    if _py_taps:
+        _py_taps.pop(context_id, None)
     if isinstance(ctx, RootContext) and ctx in _roots:
         _roots.remove(ctx)
     if ctx is not None:

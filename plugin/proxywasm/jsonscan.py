@@ -170,6 +170,17 @@ class JsonObject:
             return None
         return JsonObject.parse(self.raw[span[0] : span[1]])
 
+    def text(self, key: str) -> bytes:
+        """The member's JSON text as sent (b"" when absent), not decoded."""
+        span = self._index.get(key.encode())
+        return b"" if span is None else self.raw[span[0] : span[1]]
+
+    def small_int(self, key: bytes) -> int | None:
+        """The member (key as raw bytes) when it is a non-negative integer of at most 18 digits, else None: token
+        counts and limits, read straight from the scan's index."""
+        span = self._index.get(key)
+        return None if span is None else span[3]
+
     def count(self, key: str) -> int:
         span = self._index.get(key.encode())
         return 0 if span is None else span[2]

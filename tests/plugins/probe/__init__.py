@@ -168,10 +168,21 @@ class Probe(HttpContext[dict]):
     def on_response_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         if self.op == "raise-response":
             raise ValueError("boom in response")
+        if self.op == "tap":  # proxywasm.taps (C inside the VM): the report replaces the body's last chunk
+            self.tap_calls = 0
+            self.tap_response_body(int(self.request_headers.get("x-keep") or 0),
+                                   int(self.request_headers.get("x-whole") or 0))
         self.response_headers.set("x-probe-op", self.op or "none")
         return Action.CONTINUE
 
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
+        if self.op == "tap":
+            self.tap_calls += 1
+            got = self.take_response_tap()
+            report = {"calls": self.tap_calls, "end": end_of_stream, "body_size": body_size, "tap": None if got is None
+                      else [got.data.decode("latin-1"), got.size, got.first_ns > 0, got.trimmed]}
+            self.response_body.replace(json.dumps(report).encode())
+            return Action.CONTINUE
         if self.op != "response-body":
             return Action.CONTINUE
         if not end_of_stream:

@@ -30,6 +30,8 @@ class ProfiledRoot(ai_gateway.GatewayRoot):
         for e in PROF.getstats():
             sub = sum(c.callcount for c in (e.calls or ()))
             hc.log(2, f"FUELPROF\t{_label(e.code)}\t{e.callcount}\t{int(e.totaltime)}\t{int(e.inlinetime)}\t{sub}")
+            for c in e.calls or ():
+                hc.log(2, f"FUELSUB\t{_label(e.code)}\t{_label(c.code)}\t{c.callcount}\t{int(c.totaltime)}")
         PROF.clear()
 
 

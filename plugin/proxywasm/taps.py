@@ -1,0 +1,95 @@
+"""Response body taps: the chunks of a response body go on without a Python call each.
+
+A plugin that only needs how a response body ends (an LLM's token usage, ``data: [DONE]``) and when it began
+(time to first token) calls ``HttpContext.tap_response_body(keep, whole_upto)``. From then on the VM keeps every
+byte while the body is at most ``whole_upto`` bytes long, then only its last ``keep`` bytes, and the time the
+first bytes came; ``on_response_body`` is called again only at the end of the body, with the last chunk already
+kept. ``HttpContext.take_response_tap()`` hands over what was kept (once). Inside the VM the shim does this in C
+(build/shim/tap.c: one host call per chunk instead of a Python callback); this module is the same in Python for
+the in-process test host.
+"""
+
+from __future__ import annotations
+
+from . import hostcalls as hc
+from .abi import BufferType
+from .record import record
+
+try:
+    from _proxywasm import tap_start as _native_start  # type: ignore[import-not-found]
+    from _proxywasm import tap_take as _native_take
+except ImportError:
+    _native_start = _native_take = None
+
+
+@record
+class Tapped:
+    """What a response tap kept."""
+
+    data: bytes  # the whole body, or (trimmed) its last bytes
+    size: int  # bytes the body had, kept or not
+    first_ns: int  # when its first bytes came (hostcalls.now_ns clock); 0: it had none
+    trimmed: bool  # bytes were dropped: data is the body's end, not all of it
+
+
+class _Tap:
+    __slots__ = ("data", "first_ns", "keep", "size", "trimmed", "whole_upto")
+
+    def __init__(self, keep: int, whole_upto: int) -> None:
+        self.keep, self.whole_upto = keep, whole_upto
+        self.data = bytearray()
+        self.size = self.first_ns = 0
+        self.trimmed = False
+
+    def feed(self, size: int) -> None:  # the rules of pw_tap_feed, build/shim/tap.c
+        if not size:
+            return
+        if not self.size:
+            self.first_ns = hc.now_ns()
+        self.size += size
+        start = 0
+        if self.size > self.whole_upto:
+            if size > self.keep:
+                start, self.trimmed = size - self.keep, True
+            want = size - start
+            if len(self.data) + want > self.keep:
+                del self.data[: len(self.data) + want - self.keep]
+                self.trimmed = True
+        self.data += hc.get_buffer(BufferType.HTTP_RESPONSE_BODY, start, size - start) or b""
+
+
+_py_taps: dict[int, _Tap] = {}  # the in-process host's taps (inside the VM they live in C)
+
+
+def start(context_id: int, keep: int, whole_upto: int) -> None:
+    if keep < 1 or whole_upto < 0 or keep > 1 << 30 or whole_upto > 1 << 30:
+        raise ValueError("tap_response_body: keep must be 1..2**30 bytes, whole_upto 0..2**30")
+    if _native_start is not None:
+        _native_start(context_id, keep, whole_upto)
+        return
+    tap = _py_taps.get(context_id)
+    if tap is None:
+        _py_taps[context_id] = _Tap(keep, whole_upto)
+    else:
+        tap.keep, tap.whole_upto = keep, whole_upto
+
+
+def take(context_id: int) -> Tapped | None:
+    if _native_take is not None:
+        got = _native_take(context_id)
+        return None if got is None else Tapped(*got)
+    tap = _py_taps.pop(context_id, None)
+    return None if tap is None else Tapped(bytes(tap.data), tap.size, tap.first_ns, tap.trimmed)
+
+
+def handles(context_id: int, body_size: int, end_of_stream: bool) -> bool:
+    """In-process host only: keep the chunk if the stream is tapped; True if Python need not see it."""
+    tap = _py_taps.get(context_id)
+    if tap is None:
+        return False
+    tap.feed(body_size)
+    return not end_of_stream
+
+
+def forget(context_id: int) -> None:
+    _py_taps.pop(context_id, None)

@@ -335,6 +335,54 @@ def test_json_members_edges(host) -> None:
         assert _json_members(host, body) == _reference(body), body[:80]
 
 
+# The C scanner steps through string bytes 16, 32 and 64 at a time (simd128), and through whitespace runs 16 at a
+# time: each byte it must stop at, valid or not, at every offset of the first blocks of a string and around the
+# wider steps' edges; long strings of multibyte characters split across blocks every way; strings, runs and
+# bodies that end at the buffer's end (no 16-byte load may pass it); bodies shorter than a block.
+_PAD = bytes(range(0x21, 0x7F)).replace(b'"', b"").replace(b"\\", b"") * 2  # printable ASCII but quote and backslash, 184 bytes
+_OFFSETS = [*range(34), 46, 47, 48, 49, 63, 64, 79, 80, 81, 111, 112, 113, 127, 128, 129, 143, 144, 145]
+_STOP_OK = [b'\\"', b"\\\\", b"\\n", b"\\u00e9", b"\x7f", b"\xc2\x80", b"\xc3\xa9", b"\xdf\xbf", b"\xe0\xa0\x80",
+            b"\xe2\x82\xac", b"\xed\x9f\xbf", b"\xee\x80\x80", b"\xef\xbf\xbf", b"\xf0\x90\x80\x80", b"\xf0\x9f\x98\x80",
+            b"\xf4\x8f\xbf\xbf"]
+_STOP_BAD = [b"\x00", b"\x01", b"\n", b"\x1f", b"\\x", b"\\u12", b"\\", b"\x80", b"\xbf", b"\xc0\xaf", b"\xc1\xbf",
+             b"\xc2", b"\xc2\x41", b"\xe2\x82", b"\xe2\x82\xc3\xa9", b"\xe0\x9f\xbf", b"\xed\xa0\x80", b"\xed\xbf\xbf",
+             b"\xf0\x8f\xbf\xbf", b"\xf0\x9f\x98", b"\xf0\x9f\x98\x41", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80",
+             b"\xf8\x88\x80\x80\x80", b"\xff", b"\xc3\xa9\x80"]
+
+
+def _obj(values: list[bytes]) -> bytes:
+    return b"{" + b",".join(b'"k%d":"%s"' % (i, v) for i, v in enumerate(values)) + b"}"
+
+
+def _multibyte_prefix(n: int) -> bytes:  # n bytes of two-byte characters (and an ASCII byte when n is odd)
+    return "é".encode() * (n // 2) + b"x" * (n % 2)
+
+
+JSON_SIMD_EDGES = [
+    _obj([_PAD[:n] for n in range(150)]),  # the closing quote at each offset
+    *(_obj([_PAD[:off] + stop + _PAD[:tail] for off in _OFFSETS for tail in (0, 1, 15, 16, 40)]) for stop in _STOP_OK),
+    *(_obj([_multibyte_prefix(off) + stop + "€".encode() * 12 for off in range(34)]) for stop in _STOP_OK),
+    *(_obj([b"x" * shift + ch * 40 for shift in range(16)]) for ch in ("é€😀".encode()[i:j] for i, j in ((0, 2), (2, 5), (5, 9)))),
+    *(b'{"a":"' + _PAD[:off] + stop + _PAD[:tail] + b'","b":"' + _PAD[:40] + b'"}'
+      for stop in _STOP_BAD for off in _OFFSETS for tail in ((0, 20) if off < 34 else (20,))),
+    *(b'{"a":"' + _multibyte_prefix(off) + stop + "€".encode() * 12 + b'"}' for stop in _STOP_BAD for off in range(34)),
+    *(b'"' + stop + b'"' for stop in _STOP_OK + _STOP_BAD),  # bodies shorter than 16 bytes
+    *(b'"' + _PAD[:n] + b'"' for n in range(40)),  # a string that ends the body
+    *(b'"' + _multibyte_prefix(n) + b'"' for n in range(40)),
+    *(b'{"a":"' + _PAD[:n] + end for n in range(8, 40) for end in (b"", b"\xc3\xa9", b"\xe2\x82", b"\\", b"\\u00")),
+    *(b'{"a":"' + _multibyte_prefix(n) + end for n in range(8, 40) for end in (b"", b"\xe2\x82\xac", b"\xf0\x9f\x98")),
+    # whitespace runs of each length, ending at a token, at a control byte or at the end of the body
+    *(b"{" + ws * n + b'"a"' + ws * n + b":" + ws * n + b"[1," + ws * n + b"2]" + ws * n + b"}" + ws * n
+      for ws in (b" ", b"\n", b"\r\n\t ") for n in range(0, 40, 3)),
+    *(b"[" + b" " * n + bad + b" " * 20 + b"1]" for bad in (b"\x0b", b"\x00", b"\x0c", b"\x85", b"\xa0", b"x") for n in range(34)),
+    *(b"[1]" + b"\t" * n for n in range(40)),
+]
+
+
+def test_json_members_simd_edges(host) -> None:
+    for body in JSON_SIMD_EDGES:
+        assert _json_members(host, body) == _reference(body), body[:200]
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4), max_leaves=12)

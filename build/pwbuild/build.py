@@ -17,6 +17,7 @@ from .toolchain import REPO, BuildError, Toolchain
 SHIM = Path(__file__).resolve().parents[1] / "shim" / "shim.c"
 CFLAGS = ("--target=wasm32-wasi", "-O2", "-D_WASI_EMULATED_SIGNAL", "-D_WASI_EMULATED_GETPID",
           "-D_WASI_EMULATED_PROCESS_CLOCKS", "-fno-ident")
+SHIM_CFLAGS = ("-msimd128",)  # the JSON scanner's 16-byte steps; Envoy's V8 and wasmtime both run simd128
 LDFLAGS = ("--target=wasm32-wasi", "-mexec-model=reactor", "-s", "-Wl,-z,stack-size=1048576",
            "-lwasi-emulated-signal", "-lwasi-emulated-getpid",
            "-lwasi-emulated-process-clocks", "-lm")
@@ -64,16 +65,16 @@ class Builder:
         if r.returncode != 0:
             raise BuildError(f"{what} failed:\n{r.stderr.strip() or r.stdout.strip()}")
 
-    def compile(self, name: str, source: str, include: Path | None = None) -> Path:
+    def compile(self, name: str, source: str, include: Path | None = None, flags: tuple[str, ...] = ()) -> Path:
         """Compile generated C to an object, reusing the cached one for identical input."""
-        key = _digest(source, self.tc.zig_version, *CFLAGS, str(include or ""))
+        key = _digest(source, self.tc.zig_version, *CFLAGS, *flags, str(include or ""))
         obj = self.cache / f"{name}-{key}.o"
         if not obj.exists():
             c = self.cache / f"{name}-{key}.c"
             c.write_text(source)
             incs = ["-I", str(self.tc.include)] + (["-I", str(include)] if include else [])
             tmp = obj.with_suffix(".tmp.o")
-            self._run(self.tc.zig("cc", *CFLAGS, *incs, "-c", str(c), "-o", str(tmp)), f"compiling {name}")
+            self._run(self.tc.zig("cc", *CFLAGS, *flags, *incs, "-c", str(c), "-o", str(tmp)), f"compiling {name}")
             tmp.rename(obj)
             c.unlink()
         return obj
@@ -104,7 +105,7 @@ class Builder:
         stdlib_c = freeze.to_c("pw_frozen_stdlib", stdlib)
         plugin_c = freeze.to_c("pw_frozen_plugin", plugin, entry)
         shim_src = _inline(SHIM)
-        key = _digest(glue, stubs, stdlib_c, plugin_c, shim_src, self.tc.zig_version, *CFLAGS, *LDFLAGS,
+        key = _digest(glue, stubs, stdlib_c, plugin_c, shim_src, self.tc.zig_version, *CFLAGS, *SHIM_CFLAGS, *LDFLAGS,
                       *(hashlib.sha256(p.read_bytes()).hexdigest() for p in self.tc.libs))
         stamp = out.with_suffix(out.suffix + ".inputs")
         if out.exists() and stamp.exists() and stamp.read_text() == key:
@@ -113,7 +114,7 @@ class Builder:
         gen.mkdir(exist_ok=True)
         (gen / "abi_glue.c").write_text(glue)
         objs = [
-            self.compile("shim", shim_src.replace('#include "abi_glue.c"', glue)),
+            self.compile("shim", shim_src.replace('#include "abi_glue.c"', glue), flags=SHIM_CFLAGS),
             self.compile("wasistubs", stubs),
             self.compile("frozen_stdlib", stdlib_c),
             self.compile("frozen_plugin", plugin_c),

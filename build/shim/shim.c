@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <wasm_simd128.h>
 
 #include "mem.c" /* memcpy, memmove, memset */
 
@@ -156,8 +157,26 @@ typedef struct {
   const char *err;
 } pw_js;
 
+static inline int pw_is_ws(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
 static void pw_js_ws(pw_js *j) {
-  while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
+  const unsigned char *p = j->p, *end = j->end;
+  if (p < end && pw_is_ws(*p) && ++p < end && *p <= ' ') { /* a run (indented JSON), not ", " */
+    while (end - p >= 16) {
+      /* the four have distinct low nibbles: a byte is whitespace iff it equals the table's at its low nibble */
+      const v128_t table = wasm_u8x16_make(' ', 0, 0, 0, 0, 0, 0, 0, 0, '\t', '\n', 0, 0, '\r', 0, 0);
+      v128_t v = wasm_v128_load(p);
+      v128_t expected = wasm_i8x16_swizzle(table, wasm_v128_and(v, wasm_i8x16_splat(0x0F)));
+      uint32_t ws = wasm_i8x16_bitmask(wasm_i8x16_eq(expected, v));
+      if (ws != 0xFFFF) {
+        j->p = p + __builtin_ctz(~ws);
+        return;
+      }
+      p += 16;
+    }
+    while (p < end && pw_is_ws(*p)) p++;
+  }
+  j->p = p;
 }
 
 static int pw_js_fail(pw_js *j, const char *why) { /* the first reason wins */
@@ -177,11 +196,110 @@ static inline int pw_plain8(uint64_t v) {
   return !((v | ((v - ones * 0x20) & ~v) | ((q - ones) & ~q) | ((b - ones) & ~b)) & high);
 }
 
+/* UTF-8 errors between a block and the 16 bytes before it (Keiser & Lemire, "Validating UTF-8 In Less Than
+ * One Instruction Per Byte", 2021: simdjson's lookup tables); the same verdict as pw_js_string's byte-wise
+ * check, but for a sequence still unfinished at the block's end. */
+#define PW_U8_SHORT 0x01 /* a lead or ASCII byte where a continuation belongs, or a lead after a lead */
+#define PW_U8_LONG 0x02  /* a continuation after ASCII */
+#define PW_U8_OVER3 0x04 /* E0 80..9F */
+#define PW_U8_LARGE 0x08 /* above U+10FFFF, or F5..FF */
+#define PW_U8_SURR 0x10  /* ED A0..BF */
+#define PW_U8_OVER2 0x20 /* C0, C1 */
+#define PW_U8_1000 0x40  /* F0 80..8F (overlong) or a too large lead before 80..8F */
+#define PW_U8_TWO 0x80   /* two continuations in a row: only right as the 3rd/4th byte of a sequence */
+#define PW_U8_CARRY (PW_U8_SHORT | PW_U8_LONG | PW_U8_TWO)
+
+static inline v128_t pw_utf8_errors(v128_t prev, v128_t v) {
+  const v128_t b1_high = wasm_u8x16_make( /* by the previous byte's high nibble */
+      PW_U8_LONG, PW_U8_LONG, PW_U8_LONG, PW_U8_LONG, PW_U8_LONG, PW_U8_LONG, PW_U8_LONG, PW_U8_LONG,
+      PW_U8_TWO, PW_U8_TWO, PW_U8_TWO, PW_U8_TWO, PW_U8_SHORT | PW_U8_OVER2, PW_U8_SHORT,
+      PW_U8_SHORT | PW_U8_OVER3 | PW_U8_SURR, PW_U8_SHORT | PW_U8_LARGE | PW_U8_1000);
+  const v128_t b1_low = wasm_u8x16_make( /* by its low nibble */
+      PW_U8_CARRY | PW_U8_OVER3 | PW_U8_OVER2 | PW_U8_1000, PW_U8_CARRY | PW_U8_OVER2, PW_U8_CARRY, PW_U8_CARRY,
+      PW_U8_CARRY | PW_U8_LARGE, PW_U8_CARRY | PW_U8_LARGE | PW_U8_1000, PW_U8_CARRY | PW_U8_LARGE | PW_U8_1000,
+      PW_U8_CARRY | PW_U8_LARGE | PW_U8_1000, PW_U8_CARRY | PW_U8_LARGE | PW_U8_1000,
+      PW_U8_CARRY | PW_U8_LARGE | PW_U8_1000, PW_U8_CARRY | PW_U8_LARGE | PW_U8_1000,
+      PW_U8_CARRY | PW_U8_LARGE | PW_U8_1000, PW_U8_CARRY | PW_U8_LARGE | PW_U8_1000,
+      PW_U8_CARRY | PW_U8_LARGE | PW_U8_1000 | PW_U8_SURR, PW_U8_CARRY | PW_U8_LARGE | PW_U8_1000,
+      PW_U8_CARRY | PW_U8_LARGE | PW_U8_1000);
+  const v128_t b2_high = wasm_u8x16_make( /* by this byte's high nibble */
+      PW_U8_SHORT, PW_U8_SHORT, PW_U8_SHORT, PW_U8_SHORT, PW_U8_SHORT, PW_U8_SHORT, PW_U8_SHORT, PW_U8_SHORT,
+      PW_U8_LONG | PW_U8_OVER2 | PW_U8_TWO | PW_U8_OVER3 | PW_U8_1000,
+      PW_U8_LONG | PW_U8_OVER2 | PW_U8_TWO | PW_U8_OVER3 | PW_U8_LARGE,
+      PW_U8_LONG | PW_U8_OVER2 | PW_U8_TWO | PW_U8_SURR | PW_U8_LARGE,
+      PW_U8_LONG | PW_U8_OVER2 | PW_U8_TWO | PW_U8_SURR | PW_U8_LARGE,
+      PW_U8_SHORT, PW_U8_SHORT, PW_U8_SHORT, PW_U8_SHORT);
+  v128_t prev1 = wasm_i8x16_shuffle(prev, v, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30);
+  v128_t prev2 = wasm_i8x16_shuffle(prev, v, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29);
+  v128_t prev3 = wasm_i8x16_shuffle(prev, v, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28);
+  v128_t special = wasm_v128_and(
+      wasm_v128_and(wasm_i8x16_swizzle(b1_high, wasm_u8x16_shr(prev1, 4)),
+                    wasm_i8x16_swizzle(b1_low, wasm_v128_and(prev1, wasm_i8x16_splat(0x0F)))),
+      wasm_i8x16_swizzle(b2_high, wasm_u8x16_shr(v, 4)));
+  /* where a 3rd/4th byte is due (2 after an E0+ lead, 3 after F0+), PW_U8_TWO is required, elsewhere an error */
+  v128_t must23 =
+      wasm_v128_or(wasm_u8x16_ge(prev2, wasm_u8x16_splat(0xE0)), wasm_u8x16_ge(prev3, wasm_u8x16_splat(0xF0)));
+  return wasm_v128_xor(wasm_v128_and(must23, wasm_u8x16_splat(0x80)), special);
+}
+
+/* The bytes a string scan must look at: quote, backslash, control or non-ASCII (as signed bytes, < 0x20 is both). */
+static inline v128_t pw_special16(const unsigned char *p) {
+  v128_t v = wasm_v128_load(p);
+  return wasm_v128_or(wasm_v128_or(wasm_i8x16_eq(v, wasm_i8x16_splat('"')), wasm_i8x16_eq(v, wasm_i8x16_splat('\\'))),
+                      wasm_i8x16_lt(v, wasm_i8x16_splat(0x20)));
+}
+
+static inline int pw_plain64(const unsigned char *p) {
+  return !wasm_v128_any_true(wasm_v128_or(wasm_v128_or(pw_special16(p), pw_special16(p + 16)),
+                                          wasm_v128_or(pw_special16(p + 32), pw_special16(p + 48))));
+}
+
+/* Skips plain string bytes 16 at a time: printable ASCII, and valid UTF-8 checked a block at a time. Stops at
+ * the first quote, backslash or control byte when all before it in its block is ASCII, else at the start of the
+ * block holding it or an invalid sequence, then backs up to the start of a character the last block left
+ * unfinished. So it answers a character boundary the byte-wise loop would reach with all before it valid, from
+ * where that loop gives the same verdict and message as it would alone. Reads only whole blocks in the buffer. */
+static const unsigned char *pw_js_skip16(const unsigned char *p, const unsigned char *end) {
+  v128_t prev = wasm_i8x16_splat(0); /* p is a character boundary: as if after ASCII */
+  int multibyte = 0;                 /* whether prev holds non-ASCII bytes */
+  while (end - p >= 16) {
+    v128_t v = wasm_v128_load(p);
+    uint32_t stop = wasm_i8x16_bitmask(wasm_v128_or(
+        wasm_v128_or(wasm_i8x16_eq(v, wasm_i8x16_splat('"')), wasm_i8x16_eq(v, wasm_i8x16_splat('\\'))),
+        wasm_u8x16_lt(v, wasm_u8x16_splat(0x20))));
+    uint32_t high = wasm_i8x16_bitmask(v);
+    if (stop) {
+      if (!multibyte) return p + __builtin_ctz(stop | high); /* the first byte to look at, after ASCII */
+      break;
+    }
+    if (high | multibyte) { /* non-ASCII here or at the end of the last block */
+      if (wasm_v128_any_true(pw_utf8_errors(prev, v))) break;
+      multibyte = high != 0;
+      prev = v;
+      p += 16;
+    } else { /* ASCII (and so is prev: any ASCII block is as good); a long run goes 64 bytes a step */
+      p += 16;
+      if (end - p >= 32 && !wasm_v128_any_true(wasm_v128_or(pw_special16(p), pw_special16(p + 16)))) {
+        p += 32; /* 32 first: for a medium string, a failing 64-byte test costs more than it saves */
+        while (end - p >= 64 && pw_plain64(p)) p += 64;
+      }
+    }
+  }
+  if (multibyte) { /* prev = p[-16..-1], without errors: at most one unfinished sequence at its end */
+    if (p[-1] >= 0xC0) p -= 1;
+    else if (p[-2] >= 0xE0) p -= 2;
+    else if (p[-3] >= 0xF0) p -= 3;
+  }
+  return p;
+}
+
 static int pw_js_string(pw_js *j) { /* at the opening quote */
   const unsigned char *p = j->p + 1, *end = j->end;
   while (p < end) {
     uint64_t v;
-    while (end - p >= 8 && (memcpy(&v, p, 8), pw_plain8(v))) p += 8; /* the common case, 8 bytes a step */
+    if (end - p >= 16) p = pw_js_skip16(p, end);
+    if (end - p < 16) /* the tail (no 16-byte load may pass the end), 8 bytes a step */
+      while (end - p >= 8 && (memcpy(&v, p, 8), pw_plain8(v))) p += 8;
     if (p >= end) break;
     unsigned char c = *p;
     if (c == '"') {

@@ -35,6 +35,10 @@ bench *args: (build "ai_gateway")
 bench-floor *args: (build "ai_gateway")
     python bench/ai/floor.py "$@"
 
+# Streaming one chunk per token (mock vLLM): Envoy CPU per stream and per chunk, a vs ai-gateway (bench/results/ai-tokens.md)
+bench-tokens *args: (build "ai_gateway")
+    python bench/ai/tokens.py "$@"
+
 # Benchmark of the showcase plugin (bench/results/latest.md)
 bench-showcase *args: build
     python bench/run.py "$@"

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -231,3 +232,11 @@ def noise_notes(label: str, own_util: float, wrk_util: float, other_util: float,
         out.append(f"{label}: {who} used only {own_util:.0%} of its CPU: it was not the only bottleneck "
                    f"(wrk used {wrk_util:.0%}, other processes {other_util:.0%})")
     return out
+
+
+def write_results(out: Path, name: str, data: dict[str, Any], md: str) -> None:
+    """``out``/``name``.json (every raw number) and .md (the tables), then the tables on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    (out / f"{name}.md").write_text(md + "\n")
+    print(md)

@@ -52,6 +52,17 @@ def test_request_body_buffered_then_rewritten(host) -> None:
     assert s.request_header("x-body-size") == "8"
 
 
+def test_snapshot_whole_and_named(host) -> None:
+    """snapshot() is every header (repeated names joined with ","); snapshot(names) only those names, absent ones
+    left out, on both hosts (inside the VM the others are never decoded)."""
+    s = host.http_stream()
+    s.send_request_headers([*REQ.items(), ("x-op", "snapshot"), ("x-names", "x-rep,:path,x-absent,x-\u00e9"),
+                            ("x-rep", "1"), ("x-rep", "2"), ("x-\u00e9", "\u00fc")])
+    whole, named = json.loads(s.request_header("x-snapshot"))
+    assert whole["x-rep"] == "1,2" and whole[":path"] == REQ[":path"] and "x-op" in whole
+    assert named == {"x-rep": "1,2", ":path": REQ[":path"], "x-\u00e9": "\u00fc"}
+
+
 def test_response_body_sees_all_chunks(host) -> None:
     s, _ = send(host, "response-body")
     s.send_response_headers({":status": "200"})

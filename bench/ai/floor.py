@@ -17,7 +17,6 @@ instructions per request (wasmtime fuel). Writes bench/results/ai-floor.{md,json
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -29,6 +28,7 @@ for _p in (REPO, REPO / "plugin", REPO / "build"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
+from bench import measure as m  # noqa: E402
 from bench.ai import instructions, run  # noqa: E402
 
 FLOORS = {
@@ -69,11 +69,7 @@ def main(argv: list[str] | None = None) -> None:
             cell[wl]["vm_instructions"] = fuel[wl]["total"]
         r["systems"][name] = cell
     r["loadavg_1m_at_end"] = os.getloadavg()[0]
-    md = markdown(r)
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "ai-floor.json").write_text(json.dumps(r, indent=2) + "\n")
-    (a.out / "ai-floor.md").write_text(md + "\n")
-    print(md)
+    m.write_results(a.out, "ai-floor", r, markdown(r))
 
 
 def markdown(r: dict) -> str:

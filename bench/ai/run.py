@@ -677,10 +677,7 @@ def main(argv: list[str] | None = None) -> None:
     r["environment"]["elapsed_s"] = round(time.monotonic() - started, 1)
     md = markdown(r)
     name = "ai-gateway" + ("-profile" if args.profile else "") + ("-partial" if args.partial else "")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}.json").write_text(json.dumps(r, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(md + "\n")
-    print(md)
+    m.write_results(args.out, name, r, md)
     log(f"done in {r['environment']['elapsed_s']:.0f} s; wrote {args.out}/{name}.md and .json")
 
 

@@ -74,74 +74,7 @@ static PyObject *pw_result(int32_t st, int n, ...) {
 
 static int32_t pw_call_export(int idx, const int32_t *v, int n, int32_t dflt);
 
-/* unpack_pairs(buf) -> [(name, value), ...]: proxywasm.hostcalls.unpack_pairs in C (it runs on
- * every request that reads a whole header map; the Python loop costs ~10 us inside V8). */
-static PyObject *pw_unpack_pairs(PyObject *self, PyObject *arg) {
-  const char *p;
-  Py_ssize_t n;
-  if (pw_bytes(arg, &p, &n) < 0) return NULL;
-  if (n < 4) return PyList_New(0);
-  uint32_t count;
-  memcpy(&count, p, 4);
-  if ((uint64_t)count * 8 + 4 > (uint64_t)n) return PyErr_Format(PyExc_ValueError, "header map: bad count");
-  size_t pos = 4 + (size_t)count * 8;
-  PyObject *list = PyList_New(count);
-  if (!list) return NULL;
-  for (uint32_t i = 0; i < count; i++) {
-    uint32_t len[2];
-    memcpy(len, p + 4 + (size_t)i * 8, 8);
-    PyObject *kv[2];
-    for (int j = 0; j < 2; j++) {
-      if ((uint64_t)pos + len[j] + 1 > (uint64_t)n) {
-        if (j) Py_DECREF(kv[0]);
-        Py_DECREF(list);
-        return PyErr_Format(PyExc_ValueError, "header map: truncated");
-      }
-      kv[j] = PyUnicode_DecodeUTF8(p + pos, len[j], "surrogateescape");
-      if (!kv[j]) {
-        if (j) Py_DECREF(kv[0]);
-        Py_DECREF(list);
-        return NULL;
-      }
-      pos += len[j] + 1;
-    }
-    PyObject *t = PyTuple_New(2);
-    if (!t) {
-      Py_DECREF(kv[0]);
-      Py_DECREF(kv[1]);
-      Py_DECREF(list);
-      return NULL;
-    }
-    PyTuple_SET_ITEM(t, 0, kv[0]);
-    PyTuple_SET_ITEM(t, 1, kv[1]);
-    PyList_SET_ITEM(list, i, t);
-  }
-  return list;
-}
-
-/* unpack_dict(buf) -> {name: value}: repeated names joined with "," (proxywasm.hostcalls.unpack_dict). */
-static PyObject *pw_unpack_dict(PyObject *self, PyObject *arg) {
-  PyObject *list = pw_unpack_pairs(self, arg);
-  if (!list) return NULL;
-  PyObject *d = PyDict_New();
-  Py_ssize_t n = d ? PyList_GET_SIZE(list) : 0;
-  for (Py_ssize_t i = 0; d && i < n; i++) {
-    PyObject *k = PyTuple_GET_ITEM(PyList_GET_ITEM(list, i), 0);
-    PyObject *v = PyTuple_GET_ITEM(PyList_GET_ITEM(list, i), 1);
-    PyObject *old = PyDict_GetItemWithError(d, k);
-    int rc;
-    if (old) {
-      PyObject *joined = PyUnicode_FromFormat("%U,%U", old, v);
-      rc = joined ? PyDict_SetItem(d, k, joined) : -1;
-      Py_XDECREF(joined);
-    } else {
-      rc = PyErr_Occurred() ? -1 : PyDict_SetItem(d, k, v);
-    }
-    if (rc < 0) Py_CLEAR(d);
-  }
-  Py_DECREF(list);
-  return d;
-}
+#include "headers.c" /* header maps unpacked in C */
 
 /* ---- json_members: strict JSON validation + the top-level object's member spans, in one pass ----
  * json_members(body) -> [(key_start, key_end, value_start, value_end), ...] for a top-level object,
@@ -560,6 +493,7 @@ static PyObject *pw_tap_take(PyObject *self, PyObject *arg);
 #define PW_NATIVE_HELPERS                                            \
   {"unpack_pairs", (PyCFunction)pw_unpack_pairs, METH_O, NULL},      \
   {"unpack_dict", (PyCFunction)pw_unpack_dict, METH_O, NULL},      \
+  {"header_map", (PyCFunction)(void (*)(void))pw_header_map, METH_FASTCALL, NULL}, \
   {"json_members", (PyCFunction)pw_json_members, METH_O, NULL},      \
   {"json_index", (PyCFunction)pw_json_index, METH_O, NULL},      \
   {"tap_start", (PyCFunction)(void (*)(void))pw_tap_start, METH_FASTCALL, NULL}, \

@@ -101,6 +101,7 @@ class Config:
     metrics: bool
     pickers: dict = factory(dict)  # cluster -> picker.EndpointPicker (models[].endpoint_picker)
     picker_headers: tuple = ()  # their destination headers: never accepted from clients
+    request_headers: tuple = ()  # every request header the gateway reads (bytes): only these are decoded
 
     @property
     def enabled(self) -> bool:
@@ -182,21 +183,29 @@ def parse(doc: dict[str, Any]) -> Config:
         if m.mirror and m.mirror.model not in models:
             raise ConfigError(f"models[{m.name}].mirror.model: unknown model {m.mirror.model!r}")
     pickers = pools.finish()
+    route_header = f.str("route_header", "x-ai-upstream").lower()
+    model_header = f.str("model_header", "x-ai-model").lower()
+    consumer_header = f.str("consumer_header", "x-mse-consumer").lower()
+    picker_headers = tuple({p.header for p in pickers.values()})
+    read = {":method", ":path", "content-type", "content-length", "authorization", consumer_header, route_header,
+            model_header, *picker_headers, *(a.sticky_header for a in aliases.values()),
+            *(p.criticality_header for p in pickers.values())}
     cfg = Config(
         models=models,
         aliases=aliases,
-        route_header=f.str("route_header", "x-ai-upstream").lower(),
-        model_header=f.str("model_header", "x-ai-model").lower(),
+        route_header=route_header,
+        model_header=model_header,
         max_body_bytes=f.int("max_body_bytes", 10 * 1024 * 1024, min=1024, max=1 << 30),
         paths=frozenset(f.str_list("paths", DEFAULT_PATHS)),
         models_endpoint=f.bool("models_endpoint", True),
-        consumer_header=f.str("consumer_header", "x-mse-consumer").lower(),
+        consumer_header=consumer_header,
         inject_stream_usage=f.bool("inject_stream_usage", True),
         strip_injected_usage=f.bool("strip_injected_usage", True),
         ai_log=f.choice("ai_log", ("filter_state", "log", "both", "off"), "filter_state"),
         metrics=f.bool("metrics", True),
         pickers=pickers,
-        picker_headers=tuple({p.header for p in pickers.values()}),
+        picker_headers=picker_headers,
+        request_headers=tuple(sorted(n.encode() for n in read if n)),
     )
     f.done()
     return cfg

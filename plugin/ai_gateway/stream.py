@@ -20,7 +20,8 @@ from .routing import resolve
 from .upstream import callout_headers, mirror
 from .usage import MAX_JSON_BODY, TAIL, TAIL_KEEP, JsonCollector, SseScanner
 
-RNG = random.Random()  # seeded from the host's random_get, per VM
+RNG = random.Random()
+_RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")  # seeded from the host's random_get, per VM
 _POOLS: dict[str, KeyPool] = {}  # this VM's view of each model's key pool
 
 
@@ -55,7 +56,7 @@ class GatewayStream(HttpContext):
     tapped = False  # the response body goes on untouched and the VM keeps its end (see _tap)
     published = False
     key_idx: int | None = None  # index of the pool key this request went out with
-    headers_in: dict[str, str] = {}  # the request headers as the client sent them (read-only)
+    headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
     pool_of = staticmethod(pool_of)
 
     # -- request --
@@ -69,7 +70,7 @@ class GatewayStream(HttpContext):
                 h.remove(c.route_header)
                 h.remove(c.model_header)
             return Action.CONTINUE
-        hd = h.snapshot()  # one host call instead of one per header read below
+        hd = h.snapshot(cfg.request_headers)  # one host call for the headers read below and later
         # Only the gateway may choose upstreams: a client cannot route by sending these itself.
         if cfg.route_header in hd:
             h.remove(cfg.route_header)
@@ -169,7 +170,7 @@ class GatewayStream(HttpContext):
         model = self.model
         if model is None:
             return Action.CONTINUE
-        hd = self.response_headers.snapshot()  # one host call for :status, retry-after and content-type
+        hd = self.response_headers.snapshot(_RESPONSE_HEADERS)  # one host call for the three read below
         status = hd.get(":status", "0")
         self.status = int(status) if status.isascii() and status.isdigit() else 0
         key_failed = False

@@ -224,12 +224,33 @@ def _header_map(map_type: MapType) -> bytes:
     return buf
 
 
+# Inside the VM: one native call reads the map from the host and unpacks it (an int: the host's status).
+_native_map = getattr(_h, "header_map", None)
+
+
 def get_header_map_pairs(map_type: MapType) -> Pairs:
-    return unpack_pairs(_header_map(map_type))
+    if _native_map is None:
+        return unpack_pairs(_header_map(map_type))
+    got = _native_map(map_type, False)
+    return got if type(got) is list else _map_status(got, [])
 
 
-def get_header_map_dict(map_type: MapType) -> dict[str, str]:
-    return unpack_dict(_header_map(map_type))
+def get_header_map_dict(map_type: MapType, names: tuple[bytes, ...] | None = None) -> dict[str, str]:
+    """The map as a dict; with ``names`` (lowercase, as bytes) only those headers (the others are never decoded)."""
+    if _native_map is None:
+        got = unpack_dict(_header_map(map_type))
+        if names is None:
+            return got
+        wanted = {n.decode("utf-8", "surrogateescape") for n in names}
+        return {k: v for k, v in got.items() if k in wanted}
+    got = _native_map(map_type, True, names)
+    return got if type(got) is dict else _map_status(got, {})
+
+
+def _map_status(status: int, empty: Any) -> Any:
+    if status == _NOT_FOUND:
+        return empty
+    raise _error("proxy_get_header_map_pairs", status)
 
 
 def set_header_map_pairs(map_type: MapType, pairs: HeaderInput) -> None:

@@ -56,12 +56,13 @@ class Headers:
     def items(self) -> list[tuple[str, str]]:
         return hc.get_header_map_pairs(self.map_type)
 
-    def snapshot(self) -> dict[str, str]:
-        """Every header in one host call: name -> value, repeated names joined with "," as ``get`` does.
+    def snapshot(self, names: tuple[bytes, ...] | None = None) -> dict[str, str]:
+        """Every header in one host call: name -> value, repeated names joined with "," as ``get`` does; with
+        ``names`` (lowercase, as bytes) only those (decoding every header costs microseconds inside V8).
 
         Cheaper than two ``get`` calls: each host call that returns bytes costs microseconds in the VM.
         """
-        return hc.get_header_map_dict(self.map_type)
+        return hc.get_header_map_dict(self.map_type, names)
 
     def replace_all(self, pairs: hc.HeaderInput) -> None:
         hc.set_header_map_pairs(self.map_type, pairs)

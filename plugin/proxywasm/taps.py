@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from . import hostcalls as hc
 from .abi import BufferType
-from .record import record
 
 try:
     from _proxywasm import tap_start as _native_start  # type: ignore[import-not-found]
@@ -22,14 +21,17 @@ except ImportError:
     _native_start = _native_take = None
 
 
-@record
 class Tapped:
-    """What a response tap kept."""
+    """What a response tap kept (a plain class, not a record: one is made per response, and a record's
+    generic __init__ costs microseconds inside V8)."""
 
-    data: bytes  # the whole body, or (trimmed) its last bytes
-    size: int  # bytes the body had, kept or not
-    first_ns: int  # when its first bytes came (hostcalls.now_ns clock); 0: it had none
-    trimmed: bool  # bytes were dropped: data is the body's end, not all of it
+    __slots__ = ("data", "first_ns", "size", "trimmed")
+
+    def __init__(self, data: bytes, size: int, first_ns: int, trimmed: bool) -> None:
+        self.data = data  # the whole body, or (trimmed) its last bytes
+        self.size = size  # bytes the body had, kept or not
+        self.first_ns = first_ns  # when its first bytes came (hostcalls.now_ns clock); 0: it had none
+        self.trimmed = trimmed  # bytes were dropped: data is the body's end, not all of it
 
 
 class _Tap:

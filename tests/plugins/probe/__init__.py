@@ -54,6 +54,12 @@ class Probe(HttpContext[dict]):
         h.set("x-missing", str(h.get("x-nope", "default")))
         return Action.CONTINUE
 
+    def op_snapshot(self) -> Action:  # Headers.snapshot, whole and for named headers only (C inside the VM)
+        h = self.request_headers
+        names = tuple(n.encode() for n in (h.get("x-names") or "").split(",") if n)
+        h.set("x-snapshot", json.dumps([h.snapshot(), h.snapshot(names)]))
+        return Action.CONTINUE
+
     def op_replace_all(self) -> Action:
         self.request_headers.replace_all([(":path", "/new"), (":method", "GET"), ("x-only", "1")])
         return Action.CONTINUE

@@ -101,6 +101,35 @@ def test_response_tap(host, keep: int, whole: int, chunks: list[bytes]) -> None:
                       "tap": [kept.decode("latin-1"), len(body), len(body) > 0, len(kept) < len(body)]}
 
 
+SKIP_CHUNKS = [
+    b"data: {\"a\":1}\n\n",  # a whole event without a marker: skipped
+    b'data: {"usage":null}\n\ndata: {"usage" :  null}\n\n',  # "usage" followed by null is no marker: skipped
+    b'data: {"usage":{"x":1}}\n\n',  # a usage object: Python
+    b"data: {\"b\"",  # not the end of an event: Python
+    b":2}\n\n",  # whole again: skipped
+    b"data: x\r\n\r\n", b"data: y\r\r", b"data: z\n\r\n",  # CRLF and CR ends skipped; \n\r\n is no event end
+    b"",  # nothing: skipped
+    b'data: {"usage":' + b" " * 20 + b"null}\n\n",  # null beyond the 16 bytes looked at: a marker
+    b"data: [DONE]\n\n",  # a marker
+    b"data: tail\n\n",  # the end of the body always reaches Python
+]
+
+
+def test_skip_response_events(host) -> None:
+    """While armed, chunks ending an SSE event with no marker pass without Python; others, and the end, reach it
+    (C inside the VM, Python in-process: the same chunks)."""
+    s, _ = send(host, "skip")
+    s.send_response_headers({":status": "200"})
+    for c in SKIP_CHUNKS[:-1]:
+        assert s.send_response_body(c, end_of_stream=False) == Action.CONTINUE
+    forwarded = s.response_body
+    assert forwarded == b"".join(SKIP_CHUNKS[:-1])
+    s.send_response_body(SKIP_CHUNKS[-1], end_of_stream=True)
+    seen = json.loads(s.response_body[len(forwarded):])
+    want = [SKIP_CHUNKS[i] for i in (2, 3, 7, 9, 10, 11)]
+    assert [c.encode("latin-1") for c in seen] == want
+
+
 def test_response_tap_of_a_reset_stream(host) -> None:
     """A stream deleted while tapped (reset before its end) takes its tap along; other streams are not tapped."""
     s, _ = send(host, "tap", **{"x-keep": "4"})

@@ -6,6 +6,11 @@
  * time the first bytes came. Python is called again at the end of the body (the last chunk already kept). Per
  * chunk this costs one host call and a copy instead of a Python callback (an LLM stream has one chunk per token).
  *
+ * A tap can instead skip SSE events (tap_skip): while armed, each chunk that ends an event (a blank line) and holds
+ * none of the plugin's markers goes on without Python; the first that does not, and the end of the body, reach
+ * Python as usual and disarm it (the plugin arms it again when it holds nothing back). A plugin rewriting a few
+ * events of a stream (the gateway's usage-only event) then sees those only.
+ *
  * Taps live in an open-addressing table keyed by context id (linear probing, deletion by backward shift), freed
  * when the stream's context is deleted or the plugin takes the tap. proxywasm/taps.py has the same rules in
  * Python for the in-process test host. */
@@ -17,6 +22,12 @@ typedef struct {
   int64_t first_ns;
   int trimmed; /* bytes were dropped: data is the body's end, not all of it */
   char *buf;
+  int skip, armed; /* skipping events (tap_skip), and whether the next chunk may be skipped */
+  int nmarks;
+  struct {
+    char needle[32], unless[16];
+    uint32_t nlen, ulen;
+  } marks[4];
 } pw_tap;
 
 static pw_tap *pw_taps;
@@ -110,16 +121,66 @@ static int pw_tap_feed(pw_tap *t, uint32_t size) {
   return r;
 }
 
+/* Whether the chunk holds a marker: its needle, unless the 16 bytes after it, past spaces, tabs, line ends and
+ * colons, begin with its `unless` text (the rule of ai_gateway.usage._interesting: "usage": null is not one). */
+static int pw_tap_marked(const pw_tap *t, const char *p, size_t n) {
+  for (int m = 0; m < t->nmarks; m++) {
+    const char *at = p, *end = p + n;
+    while ((at = memmem(at, (size_t)(end - at), t->marks[m].needle, t->marks[m].nlen))) {
+      const char *q = at + t->marks[m].nlen, *w = q + 16 < end ? q + 16 : end;
+      while (q < w && (*q == ' ' || *q == '\t' || *q == '\r' || *q == '\n' || *q == ':')) q++;
+      uint32_t ul = t->marks[m].ulen;
+      if (!ul || (size_t)(w - q) < ul || memcmp(q, t->marks[m].unless, ul)) return 1;
+      at++;
+    }
+  }
+  return 0;
+}
+
+static int pw_ends_event(const char *p, size_t n) { /* as ai_gateway.usage._EVENT_END */
+  return (n >= 2 && ((p[n - 2] == '\n' && p[n - 1] == '\n') || (p[n - 2] == '\r' && p[n - 1] == '\r'))) ||
+         (n >= 4 && !memcmp(p + n - 4, "\r\n\r\n", 4));
+}
+
+/* Skipping events: True when the chunk goes on without Python. */
+static int pw_tap_skips(pw_tap *t, uint32_t size, int eos) {
+  if (!size && !eos) return 1;
+  int armed = t->armed;
+  t->armed = 0;
+  if (!armed || eos) return 0;
+  char *p = NULL;
+  size_t n = 0;
+  int skip = proxy_get_buffer_bytes(1 /* HTTP_RESPONSE_BODY */, 0, (int32_t)size, &p, &n) == 0 && n == size &&
+             pw_ends_event(p, n) && !pw_tap_marked(t, p, n);
+  free(p);
+  t->armed = skip;
+  t->total += size;
+  return skip;
+}
+
 /* On a response body callback: True when the tap took the chunk and Python need not be called. */
 static int pw_tap_handles(int32_t id, uint32_t size, int eos) {
   pw_tap *t = pw_tap_find(id);
   if (!t) return 0;
+  if (t->skip) return pw_tap_skips(t, size, eos);
   if (pw_tap_feed(t, size) < 0) {
     pw_log_error("python: response tap: cannot read the body chunk; the tap is dropped");
     pw_tap_remove(id); /* the plugin sees every chunk again, from the next one on */
     return 0;
   }
   return !eos;
+}
+
+static pw_tap *pw_tap_get(int32_t id) { /* the stream's tap, made if need be; NULL: out of memory */
+  pw_tap *t = pw_tap_find(id);
+  if (t) return t;
+  if ((pw_taps_used + 1) * 2 > pw_taps_cap && pw_tap_grow() < 0) return NULL;
+  uint32_t i = pw_tap_slot(id);
+  while (pw_taps[i].id) i = (i + 1) & (pw_taps_cap - 1);
+  t = &pw_taps[i];
+  t->id = id;
+  pw_taps_used++;
+  return t;
 }
 
 /* tap_start(context_id, keep, whole_upto) */
@@ -129,17 +190,41 @@ static PyObject *pw_tap_start(PyObject *self, PyObject *const *args, Py_ssize_t 
   if (PyErr_Occurred()) return NULL;
   if (id <= 0 || keep < 1 || whole < 0 || keep > 1L << 30 || whole > 1L << 30)
     return PyErr_Format(PyExc_ValueError, "tap_start: bad arguments");
-  pw_tap *t = pw_tap_find((int32_t)id);
-  if (!t) {
-    if ((pw_taps_used + 1) * 2 > pw_taps_cap && pw_tap_grow() < 0) return PyErr_NoMemory();
-    uint32_t i = pw_tap_slot((int32_t)id);
-    while (pw_taps[i].id) i = (i + 1) & (pw_taps_cap - 1);
-    t = &pw_taps[i];
-    t->id = (int32_t)id;
-    pw_taps_used++;
-  }
+  pw_tap *t = pw_tap_get((int32_t)id);
+  if (!t) return PyErr_NoMemory();
   t->keep = (uint32_t)keep;
   t->whole_upto = (uint32_t)whole;
+  t->skip = 0;
+  Py_RETURN_NONE;
+}
+
+/* tap_skip(context_id, markers): skip events (see the top), armed; markers: ((needle, unless), ...) as bytes,
+ * at most 4, needles of 1..31 bytes, unless texts of at most 15. */
+static PyObject *pw_tap_skip(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs != 2) return pw_arg_count("tap_skip", 2, nargs);
+  long id = PyLong_AsLong(args[0]);
+  if (id == -1 && PyErr_Occurred()) return NULL;
+  PyObject *marks = args[1];
+  if (id <= 0 || !PyTuple_Check(marks) || PyTuple_GET_SIZE(marks) > 4)
+    return PyErr_Format(PyExc_ValueError, "tap_skip: bad arguments");
+  pw_tap *t = pw_tap_get((int32_t)id);
+  if (!t) return PyErr_NoMemory();
+  t->skip = t->armed = 1;
+  t->nmarks = 0;
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(marks); i++) {
+    PyObject *m = PyTuple_GET_ITEM(marks, i);
+    if (!PyTuple_Check(m) || PyTuple_GET_SIZE(m) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(m, 0)) ||
+        !PyBytes_Check(PyTuple_GET_ITEM(m, 1)) || PyBytes_GET_SIZE(PyTuple_GET_ITEM(m, 0)) < 1 ||
+        PyBytes_GET_SIZE(PyTuple_GET_ITEM(m, 0)) > 31 || PyBytes_GET_SIZE(PyTuple_GET_ITEM(m, 1)) > 15) {
+      pw_tap_remove((int32_t)id);
+      return PyErr_Format(PyExc_ValueError, "tap_skip: markers must be (needle, unless) bytes pairs");
+    }
+    t->marks[i].nlen = (uint32_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(m, 0));
+    t->marks[i].ulen = (uint32_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(m, 1));
+    memcpy(t->marks[i].needle, PyBytes_AS_STRING(PyTuple_GET_ITEM(m, 0)), t->marks[i].nlen);
+    memcpy(t->marks[i].unless, PyBytes_AS_STRING(PyTuple_GET_ITEM(m, 1)), t->marks[i].ulen);
+    t->nmarks++;
+  }
   Py_RETURN_NONE;
 }
 

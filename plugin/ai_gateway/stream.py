@@ -18,7 +18,7 @@ from .picker import route as pick_endpoint
 from .request import duplicate_model, needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
-from .usage import MAX_JSON_BODY, TAIL, TAIL_KEEP, JsonCollector, SseScanner
+from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner
 
 RNG = random.Random()
 _RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")  # seeded from the host's random_get, per VM
@@ -237,8 +237,10 @@ class GatewayStream(HttpContext):
             if chunk and not self.first_byte_ns:
                 self.first_byte_ns = hc.now_ns()
             out = self.sse.feed(chunk, end_of_stream)
-            if out is not chunk:
+            if out is not chunk and out != chunk:
                 self.response_body.replace(out)
+            if not end_of_stream and self.sse.idle:  # whole events without marks can pass without Python
+                self.skip_response_events(SKIP_MARKERS)
         elif self.collector is not None:
             self.collector.feed(chunk)
         if end_of_stream:

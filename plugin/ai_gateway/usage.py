@@ -163,6 +163,11 @@ def _data(event: bytes) -> bytes:
     return b"\n".join(lines)
 
 
+# Events the scanner must see, as proxywasm.taps markers (the rule of _interesting, below): a "usage" that is not
+# null, and [DONE]. A rewritten stream's other whole events go on without Python (skip_response_events).
+SKIP_MARKERS = ((b'"usage"', b"null"), (b"[DONE]", b""))
+
+
 def _interesting(data: bytearray, start: int) -> int:
     """Where ``data[start:]`` may hold a usage report (a ``"usage"`` that is not null) or the [DONE] event; -1: nowhere."""
     done = data.find(b"[DONE]", start)
@@ -242,6 +247,11 @@ class SseScanner:
         if self.tail is not None and self.skim:
             self._settle()
         return self._usage
+
+    @property
+    def idle(self) -> bool:
+        """Rewriting, and holding nothing back: a chunk of whole events with no SKIP_MARKERS would pass unchanged."""
+        return self.drop and self.skim and not self.pending and not self.oversized
 
     @property
     def done(self) -> bool:

@@ -186,6 +186,12 @@ class HttpContext(_Context, _Generic):
         """
         taps.start(self.context_id, keep, whole_upto)
 
+    def skip_response_events(self, markers: taps.Markers) -> None:
+        """Arm skipping: the next response chunks that each end an SSE event and hold none of ``markers``
+        (``(needle, unless)`` pairs, see proxywasm.taps) go on without on_response_body; the first that does not,
+        and the end of the body, reach it as usual and disarm skipping until this is called again."""
+        taps.skip_events(self.context_id, markers)
+
     def take_response_tap(self) -> taps.Tapped | None:
         """What the response tap kept (None without one); the tap is gone afterwards."""
         return taps.take(self.context_id)

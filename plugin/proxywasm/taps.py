@@ -7,6 +7,12 @@ first bytes came; ``on_response_body`` is called again only at the end of the bo
 kept. ``HttpContext.take_response_tap()`` hands over what was kept (once). Inside the VM the shim does this in C
 (build/shim/tap.c: one host call per chunk instead of a Python callback); this module is the same in Python for
 the in-process test host.
+
+``HttpContext.skip_response_events(markers)`` is the other kind: while armed, each chunk that ends an SSE event
+(a blank line) and holds none of the markers goes on without Python; the first that does not, and the end of the
+body, reach ``on_response_body`` as usual and disarm it, until the plugin arms it again (when it holds nothing
+back). A marker is ``(needle, unless)``: the needle counts unless the 16 bytes after it, past spaces, tabs, line
+ends and colons, begin with ``unless`` (``(b'"usage"', b"null")``: a usage object, not ``"usage": null``).
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ from . import hostcalls as hc
 from .abi import BufferType
 
 try:
-    from _proxywasm import tap_start as _native_start  # type: ignore[import-not-found]
+    from _proxywasm import tap_skip as _native_skip  # type: ignore[import-not-found]
+    from _proxywasm import tap_start as _native_start
     from _proxywasm import tap_take as _native_take
 except ImportError:
-    _native_start = _native_take = None
+    _native_start = _native_take = _native_skip = None
+
+Markers = tuple[tuple[bytes, bytes], ...]
 
 
 class Tapped:
@@ -35,13 +44,24 @@ class Tapped:
 
 
 class _Tap:
-    __slots__ = ("data", "first_ns", "keep", "size", "trimmed", "whole_upto")
+    __slots__ = ("armed", "data", "first_ns", "keep", "markers", "size", "trimmed", "whole_upto")
 
     def __init__(self, keep: int, whole_upto: int) -> None:
         self.keep, self.whole_upto = keep, whole_upto
         self.data = bytearray()
         self.size = self.first_ns = 0
-        self.trimmed = False
+        self.trimmed = self.armed = False
+        self.markers: Markers | None = None  # skipping events (skip_events)
+
+    def skips(self, size: int, end_of_stream: bool) -> bool:  # the rules of pw_tap_skips, build/shim/tap.c
+        if not size and not end_of_stream:
+            return True
+        armed, self.armed = self.armed, False
+        if not armed or end_of_stream:
+            return False
+        chunk = hc.get_buffer(BufferType.HTTP_RESPONSE_BODY, 0, size) or b""
+        self.armed = _ends_event(chunk) and not _marked(chunk, self.markers or ())
+        return self.armed
 
     def feed(self, size: int) -> None:  # the rules of pw_tap_feed, build/shim/tap.c
         if not size:
@@ -73,7 +93,7 @@ def start(context_id: int, keep: int, whole_upto: int) -> None:
     if tap is None:
         _py_taps[context_id] = _Tap(keep, whole_upto)
     else:
-        tap.keep, tap.whole_upto = keep, whole_upto
+        tap.keep, tap.whole_upto, tap.markers = keep, whole_upto, None
 
 
 def take(context_id: int) -> Tapped | None:
@@ -84,11 +104,40 @@ def take(context_id: int) -> Tapped | None:
     return None if tap is None else Tapped(bytes(tap.data), tap.size, tap.first_ns, tap.trimmed)
 
 
+def skip_events(context_id: int, markers: Markers) -> None:
+    if len(markers) > 4 or not all(isinstance(n, bytes) and isinstance(u, bytes) and 0 < len(n) < 32 and len(u) < 16
+                                   for n, u in markers):
+        raise ValueError("skip_response_events: at most 4 (needle, unless) bytes pairs, needles of 1..31 bytes, "
+                         "unless texts of at most 15")
+    if _native_skip is not None:
+        _native_skip(context_id, markers)
+        return
+    tap = _py_taps.setdefault(context_id, _Tap(1, 0))
+    tap.markers, tap.armed = markers, True
+
+
+def _ends_event(chunk: bytes) -> bool:
+    return chunk.endswith((b"\n\n", b"\r\r", b"\r\n\r\n"))
+
+
+def _marked(chunk: bytes, markers: Markers) -> bool:
+    for needle, unless in markers:
+        i = chunk.find(needle)
+        while i >= 0:
+            after = chunk[i + len(needle) : i + len(needle) + 16].lstrip(b" \t\r\n:")
+            if not unless or not after.startswith(unless):
+                return True
+            i = chunk.find(needle, i + 1)
+    return False
+
+
 def handles(context_id: int, body_size: int, end_of_stream: bool) -> bool:
-    """In-process host only: keep the chunk if the stream is tapped; True if Python need not see it."""
+    """In-process host only: keep or skip the chunk if the stream is tapped; True if Python need not see it."""
     tap = _py_taps.get(context_id)
     if tap is None:
         return False
+    if tap.markers is not None:
+        return tap.skips(body_size, end_of_stream)
     tap.feed(body_size)
     return not end_of_stream
 

@@ -174,6 +174,9 @@ class Probe(HttpContext[dict]):
     def on_response_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         if self.op == "raise-response":
             raise ValueError("boom in response")
+        if self.op == "skip":  # skip_response_events (C inside the VM): the chunks Python saw replace the last one
+            self.seen: list[str] = []
+            self.skip_response_events(((b'"usage"', b"null"), (b"[DONE]", b"")))
         if self.op == "tap":  # proxywasm.taps (C inside the VM): the report replaces the body's last chunk
             self.tap_calls = 0
             self.tap_response_body(int(self.request_headers.get("x-keep") or 0),
@@ -182,6 +185,13 @@ class Probe(HttpContext[dict]):
         return Action.CONTINUE
 
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
+        if self.op == "skip":
+            self.seen.append(self.response_body.read().decode("latin-1"))
+            if end_of_stream:
+                self.response_body.replace(json.dumps(self.seen).encode())
+            else:
+                self.skip_response_events(((b'"usage"', b"null"), (b"[DONE]", b"")))
+            return Action.CONTINUE
         if self.op == "tap":
             self.tap_calls += 1
             got = self.take_response_tap()

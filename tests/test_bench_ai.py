@@ -117,13 +117,13 @@ def test_cli_rejects_unknown_parts() -> None:
 def test_instruction_budget_per_request() -> None:
     """A regression guard that does not depend on the machine's load: VM instructions per request (wasmtime fuel).
 
-    Measured 500k (W1), 0.96M (W2, 200 SSE events), 0.74M (W3, 64 KB body) when last tightened (W3, after the JSON
-    scanner's simd128 steps); the ceilings leave ~25% (W1 ~28%)."""
+    Measured 447k (W1), 0.80M (W2, 200 SSE events), 0.61M (W3, 64 KB body) when last tightened; the ceilings leave
+    ~25%. (wasmtime charges memory.copy a unit per byte, so the bodies' copies weigh more here than in V8.)"""
     from bench.ai import instructions
 
     from .conftest import wasm_path
 
     got = instructions.measure(wasm_path("ai_gateway"), ["W1", "W2", "W3"], n=10)
-    ceilings = {"W1": 640_000, "W2": 1_220_000, "W3": 930_000}
+    ceilings = {"W1": 560_000, "W2": 1_000_000, "W3": 770_000}
     for wl, ceiling in ceilings.items():
         assert 100_000 < got[wl]["total"] < ceiling, (wl, got[wl])

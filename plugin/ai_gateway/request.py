@@ -68,8 +68,11 @@ def with_model(doc: RequestDoc | dict[str, Any], model: str) -> bytes:
 
 def needs_usage(doc: RequestDoc | dict[str, Any]) -> bool:
     """A streaming request that did not ask for the final usage chunk."""
-    opts = doc.get("stream_options")
-    return doc.get("stream") is True and not (isinstance(opts, dict) and opts.get("include_usage") is True)
+    if doc.get("stream") is not True:
+        return False
+    # stream_options read as a lazy object when it is one (no JSON decoder on the hot path)
+    opts = doc.object("stream_options") if isinstance(doc, RequestDoc) else doc.get("stream_options")
+    return not (isinstance(opts, (dict, JsonObject)) and opts.get("include_usage") is True)
 
 
 def with_usage_requested(doc: RequestDoc | dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ SETTLE_WINDOW = 4096  # ... and reads its last 4 KiB first
 _USAGE_RE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
 _FIELD_RE = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d{1,12})')
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-_USAGE_OBJ = re.compile(rb'"usage"\s*:\s*\{')
+_USUAL_END = b"\n\ndata: [DONE]\n\n"
 # "usage": {object, at most one level of nested objects}, then only scalar members and the closing "}"
 _USAGE_LAST = re.compile(rb'"usage"\s*:\s*(\{[^{}\[\]]*(?:\{[^{}\[\]]*\}[^{}\[\]]*)*\})[^{}\[\]]*\}\s*\Z')
 
@@ -299,6 +299,8 @@ class SseScanner:
         if self.settled == self.tail_size:
             return
         self.settled = self.tail_size
+        if self._settle_usual():
+            return
         for window in (SETTLE_WINDOW, TAIL_KEEP):
             whole = window >= self.tail_size
             data = b"".join(self.tail) if whole else _last_bytes(self.tail, window)
@@ -313,6 +315,22 @@ class SseScanner:
                     return
             if whole:
                 return
+
+    def _settle_usual(self) -> bool:
+        """The usual end, read at once: ``...\n\ndata: {..usage..}\n\ndata: [DONE]\n\n`` (what the general search
+        below finds for it: [DONE] is the last event, and the one before it the last to report usage)."""
+        data = _last_bytes(self.tail, SETTLE_WINDOW) if self.tail else b""
+        if not data.endswith(_USUAL_END):
+            return False
+        end = len(data) - len(_USUAL_END) + 2  # just after the usage event's blank line
+        start = data.rfind(b"\n\n", 0, end - 2) + 2  # just after the event before it
+        if start < 2 or b"\r" in data[start:]:
+            return False
+        _, usage, _ = _read_event(data[start:end])
+        if usage is None:
+            return False
+        self._done, self._usage = True, usage
+        return True
 
     def _last_event(self, data: bytes, lo: int, hi: int, mark: bytes) -> bool:
         """Find the last event in data[lo:hi] that is [DONE] or reports usage (``mark`` says which); usage is kept."""
@@ -377,7 +395,7 @@ def _read_event(event: bytes) -> tuple[bool, Usage | None, bool]:
     if b'"usage"' not in event:
         return False, None, False
     payload = _data(event)
-    if not payload or payload == b"[DONE]" or _USAGE_OBJ.search(payload) is None:
+    if not payload or payload == b"[DONE]":
         return False, None, False
     try:
         obj: JsonObject | dict | None = JsonObject.parse(payload)

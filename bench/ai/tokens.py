@@ -6,13 +6,15 @@ gateway, per request and per chunk (a supplement to W2, whose mock answers 200 e
 The upstream is the mock vLLM server (e2e/mock_vllm, one Python process on the wrk CPU; ignore_eos, so every
 stream has --tokens tokens) with a 1 ms pause
 between tokens, so each token reaches Envoy as its own chunk. The mock is slow, so req/s says nothing here:
-the number is Envoy's CPU per request (and per chunk), with Envoy on CPU 0 as in bench/ai/run.py:
+the number is Envoy's CPU per request (and per chunk), with Envoy on CPU 0 as in bench/ai/run.py; each case runs
+``--repeat`` times, interleaved with the others, and the median run is reported:
 
 - a: Envoy alone;
 - b/passthrough: ai-gateway, the client asks for usage itself (stream_options.include_usage): the stream passes
   through untouched and the VM keeps its last bytes (a response tap: C per chunk, Python once at the end);
 - b/rewritten: ai-gateway, the client does not ask for usage: the gateway asks on its behalf and removes the
-  usage-only event it adds (inject_stream_usage, strip_injected_usage), so Python looks at every chunk.
+  usage-only event it adds (inject_stream_usage, strip_injected_usage): chunks that cannot hold it pass without
+  Python (skip_response_events), the others reach the SSE scanner.
 
 Writes bench/results/ai-tokens.{md,json}.
 """
@@ -56,10 +58,9 @@ def envoy_yaml(system: str, admin: int, listen: int, upstream: int) -> str:
     return json.dumps(cfg)
 
 
-def measure_case(system: str, usage: bool, mock_port: int, a: argparse.Namespace) -> dict:
-    """``a.repeat`` runs (Envoy is mostly idle, waiting for tokens, so one run moves by ±20 %): the median one."""
-    runs = sorted((one_run(system, usage, mock_port, a) for _ in range(a.repeat)),
-                  key=lambda c: c["cpu_us_per_request"])
+def median_run(runs: list[dict]) -> dict:
+    """The median of a case's runs (Envoy is mostly idle, waiting for tokens, so one run moves by ±20 %)."""
+    runs = sorted(runs, key=lambda c: c["cpu_us_per_request"])
     return {**runs[len(runs) // 2], "cpu_us_per_request_runs": [c["cpu_us_per_request"] for c in runs]}
 
 
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tokens", type=int, default=100)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--connections", type=int, default=8)
-    ap.add_argument("--repeat", type=int, default=3, help="runs per case; the median is reported")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per case (interleaved); the median is reported")
     ap.add_argument("--out", type=Path, default=run.RESULTS)
     a = ap.parse_args(argv)
     if a.seconds > 5:
@@ -99,7 +100,12 @@ def main(argv: list[str] | None = None) -> None:
         m.pin(mock.pid, {1})
         r = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "tokens": a.tokens,
              "connections": a.connections, "seconds": a.seconds, "loadavg_1m_at_start": os.getloadavg()[0],
-             "cases": {name: measure_case(system, usage, mock.port, a) for name, (system, usage) in CASES.items()}}
+             "cases": {}}
+        runs: dict[str, list[dict]] = {name: [] for name in CASES}
+        for _ in range(a.repeat):  # cases interleaved, so that the machine's drift touches each alike
+            for name, (system, usage) in CASES.items():
+                runs[name].append(one_run(system, usage, mock.port, a))
+        r["cases"] = {name: median_run(each) for name, each in runs.items()}
     finally:
         mock.stop()
     m.write_results(a.out, "ai-tokens", r, markdown(r))

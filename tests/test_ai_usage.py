@@ -109,3 +109,17 @@ def test_skimmed_tail_reports_both_usage_and_done() -> None:
     sc = SseScanner(False)
     assert sc.feed(data, end=True) == data
     assert (sc.usage, sc.done) == (Usage(2, 3, 5), True)
+
+
+_PIECES = [b"data: ", b'"usage"', b": ", b"null", b"{}", b"\t", b":", b"[DONE]", b"\n\n", b"\r", b"x", b"nu", b" " * 9]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=12).map(b"".join))
+def test_skip_markers_are_the_scanners_rule(chunk: bytes) -> None:
+    """A rewritten stream's chunks skip Python (proxywasm.taps) exactly when the scanner would find nothing in them:
+    SKIP_MARKERS match where _interesting does (a "usage" not followed by null, or [DONE])."""
+    from ai_gateway.usage import SKIP_MARKERS, _interesting
+    from proxywasm.taps import _marked
+
+    assert _marked(chunk, SKIP_MARKERS) == (_interesting(bytearray(chunk), 0) >= 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -128,6 +129,59 @@ def test_skip_response_events(host) -> None:
     seen = json.loads(s.response_body[len(forwarded):])
     want = [SKIP_CHUNKS[i] for i in (2, 3, 7, 9, 10, 11)]
     assert [c.encode("latin-1") for c in seen] == want
+
+
+def _kept(body: bytes, keep: int, whole: int) -> list:
+    kept = body if len(body) <= whole else body[-keep:]
+    return [kept.decode("latin-1"), len(body), len(body) > 0, len(kept) < len(body)]
+
+
+def test_many_streams_tapped_at_once(host) -> None:
+    """300 streams tapped at the same time (the C table grows several times), fed in turns and ended in a shuffled
+    order (deletes shift entries back): each gets exactly its own body's end."""
+    rng = random.Random(7)
+    streams = []
+    for _ in range(300):
+        keep, whole = rng.choice([(5, 0), (40, 0), (3, 30)])
+        s, _ = send(host, "tap", **{"x-keep": str(keep), "x-whole": str(whole)})
+        s.send_response_headers({":status": "200"})
+        streams.append((s, keep, whole, []))
+    for turn in range(3):
+        for i, (s, _, _, sent) in enumerate(streams):
+            chunk = f"<{i}.{turn}:{'x' * rng.randrange(12)}>".encode()
+            sent.append(chunk)
+            s.send_response_body(chunk, end_of_stream=False)
+    order = list(range(len(streams)))
+    rng.shuffle(order)
+    for i in order:
+        s, keep, whole, sent = streams[i]
+        forwarded = s.response_body
+        s.send_response_body(b"!", end_of_stream=True)
+        report = json.loads(s.response_body[len(forwarded):])
+        assert report["tap"] == _kept(b"".join(sent) + b"!", keep, whole), i
+        s.complete()
+
+
+_EVENT_BYTES = [b"data: ", b'{"usage":', b"null", b"{}", b" ", b":", b"[DONE]", b"\n", b"\r", b"x", b"}"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.lists(st.sampled_from(_EVENT_BYTES), max_size=8).map(b"".join), min_size=1, max_size=8))
+def test_skip_response_events_agrees_with_its_rule(host, chunks: list[bytes]) -> None:
+    """Random chunks (probe re-arms after every chunk it sees): Python sees exactly the chunks the rule says, on both
+    hosts (C inside the VM)."""
+    from proxywasm.taps import _ends_event, _marked
+
+    markers = ((b'"usage"', b"null"), (b"[DONE]", b""))
+    s, _ = send(host, "skip")
+    s.send_response_headers({":status": "200"})
+    for c in chunks:
+        s.send_response_body(c, end_of_stream=False)
+    forwarded = s.response_body
+    s.send_response_body(b"end", end_of_stream=True)
+    seen = [c.encode("latin-1") for c in json.loads(s.response_body[len(forwarded):])]
+    want = [c for c in chunks if c and not (_ends_event(c) and not _marked(c, markers))] + [b"end"]
+    assert seen == want
 
 
 def test_response_tap_of_a_reset_stream(host) -> None:

@@ -20,8 +20,8 @@ from .routing import resolve
 from .upstream import callout_headers, mirror
 from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner
 
-RNG = random.Random()
-_RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")  # seeded from the host's random_get, per VM
+RNG = random.Random()  # seeded from the host's random_get, per VM
+_RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")
 _POOLS: dict[str, KeyPool] = {}  # this VM's view of each model's key pool
 
 
@@ -231,7 +231,8 @@ class GatewayStream(HttpContext):
             self._take_tap(end_of_stream)
             if end_of_stream:
                 self._publish()
-            return Action.CONTINUE
+                return Action.CONTINUE
+            # not the end: the tap gave up (the host refused a read); this chunk and the next are read here
         chunk = self.response_body.read() if body_size else b""
         if self.sse is not None:
             if chunk and not self.first_byte_ns:

@@ -63,27 +63,30 @@ def _count(v: object) -> int:
 def usage_from_json(body: bytes) -> Usage | None:
     """Usage of a complete (non-streaming) response body, or None.
 
-    The top-level ``usage`` is read without parsing the body when that is unambiguous; else the body is
-    validated in one native pass and only its ``usage`` member decoded (a full parse costs ~50 VM
-    instructions per byte); a body that is not JSON gets the tail search.
+    A body of at most INDEX_MAX bytes is validated and indexed in one native pass (SIMD) and only its ``usage``
+    member read; a longer one has its top-level ``usage`` found from the end when that is unambiguous, else the
+    same native pass. A body that is not strict JSON gets the search from the end, Python's laxer decoder (NaN),
+    then the tail search.
     """
-    if len(body) <= INDEX_MAX:  # one SIMD pass in C; the regex engine costs more inside V8 on usual answers
+    small = len(body) <= INDEX_MAX
+    if small:
         try:
-            found = JsonObject.parse(body)
-            return None if found is None else Usage.from_obj(found.object("usage"))
-        except ValueError:  # not strict JSON: the searches below are laxer
+            return _usage_of(JsonObject.parse(body))
+        except ValueError:
             pass
     fast = _top_level_usage(body)
     if fast is not None:
         return fast
-    try:
-        doc = JsonObject.parse(body)
-    except ValueError:  # not strict JSON: Python's json is laxer (NaN), as upstreams can be
-        doc = _lenient(body)
-        if doc is None:
-            return usage_from_tail(body[-TAIL:])
-    if isinstance(doc, dict):
-        return Usage.from_obj(doc.get("usage"))
+    if not small:
+        try:
+            return _usage_of(JsonObject.parse(body))
+        except ValueError:
+            pass
+    doc = _lenient(body)  # not strict JSON: Python's json is laxer (NaN), as upstreams can be
+    return usage_from_tail(body[-TAIL:]) if doc is None else Usage.from_obj(doc.get("usage"))
+
+
+def _usage_of(doc: JsonObject | None) -> Usage | None:
     return None if doc is None else Usage.from_obj(doc.object("usage"))
 
 

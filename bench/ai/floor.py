@@ -8,7 +8,9 @@ wrk and pinning), next to a (Envoy alone) and the real ai-gateway:
 - noop: overrides no stream callback (Envoy still creates and deletes a context per stream);
 - pause: holds the request headers until the body is complete (what body-based routing needs), nothing more;
 - minimal: the least Python work the workloads need, written flat against the raw host calls (see its
-  docstring); no configuration, rules, fallback or error handling.
+  docstring); no configuration, rules, fallback or error handling;
+- native: the same work in C (floor/native_minimal.c, no Python, built with zig): what any compiled plugin doing
+  it costs.
 
 Per system and workload: req/s, % of a, Envoy CPU µs per request and, from bench/ai/instructions.py, the VM
 instructions per request (wasmtime fuel). Writes bench/results/ai-floor.{md,json}.
@@ -35,11 +37,19 @@ FLOORS = {
     "noop": "Python plugin overriding no stream callback",
     "pause": "Python plugin holding the headers until the body is in",
     "minimal": "Python plugin doing the least work of the workloads (flat, raw host calls)",
+    "native": "the same work in C, no Python",
 }
 
 
 def build(name: str) -> Path:
     out = REPO / "dist" / f"floor-{name}.wasm"
+    if name == "native":
+        from pwbuild.toolchain import Toolchain
+
+        cmd = Toolchain.locate().zig("cc", "--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-s",
+                                     str(Path(__file__).parent / "floor" / "native_minimal.c"), "-o", str(out))
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        return out
     subprocess.run([sys.executable, str(REPO / "build" / "pwbuild"), f"floor_{name}", "-o", str(out),
                     "--path", str(Path(__file__).parent / "floor")], check=True, stdout=subprocess.DEVNULL)
     return out

@@ -97,7 +97,7 @@ def markdown(r: dict) -> str:
             rows.append(f"| | {label} | {c['wrk']['rps']:,.0f} | {c['wrk']['rps'] / a_rps:.0%} | "
                         f"{c['cpu_us_per_request']:.0f} | {c['cpu_us_per_request'] - a_us:+.0f} | "
                         f"{c['vm_instructions'] / 1e3:,.0f}k |")
-    head = (f"# Floor of a Python plugin in Envoy (bench/ai/floor.py)\n\n{r['when']} · one run per cell, "
+    head = (f"# What a plugin costs in Envoy (bench/ai/floor.py)\n\n{r['when']} · one run per cell, "
             f"load average {r['loadavg_1m_at_start']:.2f} at start, {r['loadavg_1m_at_end']:.2f} at end · "
             "Envoy --concurrency 1 on CPU 0, wrk -t1 -c16 on CPU 1, as bench/ai/run.py\n")
     return head + "\n" + "\n".join(rows)

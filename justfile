@@ -31,7 +31,7 @@ lint:
 bench *args: (build "ai_gateway")
     python bench/ai/run.py "$@"
 
-# Floor of a Python plugin in Envoy: no-op, pause-only and minimal plugins vs Envoy alone and ai-gateway (bench/results/ai-floor.md)
+# What a plugin costs in Envoy: no-op, pause-only and minimal Python plugins, the minimal work in C, ai-gateway, vs Envoy alone (bench/results/ai-floor.md)
 bench-floor *args: (build "ai_gateway")
     python bench/ai/floor.py "$@"
 

@@ -17,6 +17,7 @@ from json.decoder import scanstring
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 try:
@@ -100,15 +101,18 @@ def _index_reference(body: bytes) -> tuple[Index, bool] | None:
     found = _reference(body)
     if found is None:
         return None
-    out: Index = {}
-    for ks, ke, vs, ve in found:
-        key, value = body[ks + 1 : ke - 1], body[vs:ve]
-        out[key] = (vs, ve, out[key][2] + 1 if key in out else 1, int(value) if _small_int(value) else None)
+    out = _index_of(body, found, lambda ks, ke: body[ks + 1 : ke - 1])
     return out, any(b"\\" in k for k in out)
 
 
-def _small_int(value: bytes) -> bool:
-    return value.isdigit() and len(value) <= 18
+def _index_of(body: bytes, members: list[tuple[int, int, int, int]], key_of: Callable[[int, int], bytes]) -> Index:
+    """The index entries (as json_index makes them) of ``members``, keyed by ``key_of(key_start, key_end)``."""
+    out: Index = {}
+    for ks, ke, vs, ve in members:
+        key, value = key_of(ks, ke), body[vs:ve]
+        out[key] = (vs, ve, out[key][2] + 1 if key in out else 1,
+                    int(value) if value.isdigit() and len(value) <= 18 else None)
+    return out
 
 
 def index(body: bytes) -> tuple[Index, bool] | None:
@@ -125,7 +129,7 @@ _NOT_LITERAL = object()
 class JsonObject:
     """A JSON object whose top-level members are decoded only when read.
 
-    ``JsonObject.parse(raw)`` validates ``raw`` in one pass (``members``) and answers None when it is another
+    ``JsonObject.parse(raw)`` validates ``raw`` in one pass (``index``) and answers None when it is another
     JSON value; reading one member then decodes just that member's bytes. Reading ``model`` or ``usage``
     this way costs a fraction of building the whole document, which ``full()`` does (once) when needed.
     """
@@ -137,11 +141,8 @@ class JsonObject:
         self._full: dict[str, Any] | None = None
         idx, escaped = found
         if escaped:  # keys compared as decoded: "mod\\u0065l" is "model" (rare: rebuilt in Python)
-            idx = {}
-            for ks, ke, vs, ve in members(raw) or ():
-                key = DECODER.decode(raw[ks:ke].decode("utf-8")).encode("utf-8", "surrogatepass")
-                value = raw[vs:ve]
-                idx[key] = (vs, ve, idx[key][2] + 1 if key in idx else 1, int(value) if _small_int(value) else None)
+            idx = _index_of(raw, members(raw) or [],
+                            lambda ks, ke: DECODER.decode(raw[ks:ke].decode("utf-8")).encode("utf-8", "surrogatepass"))
         self._index = idx
 
     @classmethod

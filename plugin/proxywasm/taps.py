@@ -141,6 +141,3 @@ def handles(context_id: int, body_size: int, end_of_stream: bool) -> bool:
     tap.feed(body_size)
     return not end_of_stream
 
-
-def forget(context_id: int) -> None:
-    _py_taps.pop(context_id, None)

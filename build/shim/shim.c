@@ -649,7 +649,8 @@ static int pw_handled_in_c(int idx, const int32_t *v) {
   /* Anything that may touch other contexts sees deletes first. */
   if (pw_npending && (idx == PW_EXPORT_ON_HTTP_CALL_RESPONSE || idx == PW_EXPORT_ON_TICK ||
                       idx == PW_EXPORT_ON_QUEUE_READY || idx == PW_EXPORT_ON_CONFIGURE ||
-                      idx == PW_EXPORT_ON_DELETE || idx == PW_EXPORT_ON_FOREIGN_FUNCTION))
+                      idx == PW_EXPORT_ON_DELETE || idx == PW_EXPORT_ON_FOREIGN_FUNCTION ||
+                      idx == PW_EXPORT_ON_REDIS_CALL_RESPONSE))
     pw_flush_deletes();
   return 0;
 }

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from proxywasm import ConfigError, Fields, factory, record
 
+from .consumers.config import Consumers
+from .consumers.config import parse as parse_consumers
 from .keys import KeyPoolConfig, parse_pool
 from .picker.config import Pools
 
@@ -102,6 +104,7 @@ class Config:
     pickers: dict = factory(dict)  # cluster -> picker.EndpointPicker (models[].endpoint_picker)
     picker_headers: tuple = ()  # their destination headers: never accepted from clients
     request_headers: tuple = ()  # every request header the gateway reads (bytes): only these are decoded
+    consumers: Consumers | None = None  # the gateway's own API keys, limits and quotas (consumers/)
 
     @property
     def enabled(self) -> bool:
@@ -187,8 +190,10 @@ def parse(doc: dict[str, Any]) -> Config:
     model_header = f.str("model_header", "x-ai-model").lower()
     consumer_header = f.str("consumer_header", "x-mse-consumer").lower()
     picker_headers = tuple({p.header for p in pickers.values()})
+    consumers = parse_consumers(f)
     read = {":method", ":path", "content-type", "content-length", "authorization", consumer_header, route_header,
             model_header, *picker_headers, *(a.sticky_header for a in aliases.values()),
+            *(consumers.headers if consumers is not None else ()),
             *(p.criticality_header for p in pickers.values())}
     cfg = Config(
         models=models,
@@ -206,6 +211,7 @@ def parse(doc: dict[str, Any]) -> Config:
         pickers=pickers,
         picker_headers=picker_headers,
         request_headers=tuple(sorted(n.encode() for n in read if n)),
+        consumers=consumers,
     )
     f.done()
     return cfg

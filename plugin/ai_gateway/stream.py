@@ -9,6 +9,7 @@ from proxywasm import Action, CalloutResponse, HttpContext, LogLevel
 from proxywasm import hostcalls as hc
 from proxywasm.properties import route_name
 
+from . import consumers
 from .config import Config, Model
 from .errors import JSON_HEADERS, GatewayError
 from .fallback import Fallback
@@ -18,7 +19,7 @@ from .picker import route as pick_endpoint
 from .request import duplicate_model, needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
-from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner
+from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner, Usage
 
 RNG = random.Random()  # seeded from the host's random_get, per VM
 _RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")
@@ -57,6 +58,10 @@ class GatewayStream(HttpContext):
     published = False
     key_idx: int | None = None  # index of the pool key this request went out with
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
+    who: consumers.Consumer | None = None  # the authenticated consumer (consumers/)
+    gate: consumers.Gate | None = None  # its limits' admission
+    admin_target = ""  # an admin API call for this consumer's balance waits for its body
+    body_len = 0
     pool_of = staticmethod(pool_of)
 
     # -- request --
@@ -79,16 +84,23 @@ class GatewayStream(HttpContext):
         for name in cfg.picker_headers:  # nor a model server pod (models[].endpoint_picker)
             if name in hd:
                 h.remove(name)
+        cc = cfg.consumers
+        if cc is not None:  # every request through the gateway names its consumer
+            done = consumers.authenticate(self, cc, hd, cfg.consumer_header)
+            if done is not None:
+                return done
         method = hd.get(":method")
         path = hd.get(":path", "").split("?", 1)[0]
+        if cc is not None:
+            path = consumers.normal_path(path)  # "//v1/chat/completions/" is charged like the usual spelling
         if path == "/v1/models" and method == "GET" and cfg.models_endpoint:
             self.send_local_response(200, models_list(cfg), JSON_HEADERS)
             return Action.PAUSE
         if method != "POST" or path not in cfg.paths:
             return Action.CONTINUE
         ctype = hd.get("content-type", "").lower()
-        if ctype and "json" not in ctype:
-            return Action.CONTINUE  # not ours to judge: pass through untouched
+        if ctype and "json" not in ctype and cc is None:
+            return Action.CONTINUE  # not ours to judge: pass through untouched (with consumers: parsed anyway)
         if end_of_stream:
             return self._reject(GatewayError(400, "request body is required", "missing_body"))
         length = hd.get("content-length", "").lstrip("0")
@@ -101,6 +113,9 @@ class GatewayStream(HttpContext):
         return Action.PAUSE  # hold the headers until the body names the model
 
     def on_request_body(self, body_size: int, end_of_stream: bool) -> Action:
+        if self.admin_target:
+            return consumers.admin.on_body(self, self.config.consumers, self.request_body.read()) \
+                if end_of_stream else Action.PAUSE
         if not self.active or self.model is not None:
             return Action.CONTINUE
         cfg: Config = self.config
@@ -108,10 +123,14 @@ class GatewayStream(HttpContext):
             return self._reject(self._too_large(cfg))
         if not end_of_stream:
             return Action.PAUSE
+        self.body_len = body_size
         try:
             self._route(cfg, self.request_body.read())
         except GatewayError as e:
             return self._reject(e)
+        if cfg.consumers is not None and self.model is not None:  # before anything goes upstream
+            return consumers.admit(self, cfg.consumers, self.model.name, self._mirror)
+        self._mirror()
         return Action.CONTINUE
 
     def _route(self, cfg: Config, body: bytes) -> None:
@@ -120,6 +139,10 @@ class GatewayStream(HttpContext):
         model = resolve(cfg, requested, self.headers_in.get, RNG)
         if model is None:
             raise GatewayError(404, f"The model `{requested}` does not exist.", "model_not_found", "model")
+        if self.who is not None:
+            denied = consumers.model_allowed(self, requested)
+            if denied is not None:
+                raise denied
         rewrite = model.upstream_model != requested or duplicate_model(doc)  # one "model" goes upstream
         self.stream = doc.get("stream") is True
         if cfg.inject_stream_usage and needs_usage(doc):
@@ -139,7 +162,11 @@ class GatewayStream(HttpContext):
             body = with_model(doc, model.upstream_model)
             self.request_body.replace(body)
             h.set("content-length", str(len(body)))
-        if model.mirror and RNG.random() * 100 < model.mirror.percent:
+
+    def _mirror(self) -> None:
+        """Shadow traffic, once the request may go upstream."""
+        model, cfg, doc, h = self.model, self.config, self.doc, self.request_headers
+        if model is not None and model.mirror and RNG.random() * 100 < model.mirror.percent:
             shadow = cfg.models[model.mirror.model]
             credential = None
             if shadow.keys is not None:
@@ -188,6 +215,9 @@ class GatewayStream(HttpContext):
             self.fallback.start()
             return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)
+        if self.gate is not None:
+            for k, v in consumers.rate_headers(self):
+                self.response_headers.set(k, v)
         self._tap(hd.get("content-type"))
         if end_of_stream:
             self._publish()
@@ -288,11 +318,13 @@ class GatewayStream(HttpContext):
     def _publish(self, complete: bool = True) -> None:
         self.published = True
         cfg: Config = self.config
+        usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
+        assert self.model is not None
+        if self.gate is not None and cfg.consumers is not None:
+            consumers.charge(self, cfg.consumers, usage, self.model.name, self._estimate)
         if not cfg.metrics and cfg.ai_log == "off":
             return
         now = hc.now_ns()
-        usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
-        assert self.model is not None
         obs = Observation(
             model=self.requested, served=self.model.name, route=route_name(),
             cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, stream=self.stream,
@@ -300,6 +332,11 @@ class GatewayStream(HttpContext):
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
         )
         publish(obs, cfg.metrics, cfg.ai_log in ("filter_state", "both"), cfg.ai_log in ("log", "both"))
+
+    def _estimate(self) -> Usage:
+        """Tokens of an answer without usage, for charging: ~4 bytes a token, never zero."""
+        out = self.collector.size if self.collector is not None else 0
+        return Usage(max(1, self.body_len // 4), max(1, out // 4), max(1, self.body_len // 4) + max(1, out // 4))
 
     def _reject(self, err: GatewayError) -> Action:
         self.send_local_response(err.status, err.body, err.headers, err.code)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     C = TypeVar("C")
     CalloutCallback = Callable[["CalloutResponse"], None]
+    RedisCallback = Callable[[int, bytes], None]
 
 
 class _Generic:
@@ -57,6 +58,16 @@ class _Context:
 
         token = hc.http_call(cluster, headers, body, trailers, timeout_ms)
         register_callout(token, self, callback)
+        return token
+
+    def redis_call(self, cluster: str, query: bytes, callback: RedisCallback | None = None) -> int:
+        """Send a RESP command through Higress's Redis client for ``cluster`` (see hostcalls.redis_init);
+        ``callback(status, reply)`` runs bound to this context: status 0 and the reply's RESP bytes, or
+        a non-zero status (no connection, timeout) and b""."""
+        from .dispatcher import register_redis_callout
+
+        token = hc.redis_call(cluster, query)
+        register_redis_callout(token, self, callback)
         return token
 
     @staticmethod

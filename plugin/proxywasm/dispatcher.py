@@ -16,7 +16,7 @@ TYPE_CHECKING = False  # typing itself is not imported at VM start
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .context import CalloutCallback
+    from .context import CalloutCallback, RedisCallback
 
 _root_factory: Callable[[int], RootContext] | None = None
 _contexts: dict[int, _Context] = {}
@@ -27,6 +27,7 @@ _roots: list[RootContext] = []
 # contexts must exist from creation on can set this to False before the VM starts.
 LAZY_HTTP_CONTEXTS = True
 _callouts: dict[int, tuple[_Context, CalloutCallback | None]] = {}
+_redis_callouts: dict[int, tuple[_Context, RedisCallback | None]] = {}
 
 _FAIL_BODY = b'{"error":{"message":"internal plugin error","type":"server_error","code":500}}'
 
@@ -41,6 +42,7 @@ def reset() -> None:
     """Forget all contexts (test hosts call this when they start a new VM)."""
     _contexts.clear()
     _callouts.clear()
+    _redis_callouts.clear()
     _roots.clear()
     _py_taps.clear()
 
@@ -79,6 +81,10 @@ def delete_many(context_ids: tuple[int, ...]) -> None:
 
 def register_callout(token: int, ctx: _Context, callback: CalloutCallback | None) -> None:
     _callouts[token] = (ctx, callback)
+
+
+def register_redis_callout(token: int, ctx: _Context, callback: RedisCallback | None) -> None:
+    _redis_callouts[token] = (ctx, callback)
 
 
 def _failed(ctx: _Context | None, where: str) -> int:
@@ -244,6 +250,22 @@ def proxy_on_http_call_response(root_id: int, token: int, num_headers: int, body
         callback(read_callout_response(num_headers, body_size, num_trailers))
     except Exception:
         _failed(ctx, "on_http_call_response")
+
+
+def proxy_on_redis_call_response(root_id: int, token: int, status: int, size: int) -> None:
+    """Higress: a Redis reply (RESP in buffer 9) or, with a non-zero status, the call's failure."""
+    ctx, callback = _redis_callouts.pop(token, (None, None))
+    if ctx is None or callback is None or ctx.context_id not in _contexts:
+        return  # the stream that made the call is gone
+    try:
+        if ctx.context_id != root_id:
+            hc.set_effective_context(ctx.context_id)
+        body = b""
+        if status == 0 and size:
+            body = hc.get_buffer(BufferType.REDIS_CALL_RESPONSE, 0, size) or b""
+        callback(status, body)
+    except Exception:
+        _failed(ctx, "on_redis_call_response")
 
 
 def proxy_on_done(context_id: int) -> int:

@@ -1,0 +1,199 @@
+"""Consumers: the gateway's own API keys, per-consumer token rate limits and quotas (see config.py).
+
+What the request path calls (stream.py), one hook each:
+  * ``authenticate`` in the request headers: 401 / 403, or the stream's consumer set and its key removed;
+    the admin API answered (``admin.py``);
+  * ``admit`` once the model is known, before anything goes upstream: 429 or on (now, or when Redis answers);
+  * ``charge`` when the answer is observed: tokens charged to the consumer's counters and balance;
+  * ``rate_headers`` on the answer: OpenAI-style ``x-ratelimit-*`` headers.
+"""
+
+from __future__ import annotations
+
+from proxywasm import Action, Counter, LogLevel, MetricCache
+from proxywasm import hostcalls as hc
+
+from ..errors import GatewayError
+from ..usage import Usage
+from . import admin, auth
+from .config import Consumer, Consumers, Limit
+
+__all__ = ["Consumer", "Gate", "admin", "admit", "authenticate", "charge", "model_allowed", "normal_path", "rate_headers"]
+from .limits import amount, applicable, exceeded, headers, window
+from .store import store_for
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+_COUNTERS = MetricCache(Counter)
+STORE_UNAVAILABLE = "aigw.consumers.store_unavailable"  # decisions made without the store (fail open/closed)
+CHARGE_FAILED = "aigw.consumers.charge_failed"  # charges the store did not take
+
+
+def count(name: str, n: int = 1) -> None:
+    _COUNTERS(name).increment(n)  # type: ignore[attr-defined]
+
+
+def rejected(consumer: str, reason: str) -> None:
+    """Per consumer and reason: invalid_api_key, permission_denied, rate_limit_exceeded, insufficient_quota,
+    store_unavailable (label values bounded: consumers are configured; unknown callers count as "none")."""
+    count(f"aigw.consumer.{consumer or 'none'}.reason.{reason}.rejected")
+
+
+class Gate:
+    """One request's admission: the limits that apply and what the store said."""
+
+    __slots__ = ("counted", "limits", "now_s", "outcome", "quota", "values", "waiting")
+
+    def __init__(self, limits: list[Limit], quota: str | None, now_s: int) -> None:
+        self.limits, self.quota, self.now_s = limits, quota, now_s
+        self.values: list[int] = []
+        self.counted = False  # the request counters include this request
+        self.outcome: GatewayError | bool | None = None  # True: admitted; an error: refused; None: waiting
+        self.waiting = False
+
+
+def authenticate(stream: Any, cc: Consumers, hd: dict[str, str], consumer_header: str) -> Action | None:
+    """Set the stream's consumer (``stream.consumer``, ``stream.who``), or answer; None: go on as usual."""
+    try:
+        name, who = auth.identify(cc, hd, consumer_header)
+    except GatewayError as e:
+        rejected("", e.code)
+        return stream._reject(e)
+    h = stream.request_headers
+    auth.strip(cc, h, hd)
+    h.set(consumer_header, name)
+    hd[consumer_header] = name  # what the rest of the request path reads as the stream's consumer
+    stream.consumer, stream.who = name, who
+    path = hd.get(":path", "")
+    if cc.admin_path and admin.matches(cc, path):
+        return admin.on_headers(stream, cc, hd)
+    if cc.allow is not None and name not in cc.allow:
+        rejected(name, "permission_denied")
+        return stream._reject(auth.forbidden(f"Consumer `{name}` may not use this route."))
+    return None
+
+
+def normal_path(path: str) -> str:
+    """The path as a router would compare it: no empty or "." segments, no trailing "/", %-escapes of
+    unreserved characters and "/" decoded (so no spelling of an AI path escapes its limits)."""
+    if "%" in path:
+        out, i = [], 0
+        while i < len(path):
+            c = path[i]
+            if c == "%" and i + 2 < len(path) + 0 and path[i + 1:i + 3].isalnum():
+                try:
+                    ch = chr(int(path[i + 1:i + 3], 16))
+                except ValueError:
+                    ch = ""
+                if ch and (ch.isalnum() or ch in "-._~/"):
+                    out.append(ch)
+                    i += 3
+                    continue
+            out.append(c)
+            i += 1
+        path = "".join(out)
+    if "//" in path or "/." in path or path.endswith("/"):
+        path = "/" + "/".join(p for p in path.split("/") if p and p != ".")
+    return path
+
+
+def model_allowed(stream: Any, requested: str) -> GatewayError | None:
+    who = stream.who
+    if who is not None and who.models is not None and requested not in who.models:
+        rejected(who.name, "permission_denied")
+        return auth.forbidden(f"Consumer `{who.name}` may not use the model `{requested}`.")
+    return None
+
+
+def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], None]) -> Action:
+    """Check the limits before the request goes upstream. CONTINUE (``proceed`` ran), or PAUSE: refused (the
+    answer is sent) or waiting for Redis (the request resumes, after ``proceed``, or is refused then)."""
+    who = stream.who
+    limits = applicable(cc, who, model)
+    quota = who.name if who is not None and who.quota else None
+    if not limits and quota is None:
+        proceed()
+        return Action.CONTINUE
+    g = stream.gate = Gate(limits, quota, hc.now_ns() // 1_000_000_000)
+
+    def done(r: Any) -> None:
+        if r is None:
+            count(STORE_UNAVAILABLE)
+            hc.log(LogLevel.WARN, f"consumers: the {cc.store.backend} store did not answer: "
+                                  f"{'allowing' if cc.store.fail_open else 'refusing'} the request")
+            g.outcome = True if cc.store.fail_open else GatewayError(
+                503, "The rate limit service is unavailable; retry later.", "rate_limit_unavailable",
+                retry_after_s=1)
+        else:
+            g.values, balance, g.counted = r
+            i = exceeded(limits, g.values)
+            if g.counted:
+                g.outcome = True
+            elif i >= 0:
+                lim = limits[i]
+                g.outcome = GatewayError(
+                    429, f"Rate limit reached for consumer `{stream.consumer}` on {lim.kind} per "
+                         f"{lim.window_s}s: limit {lim.amount}, used {g.values[i]}.",
+                    "rate_limit_exceeded", retry_after_s=max(1, window(lim, g.now_s)[1]),
+                    extra_headers=tuple(headers(limits, g.values, g.now_s, False)))
+            else:
+                g.outcome = GatewayError(
+                    429, f"Consumer `{stream.consumer}` has exceeded its token quota (balance {balance}).",
+                    "insufficient_quota")
+        if g.waiting:  # Redis answered: the request was held until now
+            if g.outcome is True:
+                proceed()
+                stream.resume_request()
+            else:
+                refuse(stream, g.outcome)
+
+    store_for(cc.store).admit(stream, limits, quota, g.now_s, done)
+    if g.outcome is None:
+        g.waiting = True
+        return Action.PAUSE
+    if g.outcome is True:
+        proceed()
+        return Action.CONTINUE
+    return refuse(stream, g.outcome)
+
+
+def refuse(stream: Any, err: GatewayError) -> Action:
+    rejected(stream.consumer, err.code)
+    stream.model = None  # nothing went upstream: nothing to observe or charge
+    return stream._reject(err)
+
+
+def rate_headers(stream: Any) -> list[tuple[str, str]]:
+    g = stream.gate
+    if g is None or not g.values:
+        return []
+    return headers(g.limits, g.values, g.now_s, g.counted)
+
+
+def charge(stream: Any, cc: Consumers, usage: Usage | None, served: str, estimate: Callable[[], Usage]) -> None:
+    """Charge the answer's tokens to every token counter of the model that answered and to the balance."""
+    g = stream.gate
+    if g is None or g.outcome is not True:
+        return  # no limits, or refused: nothing went upstream
+    if usage is None or usage.total <= 0:
+        usage = estimate()  # the server sent no usage: a served request is never free
+    who = stream.who
+    items = [(lim, amount(lim, usage)) for lim in applicable(cc, who, served) if lim.kind != "requests"]
+    if not items and g.quota is None:
+        return
+
+    def done(ok: Any) -> None:
+        if not ok:
+            count(CHARGE_FAILED)
+            hc.log(LogLevel.WARN, f"consumers: charging {usage.total} tokens to {stream.consumer} failed")
+
+    # The charge belongs to the plugin, not the stream: Envoy cancels a stream's callouts when it goes.
+    root = stream.root
+    hc.set_effective_context(root.context_id)
+    try:
+        store_for(cc.store).charge(root, items, g.quota, usage.total, hc.now_ns() // 1_000_000_000, done)
+    finally:
+        hc.set_effective_context(stream.context_id)

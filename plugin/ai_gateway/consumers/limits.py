@@ -1,0 +1,71 @@
+"""Fixed-window limits: which apply to a request, what the counters say, what the client is told.
+
+A limit's counter counts requests or tokens in its current window (``now // window``). Admission asks
+"is every counter below its limit" (tokens are charged after the answer, so one request may overshoot: it
+is charged in full, and the next is refused until the window turns). Requests are counted at admission.
+"""
+
+from __future__ import annotations
+
+from .config import Consumer, Consumers, Limit
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ..usage import Usage
+
+
+def applicable(cc: Consumers, consumer: Consumer | None, model: str) -> list[Limit]:
+    """The limits for ``consumer`` calling ``model``, one per counter (the lowest amount wins)."""
+    out: dict[str, Limit] = {}
+    for lim in (*(consumer.limits if consumer is not None else ()), *cc.limits):
+        if not lim.model or lim.model == model:
+            have = out.get(lim.counter)
+            if have is None or lim.amount < have.amount:
+                out[lim.counter] = lim
+    return list(out.values())
+
+
+def window(lim: Limit, now_s: int) -> tuple[int, int]:
+    """(index of the current window, seconds until it ends)."""
+    idx = now_s // lim.window_s
+    return idx, (idx + 1) * lim.window_s - now_s
+
+
+def exceeded(limits: list[Limit], values: list[int]) -> int:
+    """Index of the first limit its counter has reached, or -1."""
+    for i, (lim, v) in enumerate(zip(limits, values, strict=False)):
+        if v >= lim.amount:
+            return i
+    return -1
+
+
+def amount(lim: Limit, usage: Usage) -> int:
+    kind = lim.kind
+    return usage.total if kind == "tokens" else usage.input if kind == "input_tokens" else usage.output \
+        if kind == "output_tokens" else 0
+
+
+def duration(s: int) -> str:
+    """OpenAI's reset format: 1s, 6m0s, 1h0m0s."""
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60}s"
+    return f"{s // 3600}h{s % 3600 // 60}m{s % 60}s"
+
+
+def headers(limits: list[Limit], values: list[int], now_s: int, counted: bool) -> list[tuple[str, str]]:
+    """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the tightest request and token limits.
+    ``counted``: this request was counted in the request counters' values already."""
+    best: dict[str, tuple[int, Limit]] = {}
+    for lim, v in zip(limits, values, strict=False):
+        unit = "requests" if lim.kind == "requests" else "tokens"
+        left = lim.amount - v - (1 if unit == "requests" and counted else 0)
+        if unit not in best or left < best[unit][0]:
+            best[unit] = (left, lim)
+    out = []
+    for unit, (left, lim) in best.items():
+        out += [(f"x-ratelimit-limit-{unit}", str(lim.amount)),
+                (f"x-ratelimit-remaining-{unit}", str(max(0, left))),
+                (f"x-ratelimit-reset-{unit}", duration(window(lim, now_s)[1]))]
+    return out

@@ -92,6 +92,17 @@ def test_built_module_fits_the_host() -> None:
     assert {"proxy_on_request_headers", "proxy_on_response_body", "proxy_on_delete"} <= set(info.exports)
 
 
+def test_higress_variant_imports_the_redis_calls_and_only_it() -> None:
+    info = audit(wasm_path("ai_gateway", "higress"), abi, "higress")
+    env = {n for m, n in info.imports if m == "env"}
+    assert {"proxy_redis_init", "proxy_redis_call"} <= env
+    assert info.exports["proxy_on_redis_call_response"] == (("i32",) * 4, ())
+    with pytest.raises(BuildError, match="only the higress host provides"):
+        audit(wasm_path("ai_gateway", "higress"), abi)  # judged as a stock-Envoy module: refused
+    stock = audit(wasm_path("ai_gateway"), abi)
+    assert not {n for m, n in stock.imports if n.startswith("proxy_redis")}
+
+
 def _module(imports: list[tuple[str, str]], exports: list[str] = ()) -> bytes:
     """A minimal wasm module: one () -> i32 type, the given function imports and exports."""
     def leb(n: int) -> bytes:

@@ -7,11 +7,11 @@ import json
 JSON_HEADERS = (("content-type", "application/json"),)
 
 
-_TYPES = {"rate_limit_exceeded": "requests", "insufficient_quota": "insufficient_quota"}  # OpenAI's error types
+_TYPES = {"insufficient_quota": "insufficient_quota"}  # OpenAI's error types other than the usual two
 
 
-def error_body(status: int, message: str, code: str, param: str | None = None) -> bytes:
-    kind = ("invalid_request_error" if status < 500 and code not in _TYPES else "server_error" if status >= 500
+def error_body(status: int, message: str, code: str, param: str | None = None, kind: str = "") -> bytes:
+    kind = kind or ("invalid_request_error" if status < 500 and code not in _TYPES else "server_error" if status >= 500
             else _TYPES[code])
     return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": code}}).encode()
 
@@ -20,13 +20,14 @@ class GatewayError(Exception):
     """A request the gateway answers itself, with an OpenAI-style error body."""
 
     def __init__(self, status: int, message: str, code: str, param: str | None = None,
-                 retry_after_s: int = 0, extra_headers: tuple[tuple[str, str], ...] = ()) -> None:
+                 retry_after_s: int = 0, extra_headers: tuple[tuple[str, str], ...] = (), kind: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.param = param
         self.retry_after_s = retry_after_s  # > 0: sent as Retry-After (what OpenAI clients back off on)
         self.extra_headers = extra_headers
+        self.kind = kind  # the error's "type" when not the usual one (OpenAI's 429s: "requests", "tokens")
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
@@ -35,4 +36,4 @@ class GatewayError(Exception):
 
     @property
     def body(self) -> bytes:
-        return error_body(self.status, str(self), self.code, self.param)
+        return error_body(self.status, str(self), self.code, self.param, self.kind)

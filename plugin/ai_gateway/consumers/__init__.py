@@ -138,7 +138,8 @@ def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], None]) -
                     429, f"Rate limit reached for consumer `{stream.consumer}` on {lim.kind} per "
                          f"{lim.window_s}s: limit {lim.amount}, used {g.values[i]}.",
                     "rate_limit_exceeded", retry_after_s=max(1, window(lim, g.now_s)[1]),
-                    extra_headers=tuple(headers(limits, g.values, g.now_s, False)))
+                    extra_headers=tuple(headers(limits, g.values, g.now_s, False)),
+                    kind="requests" if lim.kind == "requests" else "tokens")
             else:
                 g.outcome = GatewayError(
                     429, f"Consumer `{stream.consumer}` has exceeded its token quota (balance {balance}).",

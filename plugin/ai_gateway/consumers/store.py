@@ -141,6 +141,13 @@ if #KEYS > n then redis.call('DECRBY', KEYS[n + 1], ARGV[2 * n + 2]) end
 return 1"""
 
 
+def _int(r: Any) -> int | None:
+    """An integer reply (webdis re-encodes the integers inside arrays as bulk strings)."""
+    if isinstance(r, int):
+        return r
+    return int(r) if isinstance(r, bytes) and r.lstrip(b"-").isdigit() and len(r) < 20 else None
+
+
 def _webdis_path(args: tuple[str | int, ...]) -> bytes:
     """webdis's command form: words separated by '/', each percent-encoded; ``.raw`` asks for RESP."""
     def enc(a: str | int) -> str:
@@ -212,7 +219,8 @@ class RedisStore:
             keys.append(self.cfg.prefix + "quota:" + quota)
 
         def got(r: Any) -> None:
-            if not isinstance(r, list) or len(r) != len(limits) + 2 or not all(isinstance(v, int) for v in r):
+            r = [_int(v) for v in r] if isinstance(r, list) else None
+            if r is None or len(r) != len(limits) + 2 or None in r:
                 done(None)
                 return
             done((r[2:], r[1] if quota is not None else None, r[0] == 1))
@@ -228,22 +236,17 @@ class RedisStore:
             argv += [n, ttl]
         if quota is not None:
             keys.append(self.cfg.prefix + "quota:" + quota)
-        self.call(ctx, lambda r: done(r == 1), "EVAL", _CHARGE, len(keys), *keys, len(items), *argv, tokens)
+        self.call(ctx, lambda r: done(_int(r) == 1), "EVAL", _CHARGE, len(keys), *keys, len(items), *argv, tokens)
 
     def balance(self, ctx: Any, name: str, op: str, n: int, done: Done) -> None:
         key = self.cfg.prefix + "quota:" + name
 
-        def as_int(r: Any) -> int | None:
-            if isinstance(r, int):
-                return r
-            return int(r) if isinstance(r, bytes) and r.lstrip(b"-").isdigit() else None
-
         if op == "get":
-            self.call(ctx, lambda r: done(as_int(r)), "EVAL", "return redis.call('GET', KEYS[1]) or '0'", 1, key)
+            self.call(ctx, lambda r: done(_int(r)), "EVAL", "return redis.call('GET', KEYS[1]) or '0'", 1, key)
         elif op == "set":
             self.call(ctx, lambda r: done(n if r == "OK" else None), "SET", key, n)
         else:
-            self.call(ctx, lambda r: done(as_int(r)), "INCRBY", key, n)
+            self.call(ctx, lambda r: done(_int(r)), "INCRBY", key, n)
 
 
 _STORES: dict[int, tuple[Store, SharedStore | RedisStore]] = {}

@@ -145,13 +145,17 @@ def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], None]) -
                     429, f"Consumer `{stream.consumer}` has exceeded its token quota (balance {balance}).",
                     "insufficient_quota")
         if g.waiting:  # Redis answered: the request was held until now
+            try:
+                hc.set_effective_context(stream.context_id)
+            except hc.HostError:
+                return  # the stream is gone (client left)
             if g.outcome is True:
                 proceed()
                 stream.resume_request()
             else:
                 refuse(stream, g.outcome)
 
-    store_for(cc.store).admit(stream, limits, quota, g.now_s, done)
+    as_root(stream, lambda root: store_for(cc.store).admit(root, limits, quota, g.now_s, done))
     if g.outcome is None:
         g.waiting = True
         return Action.PAUSE
@@ -192,9 +196,16 @@ def charge(stream: Any, cc: Consumers, usage: Usage | None, served: str, estimat
             hc.log(LogLevel.WARN, f"consumers: charging {usage.total} tokens to {stream.consumer} failed")
 
     # The charge belongs to the plugin, not the stream: Envoy cancels a stream's callouts when it goes.
+    as_root(stream, lambda root: store_for(cc.store).charge(root, items, g.quota, usage.total,
+                                                            hc.now_ns() // 1_000_000_000, done))
+
+
+def as_root(stream: Any, fn: Callable[[Any], None]) -> None:
+    """Call the store as the plugin's root context: its callouts then never mix with the stream's own (fallback
+    attempts), and outlive the stream."""
     root = stream.root
     hc.set_effective_context(root.context_id)
     try:
-        store_for(cc.store).charge(root, items, g.quota, usage.total, hc.now_ns() // 1_000_000_000, done)
+        fn(root)
     finally:
         hc.set_effective_context(stream.context_id)

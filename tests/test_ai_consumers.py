@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -51,9 +52,16 @@ def tokens(n: int) -> dict[str, int]:
     return {"prompt_tokens": n // 2, "completion_tokens": n - n // 2, "total_tokens": n}
 
 
+# Every host's clock starts at the same second, just after a day began: no window turns during a test unless
+# the test advances the clock (replicas' clocks agree; the counters' windows in Redis are the same for both).
+BASE_NS = (int(time.time()) // 86_400 * 86_400 + 1) * 1_000_000_000
+
+
 def started(make_host: HostFactory, cfg: dict[str, Any], shared: SharedState | None = None, variant: str = "",
             redis: Redis | None = None) -> Host:
     host = make_host("ai_gateway", shared, variant)
+    if shared is None or not host.state.shared.data:
+        host.state.shared.clock_ns = BASE_NS
     if redis is not None:
         host.use_redis("redis", redis.port)
     assert host.start(cfg), host.logs
@@ -276,9 +284,8 @@ class WebdisBridge:
         for host in hosts:
             while host.callouts:
                 c = host.callouts[0]
-                assert c.cluster == "webdis" and c.header(":method") == "POST"
-                req = urllib.request.Request(f"http://127.0.0.1:{self.port}{c.header(':path')}", data=c.body,
-                                             method="POST")
+                assert c.cluster == "webdis" and c.header(":method") == "GET" and not c.body
+                req = urllib.request.Request(f"http://127.0.0.1:{self.port}{c.header(':path')}")
                 with urllib.request.urlopen(req, timeout=5) as r:
                     host.respond_callout(c.token, r.status, list(r.headers.items()), r.read())
 

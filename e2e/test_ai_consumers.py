@@ -1,7 +1,6 @@
 """Consumers in real Envoys: two Envoy processes (replicas) share one redis-server through webdis (stock Envoy's
 way to Redis: an HTTP callout), the official openai client sees one limit enforced across both, errors it can
-tell apart, and its key never reaches the model server. (Fallback after an admission that waited for Redis does
-not work yet in Envoy: see the README's consumers section; charged-once through fallback is unit-tested.) The Higress build does not load in stock Envoy."""
+tell apart, and its key never reaches the model server. The Higress build does not load in stock Envoy."""
 
 from __future__ import annotations
 
@@ -133,15 +132,22 @@ def quota(replicas: Replicas, i: int) -> int:
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_tokens_charged_once_and_seen_by_both(replicas: Replicas, stream: bool) -> None:
+def test_tokens_charged_once_through_fallback_and_seen_by_both(replicas: Replicas, stream: bool) -> None:
     set_quota(replicas, 0, {"set": 5000})
-    c = replicas.client(0, "team-b")
-    if stream:
-        chunks = list(c.chat.completions.create(model=GEMMA, messages=HELLO, stream=True,
-                                                stream_options={"include_usage": True}))
-        used = chunks[-1].usage.total_tokens
-    else:
-        used = c.chat.completions.create(model=GEMMA, messages=HELLO).usage.total_tokens
+    replicas.mocks[QWEN].fault(status=500)  # qwen fails: the gateway falls back to gemma
+    try:
+        c = replicas.client(0, "team-b")
+        if stream:
+            raw = c.chat.completions.with_raw_response.create(model=QWEN, messages=HELLO, stream=True,
+                                                              stream_options={"include_usage": True})
+            used = list(raw.parse())[-1].usage.total_tokens
+        else:
+            raw = c.chat.completions.with_raw_response.create(model=QWEN, messages=HELLO)
+            used = raw.parse().usage.total_tokens
+    finally:
+        replicas.mocks[QWEN].reset()
+    assert raw.headers["x-ai-served-model"] == GEMMA and raw.headers["x-ai-fallback-from"] == QWEN
+    assert raw.headers["x-ratelimit-limit-tokens"] == str(10**6)
     assert used > 0
     assert wait_quota(replicas, 1, 5000 - used)  # charged once, to team-b, seen from the other replica
     day = [k for k in replicas.redis.cli("--scan", "--pattern", "e2e:rl:team-b*").split()]

@@ -265,6 +265,32 @@ def test_hostile_spellings_are_still_authenticated_and_counted(make_host: HostFa
     assert s.local_response.status == 429
 
 
+def test_fallback_is_charged_once_for_the_model_that_answered(make_host: HostFactory) -> None:
+    cfg = config()
+    cfg["models"] = [{"name": "qwen", "cluster": "qwen", "fallback": {"models": ["gemma"]}},
+                     {"name": "gemma", "cluster": "gemma"}]
+    cfg["consumers"][1]["models"] = ["qwen"]
+    cfg["consumers"][1]["limits"] = [{"tokens": 1000, "per": "minute", "model": "gemma"},
+                                     {"tokens": 1000, "per": "minute", "model": "qwen"}]
+    host = started(make_host, cfg)
+    set_quota(host, "team-b", {"set": 500})
+    s = chat(host, chat_body("qwen"), bearer(KEY_B))
+    assert s.local_response is None
+    s.send_response_headers({":status": "500", "content-type": "application/json"})
+    (c,) = host.callouts
+    assert c.cluster == "gemma"
+    host.respond_callout(c.token, 200, {"content-type": "application/json"},
+                         json.dumps({"choices": [], "usage": tokens(40)}).encode())
+    assert s.local_response.status == 200
+    assert dict(s.local_response.headers)["x-ratelimit-limit-tokens"] == "1000"
+    s.send_response_body(b"", end_of_stream=True)
+    s.complete()
+    assert get_quota(host, "team-b") == 460  # once
+    counters = {k: v for k, v in host.state.shared.data.items() if k.startswith("aigw.c.rl.team-b")}
+    charged = {k.split("|")[1]: int.from_bytes(v[0][8:], "little") for k, v in counters.items()}
+    assert charged == {"gemma": 40}  # to the model that answered, not the one asked for
+
+
 # -- Redis: Higress's host calls and webdis, against a real redis-server --
 
 

@@ -16,6 +16,7 @@ from proxywasm import CalloutResponse, HostError, LogLevel
 from proxywasm import hostcalls as hc
 
 from .config import Config, Model, StatusSet
+from .consumers import rate_headers
 from .keys import KeyPool
 from .picker import add_destination
 from .request import with_model
@@ -100,6 +101,8 @@ class Fallback:
         headers = [(k, v) for k, v in resp.headers if k not in _HOP]
         if served.name != self.primary.name:
             headers.append(("x-ai-fallback-from", self.primary.name))
+        if self.stream.gate is not None:  # the consumer's limits, as on every answer
+            headers += rate_headers(self.stream)
         headers.append(("x-ai-served-model", served.name))
         body = self.stream.on_fallback_answer(resp)
         self.stream.send_local_response(status, body, headers)

@@ -61,6 +61,7 @@ class GatewayStream(HttpContext):
     who: consumers.Consumer | None = None  # the authenticated consumer (consumers/)
     gate: consumers.Gate | None = None  # its limits' admission
     admin_target = ""  # an admin API call for this consumer's balance waits for its body
+    sent_headers: list[tuple[str, str]] | None = None  # the request headers, kept when resumed from a callout
     body_len = 0
     pool_of = staticmethod(pool_of)
 
@@ -209,9 +210,10 @@ class GatewayStream(HttpContext):
         fb = model.fallback
         if self.fallback is None and (key_failed or (fb is not None and self.status in fb.on_status)):
             hc.log(LogLevel.INFO, f"{model.name} answered {status}: {'retrying' if key_failed else 'falling back'}")
-            # The request headers as sent upstream: Envoy keeps the map readable for the stream's life.
-            self.fallback = Fallback(self, self.config, model, self.doc, self.request_headers.items(), RNG,
-                                     key_failed)
+            # The request headers as sent upstream: Envoy keeps the map readable for the stream's life, unless the
+            # request was resumed from a callout's answer (consumers' Redis check): then they were kept then.
+            self.fallback = Fallback(self, self.config, model, self.doc, self.sent_headers or self.request_headers.items(),
+                                     RNG, key_failed)
             self.fallback.start()
             return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)

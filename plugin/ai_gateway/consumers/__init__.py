@@ -151,6 +151,9 @@ def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], None]) -
                 return  # the stream is gone (client left)
             if g.outcome is True:
                 proceed()
+                # Envoy 1.40 (measured): once a request is resumed from a callout's answer, its header map reads
+                # empty in the response callbacks; fallback needs the headers as sent: kept here.
+                stream.sent_headers = stream.request_headers.items()
                 stream.resume_request()
             else:
                 refuse(stream, g.outcome)

@@ -655,7 +655,9 @@ static int pw_handled_in_c(int idx, const int32_t *v) {
   /* Anything that may touch other contexts sees deletes first. */
   if (pw_npending && (idx == PW_EXPORT_ON_HTTP_CALL_RESPONSE || idx == PW_EXPORT_ON_TICK ||
                       idx == PW_EXPORT_ON_QUEUE_READY || idx == PW_EXPORT_ON_CONFIGURE ||
-                      idx == PW_EXPORT_ON_DELETE || idx == PW_EXPORT_ON_FOREIGN_FUNCTION))
+                      idx == PW_EXPORT_ON_DELETE || idx == PW_EXPORT_ON_FOREIGN_FUNCTION ||
+                      idx == PW_EXPORT_ON_GRPC_RECEIVE_INITIAL_METADATA || idx == PW_EXPORT_ON_GRPC_RECEIVE ||
+                      idx == PW_EXPORT_ON_GRPC_RECEIVE_TRAILING_METADATA || idx == PW_EXPORT_ON_GRPC_CLOSE))
     pw_flush_deletes();
   return 0;
 }

@@ -92,7 +92,7 @@ def stack(service: PolicyService | None, timeout_ms: int = 500) -> Iterator[tupl
 
 def test_unary_check_allows_and_denies_through_a_real_grpc_server(grpc_check_wasm: Path) -> None:
     service = PolicyService()
-    with stack(service) as (port, envoy, upstream):
+    with stack(service) as (port, _, upstream):
         allowed = request(port, "/ok/1")
         denied = request(port, "/deny/2")
         assert allowed.status == 200, allowed.body

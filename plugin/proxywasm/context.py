@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from . import hostcalls as hc
 from . import grpc, streams, taps, vm
+from . import hostcalls as hc
 from .abi import Action, BufferType, LogLevel, MapType, StreamType
 from .config import ConfigError
 from .record import factory, record

@@ -238,10 +238,6 @@ class HttpContext(_Context, _Generic):
     def close_request() -> None:
         hc.close_stream(StreamType.REQUEST)
 
-    @staticmethod
-    def property(path: str | tuple[str, ...]) -> bytes | None:
-        return hc.get_property(path)
-
 
 def read_callout_response(num_headers: int, body_size: int, num_trailers: int) -> CalloutResponse:
     headers = hc.get_header_map_pairs(MapType.HTTP_CALL_RESPONSE_HEADERS) if num_headers else []

@@ -266,6 +266,18 @@ def test_callout_after_stream_gone_is_dropped(host) -> None:
     assert not host.logs_at(LogLevel.ERROR)
 
 
+def test_root_callout_outlives_its_stream_and_answers_the_root(host) -> None:
+    s, action = send(host, "root_callout")
+    assert action == Action.CONTINUE
+    assert s.request_header("x-after-call") == "1"  # the stream was effective again after the call
+    (call,) = host.callouts
+    assert call.context_id == host.root_id and call.header(":path") == "/rc"
+    s.complete()  # the stream is gone; the root still gets the answer
+    host.respond_callout(call.token, 202, {}, b"late")
+    assert host.shared_data("probe.root_callout") == b"202 late"
+    assert not host.logs_at(LogLevel.ERROR)
+
+
 def test_bad_callout_raises_host_error(host) -> None:
     s, _ = send(host, "callout-bad")
     assert s.local_response is not None

@@ -512,11 +512,11 @@ static PyObject *pw_init_module(void) { return PyModule_Create(&pw_module); }
 static PyObject *pw_exports[PW_NUM_EXPORTS];
 static int pw_state; /* 0: not started, 1: ready, -1: failed */
 
-/* Stream context lifecycle without Python (see proxywasm.dispatcher): with one root
+/* Stream context lifecycle without Python (see proxywasm.contract): with one root
  * context, a stream's Python context is made on its first callback, and deletes are
  * handed to Python in batches, so two of the few Python calls per request disappear. */
-static int pw_lazy_create;  /* dispatcher.LAZY_HTTP_CONTEXTS */
-static int pw_defer_delete; /* dispatcher.defer_delete() */
+static int pw_lazy_create;  /* proxywasm.contract.LAZY_HTTP_CONTEXTS */
+static int pw_defer_delete; /* proxywasm.contract.defer_delete() */
 static int pw_roots;
 static int32_t pw_root_id = -1;
 #define PW_PENDING_MAX 64
@@ -602,16 +602,22 @@ static void pw_start_python(void) {
     pw_exports[i] = PyObject_GetAttrString(disp, pw_export_names[i]);
     if (!pw_exports[i]) PyErr_Clear(); /* callback not implemented: host gets the default */
   }
-  PyObject *flag = PyObject_GetAttrString(disp, "LAZY_HTTP_CONTEXTS");
+  Py_DECREF(disp);
+  PyObject *contract = PyImport_ImportModule("proxywasm.contract"); /* what the shim may do without Python */
+  if (!contract) {
+    pw_print_error("contract import");
+    return;
+  }
+  PyObject *flag = PyObject_GetAttrString(contract, "LAZY_HTTP_CONTEXTS");
   pw_lazy_create = flag && PyObject_IsTrue(flag) == 1;
   Py_XDECREF(flag);
-  PyObject *defer = PyObject_CallMethod(disp, "defer_delete", NULL);
+  PyObject *defer = PyObject_CallMethod(contract, "defer_delete", NULL);
   pw_defer_delete = defer && PyObject_IsTrue(defer) == 1;
   Py_XDECREF(defer);
-  pw_delete_many = PyObject_GetAttrString(disp, "delete_many");
+  pw_delete_many = PyObject_GetAttrString(contract, "delete_many");
   if (!pw_delete_many) pw_defer_delete = 0;
   PyErr_Clear();
-  Py_DECREF(disp);
+  Py_DECREF(contract);
   pw_state = 1;
   char buf[160];
   snprintf(buf, sizeof buf, "python: ready in %.1f ms, linear memory %zu KiB", pw_now_ms() - t0,

@@ -158,7 +158,7 @@ class GatewayStream(HttpContext):
                 pool = pool_of(shadow)
                 idx = pool.pick(hc.now_ns() // 1_000_000, RNG)
                 credential = pool.credential(idx) if idx is not None else None
-            mirror(self, self.root.context_id, shadow,
+            mirror(self, shadow,
                    callout_headers(h.items(), shadow, cfg, model, credential),
                    with_model(doc, shadow.upstream_model), model.name)
 

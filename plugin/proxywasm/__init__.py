@@ -8,11 +8,11 @@ from . import hostcalls, jsonscan, shared
 from .abi import Action, BufferType, LogLevel, MapType, MetricType, Result, StreamType
 from .config import ConfigError, Fields
 from .context import CalloutResponse, HttpContext, RootContext
-from .dispatcher import set_root_context
 from .hostcalls import CasMismatch, HostError, get_property, log, set_property
 from .metrics import Counter, Gauge, Histogram, MetricCache
 from .record import factory, record
 from .shared import SharedQueue
+from .vm import set_root_context
 
 __all__ = [
     "Action",

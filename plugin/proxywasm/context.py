@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from . import hostcalls as hc
-from . import streams, taps
+from . import streams, taps, vm
 from .abi import Action, BufferType, LogLevel, MapType, StreamType
 from .config import ConfigError
 from .record import factory, record
@@ -53,10 +53,8 @@ class _Context:
                   callback: CalloutCallback | None = None, timeout_ms: int = 5000,
                   trailers: hc.HeaderInput = ()) -> int:
         """Send an HTTP request to ``cluster``; ``callback`` runs bound to this context."""
-        from .dispatcher import register_callout
-
         token = hc.http_call(cluster, headers, body, trailers, timeout_ms)
-        register_callout(token, self, callback)
+        vm.register_callout(token, self, callback)
         return token
 
     @staticmethod
@@ -169,6 +167,20 @@ class HttpContext(_Context, _Generic):
 
     def on_response_trailers(self, num_trailers: int) -> Action:
         return Action.CONTINUE
+
+    def http_call_as_root(self, cluster: str, headers: hc.HeaderInput, body: bytes = b"",
+                          callback: CalloutCallback | None = None, timeout_ms: int = 5000,
+                          trailers: hc.HeaderInput = ()) -> int:
+        """Send an HTTP request that belongs to the root context: it neither holds this stream nor is cancelled
+        when the stream ends (e.g. a mirrored copy); ``callback`` runs bound to the root."""
+        root_id = self.root.context_id
+        hc.set_effective_context(root_id)
+        try:
+            token = hc.http_call(cluster, headers, body, trailers, timeout_ms)
+        finally:
+            hc.set_effective_context(self.context_id)
+        vm.register_callout(token, self.root, callback)
+        return token
 
     # -- actions on this stream --
 

@@ -111,6 +111,12 @@ class Probe(HttpContext[dict]):
         self.request_headers.set("x-callout-header", resp.header("x-up") or "")
         self.resume_request()
 
+    def op_root_callout(self) -> Action:  # a call that outlives the stream; its answer reaches the root
+        self.http_call_as_root("upstream", [(":method", "GET"), (":path", "/rc"), (":authority", "up")],
+                               callback=self.root.on_root_callout)
+        self.request_headers.set("x-after-call", "1")  # the stream is still the effective context
+        return Action.CONTINUE
+
     def op_callout_bad(self) -> Action:
         try:
             self.http_call("upstream", [(":method", "GET"), (":path", "/")], callback=self.on_callout)
@@ -137,9 +143,9 @@ class Probe(HttpContext[dict]):
         return Action.CONTINUE
 
     def op_contexts(self) -> Action:
-        from proxywasm import dispatcher
+        from proxywasm import vm
 
-        self.request_headers.set("x-contexts", str(len(dispatcher._contexts)))
+        self.request_headers.set("x-contexts", str(len(vm.contexts)))
         return Action.CONTINUE
 
     def op_grpc(self) -> Action:
@@ -223,6 +229,9 @@ class ProbeRoot(RootContext[dict]):
         while (item := self.queue.dequeue()) is not None:
             items.append(item.decode())
         shared.set("probe.queue", ",".join(items).encode())
+
+    def on_root_callout(self, resp: CalloutResponse) -> None:
+        shared.set("probe.root_callout", f"{resp.status} {resp.body.decode()}".encode())
 
 
 set_root_context(ProbeRoot)

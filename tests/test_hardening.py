@@ -220,6 +220,7 @@ def spellings(path: str) -> list[tuple[str, str]]:
         ("/../../" + path.lstrip("/"), path),
         ("/" + path + "?api-version=1&x=//y", path + "?api-version=1&x=//y"),
         (path + "?", path + "?"),
+        (path + "#x", path),
     ]
 
 

@@ -177,6 +177,7 @@ def parse(doc: dict[str, Any]) -> Config:
         for key in defaults.doc:
             if key not in ("on_status", "mode", "max_attempts", "timeout_ms"):
                 raise ConfigError(f"{defaults.path(key)}: unknown field (set models per model)")
+        _fallback(Fields({**defaults.doc, "models": ["-"]}, defaults.where), None, "")  # checked even if unused
     models: dict[str, Model] = {}
     pools = Pools()
     where: dict[str, str] = {}  # model name -> "models[i]", for errors found after the loop

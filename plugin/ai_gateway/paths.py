@@ -4,8 +4,8 @@ Envoy passes ``//v1/chat/completions``, ``/v1/./chat/completions`` or ``/v1%2Fch
 unless the HTTP connection manager normalises paths (``merge_slashes``, ``normalize_path``,
 ``path_with_escaped_slashes_action``: the shipped configs do), while inference servers (uvicorn/Starlette: vLLM,
 SGLang) decode and route such paths to the endpoint. The gateway therefore judges every request by its
-normalised path — percent-escapes decoded, empty and ``.`` segments dropped, ``..`` resolved, a trailing ``/``
-removed — and sends a request it handles upstream with that path, so no spelling of an AI path escapes routing,
+normalised path — a fragment cut, percent-escapes decoded, empty and ``.`` segments dropped, ``..`` resolved, a
+trailing ``/`` removed — and sends a request it handles upstream with that path, so no spelling of an AI path escapes routing,
 keys and accounting.
 """
 
@@ -31,10 +31,11 @@ def _unescape(path: str) -> str:
 
 def normalize(path: str) -> str:
     """The path part of ``:path`` (no query), normalised; most paths come back as they are, at once."""
-    if "//" not in path and "/." not in path and "%" not in path and (path[-1:] != "/" or path == "/"):
+    if "//" not in path and "/." not in path and "%" not in path and "#" not in path and (
+            path[-1:] != "/" or path == "/"):
         return path
     segments: list[str] = []
-    for seg in _unescape(path).split("/"):
+    for seg in _unescape(path.partition("#")[0]).split("/"):
         if seg == "..":
             if segments:
                 segments.pop()

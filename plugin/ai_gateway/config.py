@@ -125,15 +125,15 @@ def _fallback(f: Fields | None, defaults: Fields | None, own: str) -> FallbackPo
         raise ConfigError(f"{merged.path('models')}: must not contain the model itself ({own!r})")
     if len(set(models)) != len(models):
         raise ConfigError(f"{merged.path('models')}: has duplicates (each model is tried at most once)")
-    policy = FallbackPolicy(
-        models=models,
-        on_status=StatusSet.parse(merged, "on_status", ("5xx",)),
-        mode=merged.choice("mode", ("SEQ", "RAND"), "SEQ"),
-        max_attempts=merged.int("max_attempts", len(models) + 1, min=2, max=10),
-        timeout_ms=merged.int("timeout_ms", 60_000, min=100, max=600_000),
-    )
+    policy = FallbackPolicy(models, *_policy(merged, len(models)))
     merged.done()
     return policy
+
+
+def _policy(f: Fields, n_models: int) -> tuple[StatusSet, str, int, int]:
+    """on_status, mode, max_attempts, timeout_ms of a fallback (or of the top-level defaults)."""
+    return (StatusSet.parse(f, "on_status", ("5xx",)), f.choice("mode", ("SEQ", "RAND"), "SEQ"),
+            f.int("max_attempts", n_models + 1, min=2, max=10), f.int("timeout_ms", 60_000, min=100, max=600_000))
 
 
 def _paths(f: Fields) -> frozenset:
@@ -177,7 +177,7 @@ def parse(doc: dict[str, Any]) -> Config:
         for key in defaults.doc:
             if key not in ("on_status", "mode", "max_attempts", "timeout_ms"):
                 raise ConfigError(f"{defaults.path(key)}: unknown field (set models per model)")
-        _fallback(Fields({**defaults.doc, "models": ["-"]}, defaults.where), None, "")  # checked even if unused
+        _policy(defaults, 1)  # checked even where no model uses them
     models: dict[str, Model] = {}
     pools = Pools()
     where: dict[str, str] = {}  # model name -> "models[i]", for errors found after the loop

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from proxywasm import Action
+from proxywasm import Action, LogLevel
 
 from .gateway import CHAT, CONFIG, chat, chat_body, error_of
 
@@ -320,3 +320,39 @@ def test_unknown_model_error_echo_is_capped(make_host: Any) -> None:
     err = error_of(s)
     assert s.local_response.status == 404 and err["code"] == "model_not_found"
     assert len(s.local_response.body) < 600 and err["message"].startswith("The model `mmm")
+
+
+# ------------------------------------------------------------------ 23.8 keys outside the configuration
+
+
+ENV_POOL = {"models": [{"name": "gpt", "cluster": "p", "api_keys": {"keys_env": ["AIGW_TEST_KEY_A", "AIGW_TEST_KEY_B"]}}]}
+ENV_KEYS = {"AIGW_TEST_KEY_A": "sk-env-0001\n", "AIGW_TEST_KEY_B": "sk-env-0002"}  # a secret file's newline goes
+
+
+def env_host(make_host: Any, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> Any:
+    """A gateway VM whose environment is ``env`` (the in-process host's VM is this process)."""
+    if make_host.kind == "wasm":
+        from proxywasm.testing.wasm import WasmHost
+
+        from .conftest import wasm_path
+
+        return WasmHost(wasm_path("ai_gateway"), env=env)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return make_host("ai_gateway")
+
+
+def test_keys_from_the_vm_environment(make_host: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = env_host(make_host, monkeypatch, ENV_KEYS)
+    assert h.start(ENV_POOL), h.logs
+    used = {chat(h, chat_body("gpt")).request_header("authorization") for _ in range(4)}
+    assert used == {"Bearer sk-env-0001", "Bearer sk-env-0002"}
+    assert not any("sk-env-000" in m for _, m in h.logs)
+
+
+def test_missing_key_variable_fails_start_with_the_field_named(make_host: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    h = env_host(make_host, monkeypatch, {"AIGW_TEST_KEY_A": "sk-env-0001"})
+    assert h.start(ENV_POOL) is False
+    (line,) = [m for lv, m in h.logs if lv >= LogLevel.ERROR]
+    assert "models[0].api_keys.keys_env[1]: environment variable 'AIGW_TEST_KEY_B' is not set" in line
+    assert "sk-env-0001" not in line

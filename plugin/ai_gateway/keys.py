@@ -223,12 +223,11 @@ class KeyPool:
         return take_lease(self.lease_key, owner, now_ms, self.cfg.probe.interval_ms)
 
 
-def _key(f: object, i: int, raw: str) -> str:
+def _key(where: str, raw: str) -> str:
     """One key as configured: a single trailing newline (from a secret file) is removed; the key is never echoed."""
     from proxywasm import ConfigError
 
     key = raw[:-2] if raw.endswith("\r\n") else raw[:-1] if raw.endswith("\n") else raw
-    where = f"{f.path('keys')}[{i}]"
     if not key:
         raise ConfigError(f"{where}: must not be empty")
     if has_control(key):
@@ -239,13 +238,27 @@ def _key(f: object, i: int, raw: str) -> str:
     return key
 
 
+def _env(f: object, i: int, name: str) -> str:
+    """A key from the VM's environment (Envoy: vm_config.environment_variables; Higress: vmConfig.env)."""
+    import os
+
+    from proxywasm import ConfigError
+
+    value = os.environ.get(name) if name else None
+    if value is None:
+        raise ConfigError(f"{f.path('keys_env')}[{i}]: environment variable {name!r} is not set in the Wasm VM "
+                          "(Envoy: vm_config.environment_variables.host_env_keys; Higress: vmConfig.env)")
+    return value
+
+
 def parse_pool(f: object, model: str) -> KeyPoolConfig:
     """Parse ``models[].api_keys`` (``f`` is a proxywasm.Fields)."""
     from proxywasm import ConfigError
 
-    keys = tuple(_key(f, i, k) for i, k in enumerate(f.str_list("keys")))
+    keys = tuple(_key(f"{f.path('keys')}[{i}]", k) for i, k in enumerate(f.str_list("keys", ())))
+    keys += tuple(_key(f"{f.path('keys_env')}[{i}]", _env(f, i, name)) for i, name in enumerate(f.str_list("keys_env", ())))
     if not keys:
-        raise ConfigError(f"{f.path('keys')}: must be a non-empty list of non-empty keys")
+        raise ConfigError(f"{f.path('keys')}: must be a non-empty list of non-empty keys (or name them in keys_env)")
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{f.path('keys')}: has duplicates")
     header = header_name(f, "header", "authorization")

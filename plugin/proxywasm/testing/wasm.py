@@ -61,8 +61,10 @@ def _functype(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> wasmtime.FuncType
 class WasmHost(Host):
     """One wasm VM (instance) of ``module``; VMs given the same ``shared`` act as Envoy workers."""
 
-    def __init__(self, module: Path | str, shared: SharedState | None = None, vm_id: str = "") -> None:
+    def __init__(self, module: Path | str, shared: SharedState | None = None, vm_id: str = "",
+                 env: dict[str, str] | None = None) -> None:
         super().__init__(shared, vm_id)
+        self.env = dict(env or {})  # the VM's environment variables (WASI environ_get)
         self.store = wasmtime.Store(engine())
         linker = wasmtime.Linker(engine())
         for fn in IMPORTS:

@@ -254,14 +254,19 @@ def test_hostile_spellings_are_still_authenticated_and_counted(make_host: HostFa
         s = host.http_stream()
         s.send_request_headers({**CHAT, ":path": path})
         assert s.local_response is not None and s.local_response.status == 401, path
-    for ctype in ("text/plain", "application/x-www-form-urlencoded"):  # not JSON by its label: parsed anyway
+    for ctype in ("text/plain", "application/x-www-form-urlencoded"):  # not JSON: refused, never passed on
         s = chat(host, chat_body("qwen"), {**bearer(KEY_A), "content-type": ctype})
-        assert s.local_response is None and s.request_header("x-ai-model") == "qwen"
+        assert s.local_response.status == 415 and s.request_header("x-ai-model") is None
+    s = host.http_stream()
+    s.send_request_headers({**CHAT, "content-type": "text/plain"})  # no key: authentication comes first
+    assert s.local_response.status == 401
     s = host.http_stream()
     s.send_request_headers({**CHAT, ":path": "//v1/chat/completions/", **bearer(KEY_A)})
     s.send_request_body(chat_body("qwen"), end_of_stream=True)
     assert s.request_header("x-ai-model") == "qwen"  # routed and counted like the usual spelling
-    s = chat(host, chat_body("qwen"), bearer(KEY_A), chunks=5)  # the 4th request of 3 a minute
+    for _ in range(2):  # the 2nd and 3rd requests of 3 a minute, chunked
+        assert chat(host, chat_body("qwen"), bearer(KEY_A), chunks=5).local_response is None
+    s = chat(host, chat_body("qwen", stream=True), bearer(KEY_A))
     assert s.local_response.status == 429
 
 

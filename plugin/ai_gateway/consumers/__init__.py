@@ -18,7 +18,7 @@ from ..usage import Usage
 from . import admin, auth
 from .config import Consumer, Consumers, Limit
 
-__all__ = ["Consumer", "Gate", "admin", "admit", "authenticate", "charge", "model_allowed", "normal_path", "rate_headers"]
+__all__ = ["Consumer", "Gate", "admin", "admit", "authenticate", "charge", "model_allowed", "rate_headers"]
 from .limits import amount, applicable, exceeded, headers, window
 from .store import store_for
 
@@ -66,7 +66,8 @@ def authenticate(stream: Any, cc: Consumers, hd: dict[str, str], consumer_header
     auth.strip(cc, h, hd)
     h.set(consumer_header, name)
     hd[consumer_header] = name  # what the rest of the request path reads as the stream's consumer
-    stream.consumer, stream.who = name, who
+    stream.set_consumer(name)
+    stream.who = who
     path = hd.get(":path", "")
     if cc.admin_path and admin.matches(cc, path):
         return admin.on_headers(stream, cc, hd)
@@ -74,30 +75,6 @@ def authenticate(stream: Any, cc: Consumers, hd: dict[str, str], consumer_header
         rejected(name, "permission_denied")
         return stream._reject(auth.forbidden(f"Consumer `{name}` may not use this route."))
     return None
-
-
-def normal_path(path: str) -> str:
-    """The path as a router would compare it: no empty or "." segments, no trailing "/", %-escapes of
-    unreserved characters and "/" decoded (so no spelling of an AI path escapes its limits)."""
-    if "%" in path:
-        out, i = [], 0
-        while i < len(path):
-            c = path[i]
-            if c == "%" and i + 2 < len(path) + 0 and path[i + 1:i + 3].isalnum():
-                try:
-                    ch = chr(int(path[i + 1:i + 3], 16))
-                except ValueError:
-                    ch = ""
-                if ch and (ch.isalnum() or ch in "-._~/"):
-                    out.append(ch)
-                    i += 3
-                    continue
-            out.append(c)
-            i += 1
-        path = "".join(out)
-    if "//" in path or "/." in path or path.endswith("/"):
-        path = "/" + "/".join(p for p in path.split("/") if p and p != ".")
-    return path
 
 
 def model_allowed(stream: Any, requested: str) -> GatewayError | None:

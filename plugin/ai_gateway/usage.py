@@ -156,6 +156,10 @@ class JsonCollector:
     def usage(self) -> Usage | None:
         return usage_from_json(b"".join(self.parts)) if self.parts else usage_from_tail(self.tail)
 
+    def body(self) -> bytes:
+        """The body kept: all of it, or (beyond MAX_JSON_BODY) its end."""
+        return b"".join(self.parts) if self.parts else self.tail
+
 
 def _data(event: bytes) -> bytes:
     """The data payload of one SSE event (multi-line data joined with newlines)."""

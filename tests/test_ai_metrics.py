@@ -6,12 +6,15 @@ import itertools
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from proxywasm import Action
 
 from ai_gateway.estimate import input_tokens
 
 from .gateway import CHAT, CONFIG, chat_body
+from .test_ai_usage import FRAMINGS, framed_stream
 
 PREFIX = "route.chat.upstream.{c}.model.{m}.consumer.{u}.metric."
 USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
@@ -252,3 +255,28 @@ def test_client_cancel_is_counted_apart_from_errors(make_host, flags, details, c
     assert metric(h, "cancelled_total" if cancelled else "error_total") == 1
     with pytest.raises(KeyError):
         metric(h, "error_total" if cancelled else "cancelled_total")
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(words=st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=8),
+       cuts=st.lists(st.integers(0, 5000), max_size=12), ends=st.lists(st.sampled_from(FRAMINGS), min_size=1, max_size=3),
+       drop=st.booleans())
+def test_framing_and_splits_give_same_usage_ttft_and_bytes(make_host, words, cuts, ends, drop: bool) -> None:
+    """Through the plugin (C taps inside the VM): any framing, cut anywhere, a chunk a millisecond. The client gets
+    the stream (without the injected usage event when stripping), the server's usage is read, and TTFT is the
+    chunk that completed the first content line."""
+    h = start(make_host, strip_injected_usage=drop)
+    s = request(h, chat_body(stream=True))
+    s.send_response_headers({":status": "200", "content-type": "text/event-stream"})
+    full, stripped = framed_stream(words, (11, len(words)), ends)
+    points = sorted({c % (len(full) + 1) for c in cuts} | {0, len(full)})
+    parts = [full[a:b] for a, b in itertools.pairwise(points)]
+    first = full.index(b'"content": "', full.index(b"data:", full.index(b"data:") + 1) + 1)  # the first word's
+    line_end = min(i for i in (full.find(b"\n", first), full.find(b"\r", first)) if i >= 0)
+    for i, part in enumerate(parts):
+        h.advance(1)
+        s.send_response_body(part, end_of_stream=i == len(parts) - 1)
+    assert s.response_body == (stripped if drop else full)
+    log = json.loads(s.property("ai_log"))
+    assert (log["input_tokens"], log["output_tokens"], log["usage_source"]) == (11, len(words), "server")
+    assert log["ttft_ms"] == 1 + next(i for i, b in enumerate(itertools.accumulate(map(len, parts))) if b > line_end)

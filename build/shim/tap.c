@@ -223,7 +223,7 @@ static int pw_tap_marked(const pw_tap *t, const char *p, size_t n) {
 
 static int pw_ends_event(const char *p, size_t n) { /* as ai_gateway.usage._EVENT_END */
   return (n >= 2 && ((p[n - 2] == '\n' && p[n - 1] == '\n') || (p[n - 2] == '\r' && p[n - 1] == '\r'))) ||
-         (n >= 4 && !memcmp(p + n - 4, "\r\n\r\n", 4));
+         (n >= 3 && !memcmp(p + n - 3, "\n\r\n", 3)) || (n >= 4 && !memcmp(p + n - 4, "\r\n\r\n", 4));
 }
 
 /* Skipping events: True when the chunk p[0:size] goes on without Python (p NULL: it could not be read). */

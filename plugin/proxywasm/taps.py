@@ -230,7 +230,7 @@ def skip_events(context_id: int, markers: Markers) -> None:
 
 
 def _ends_event(chunk: bytes) -> bool:
-    return chunk.endswith((b"\n\n", b"\r\r", b"\r\n\r\n"))
+    return chunk.endswith((b"\n\n", b"\r\r", b"\r\n\r\n", b"\n\r\n"))
 
 
 def _marked(chunk: bytes, markers: Markers) -> bool:

@@ -59,6 +59,7 @@ class GatewayStream(HttpContext):
     first_out_ns = 0  # when the first event carrying output came (time to first token)
     body = b""  # the request as the client sent it (an input estimate reads it, when the server reports no usage)
     published = False
+    ended = False  # the response body reached its end (also when held back while falling back)
     key_idx: int | None = None  # index of the pool key this request went out with
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
     pool_of = staticmethod(pool_of)
@@ -233,6 +234,8 @@ class GatewayStream(HttpContext):
             self.collector.kept(got.data, got.size, got.trimmed)
 
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
+        if end_of_stream:
+            self.ended = True
         if self.fallback is not None and self.fallback.current is not None:
             return Action.PAUSE  # the failed upstream's body is held back while falling back
         if self.model is None or self.published:
@@ -291,7 +294,8 @@ class GatewayStream(HttpContext):
             # The stream ended early: upstream cut off, client gone, reset. An SSE answer that reached its
             # "data: [DONE]" is whole even so: the official OpenAI client closes the connection right there,
             # often before the upstream's terminating chunk has arrived.
-            complete = self.sse is not None and self.sse.done
+            # A fallback that failed everywhere lets the primary's error through after its end was seen.
+            complete = self.ended or (self.sse is not None and self.sse.done)
             self._publish(complete, not complete and client_cancelled())
         # The stream and its Fallback refer to each other: unlinked here, both go when Envoy deletes the stream
         # instead of waiting (with the request's body and document) for a full garbage collection.

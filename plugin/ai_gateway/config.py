@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from proxywasm import ConfigError, Fields, factory, record
 
+from .cache import CacheConfig
+from .cache import parse as parse_cache
 from .consumers.config import Consumers
 from .consumers.config import parse as parse_consumers
 from .fieldcheck import echo, header_name, header_value, token, url_path
@@ -110,6 +112,7 @@ class Config:
     consumers: Consumers | None = None  # the gateway's own API keys, limits and quotas (consumers/)
     strip_headers: tuple = ()  # routing, model and endpoint headers: removed from every client request
     max_consumers: int = 1000  # distinct consumer labels in metrics (process-wide); then "_other"
+    cache: CacheConfig | None = None  # the response cache (cache.py)
 
     @property
     def enabled(self) -> bool:
@@ -241,12 +244,14 @@ def parse(doc: dict[str, Any]) -> Config:
     picker_headers = tuple(sorted({p.header for p in pickers.values()}))
     _distinct_headers(f, models, route_header, model_header, consumer_header, pickers)
     consumers = parse_consumers(f)
+    cache_cfg = parse_cache(f)
     if consumers is not None and not consumer_header:
         consumer_header = "x-mse-consumer"  # where the gateway names the authenticated consumer (Higress's header)
     read = {":method", ":path", "content-type", "content-length", "authorization", consumer_header, route_header,
             model_header, *picker_headers, *(a.sticky_header for a in aliases.values()),
             *(consumers.headers if consumers is not None else ()),
-            *(p.criticality_header for p in pickers.values())}
+            *(p.criticality_header for p in pickers.values()),
+            *(("cache-control", cache_cfg.header) if cache_cfg is not None else ())}
     cfg = Config(
         models=models,
         aliases=aliases,
@@ -267,6 +272,7 @@ def parse(doc: dict[str, Any]) -> Config:
         strip_headers=tuple(sorted({route_header, model_header, PICKER_HEADER, *picker_headers})),
         max_consumers=f.int("max_consumers", 1000, min=1, max=100_000),
         consumers=consumers,
+        cache=cache_cfg,
     )
     f.done()
     return cfg

@@ -124,6 +124,9 @@ def _store(f: Fields | None) -> Store:
     return store
 
 
+parse_store = _store  # the response cache keeps its answers in a store of its own kind (cache.py)
+
+
 def parse(f: Fields) -> Consumers | None:
     """The consumers part of the gateway's config (None when it configures no consumers)."""
     cons_f = f.objs("consumers", [])

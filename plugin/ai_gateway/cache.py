@@ -1,0 +1,247 @@
+"""The response cache: exact-match, per consumer (or namespace) and per served model, in the consumers' store.
+
+    "cache": {"ttl_s": 600, "store": {"backend": "shared" | "redis", "redis": {...}, "timeout_ms": 200},
+              "namespace": "", "per_consumer": true, "max_entry_bytes": 262144, "max_entries": 1000,
+              "any_temperature": false, "tool_calls": false, "charge_hits": false, "header": "x-ai-cache"}
+
+Key: SHA-256 (in C) of the namespace, the consumer (unless ``per_consumer`` is false), the model that serves the
+request, and the request body with the transport-only fields (``stream``, ``stream_options``) left out and its keys
+sorted. Looked up when the request is deterministic (``temperature`` 0, or no sampling at all: embeddings), or
+when ``any_temperature`` is set, or the client sends ``<header>: allow``. ``cache-control: no-store`` or
+``<header>: skip`` neither reads nor writes; ``cache-control: no-cache`` or ``<header>: refresh`` skips the
+lookup and stores the fresh answer. Only a whole 200 answer is stored (no error, cut-off, cancelled stream or
+fallback answer), at most ``max_entry_bytes``, tool calls only with ``tool_calls``. Every answer carries
+``x-ai-cache: hit | miss | skip``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from _sha256 import sha256
+
+from proxywasm import Action, ConfigError, Counter, Fields, LogLevel, MetricCache, record
+from proxywasm import hostcalls as hc
+
+from . import consumers, replay
+from .consumers.config import Store, parse_store
+from .consumers.store import store_for
+from .fieldcheck import header_name
+from .observe import label
+from .request import needs_usage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .usage import Usage
+
+_KEY = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+_TRANSPORT = ("stream", "stream_options")
+_COUNTERS = MetricCache(Counter)
+RESPONSE_HEADER = "x-ai-cache"
+
+
+@record
+class CacheConfig:
+    ttl_s: int
+    store: Store
+    namespace: str
+    per_consumer: bool
+    max_entry_bytes: int
+    max_entries: int  # shared store: entries per Envoy (memory <= max_entries * max_entry_bytes)
+    any_temperature: bool
+    tool_calls: bool
+    charge_hits: bool  # a hit goes through the consumer's limits and is charged its tokens
+    header: str  # the request header with skip / refresh / allow
+
+
+def parse(f: Fields) -> CacheConfig | None:
+    c = f.obj("cache", None)
+    if c is None:
+        return None
+    if "ttl_s" not in c.doc:
+        raise ConfigError(f"{c.path('ttl_s')}: required (seconds an answer is replayed)")
+    cfg = CacheConfig(
+        ttl_s=c.int("ttl_s", min=1, max=30 * 86400), store=parse_store(c.obj("store", None)),
+        namespace=c.str("namespace", ""), per_consumer=c.bool("per_consumer", True),
+        max_entry_bytes=c.int("max_entry_bytes", 256 * 1024, min=1024, max=1 << 20),
+        max_entries=c.int("max_entries", 1000, min=1, max=1_000_000),
+        any_temperature=c.bool("any_temperature", False), tool_calls=c.bool("tool_calls", False),
+        charge_hits=c.bool("charge_hits", False), header=header_name(c, "header", "x-ai-cache"))
+    c.done()
+    return cfg
+
+
+def count(name: str, n: int = 1) -> None:
+    _COUNTERS(name).increment(n)  # type: ignore[attr-defined]
+
+
+def _counted(what: str, model: str, n: int = 1) -> None:
+    """``aigw.cache.<what>`` and ``aigw.cache.model.<model>.<what>``: hit, miss, skip, stored, tokens_saved,
+    store_unavailable."""
+    count("aigw.cache." + what, n)
+    count(f"aigw.cache.model.{label(model)}.{what}", n)
+
+
+def _deterministic(doc: Any) -> bool:
+    t = doc.get("temperature")
+    if t is not None:
+        return t == 0 and not isinstance(t, bool)
+    return doc.get("messages") is None and doc.get("prompt") is None  # embeddings: no sampling
+
+
+def key(cfg: CacheConfig, consumer: str, model: str, doc: Any) -> str:
+    full = doc.full() if hasattr(doc, "full") else doc
+    norm = {k: v for k, v in full.items() if k not in _TRANSPORT}
+    norm["model"] = model
+    body = _KEY(norm).encode("utf-8", "surrogatepass")
+    who = consumer if cfg.per_consumer else ""
+    return sha256(b"%d:%s|%d:%s|" % (len(cfg.namespace), cfg.namespace.encode(), len(who), who.encode())
+                  + body).hexdigest()
+
+
+def lookup(stream: Any, cfg: CacheConfig, proceed: Any) -> Action:
+    """On a routed request: answer it from the cache, or go on (``proceed()`` -> Action) and remember its key for
+    storing the answer. Reads the store as the plugin's root context (consumers.as_root)."""
+    hd, model = stream.headers_in, stream.model
+    control = hd.get("cache-control", "").lower()
+    mode = hd.get(cfg.header, "").strip().lower()
+    if "no-store" in control or mode == "skip" or not (cfg.any_temperature or mode == "allow"
+                                                         or _deterministic(stream.doc)):
+        stream.cache_state = "skip"
+        _counted("skip", model.name)
+        return proceed()
+    k = key(cfg, stream.consumer, model.name, stream.doc)
+    stream.cache_key, stream.cache_state = k, "miss"
+    if "no-cache" in control or mode == "refresh":
+        _counted("miss", model.name)
+        return proceed()
+    state = {"action": None, "waiting": False}
+
+    def got(value: bytes | None) -> None:
+        if value is None:
+            _counted("store_unavailable", model.name)
+            hc.log(LogLevel.WARN, f"cache: the {cfg.store.backend} store did not answer: going upstream")
+        answer = _decode(value) if value else None
+        if answer is not None and not stream.stream and len(value) > cfg.max_entry_bytes:
+            answer = None
+        try:  # the store answers as the root context (at once, or later when Redis replies)
+            hc.set_effective_context(stream.context_id)
+        except hc.HostError:
+            return  # the client left meanwhile
+        if answer is not None:
+            act = _hit(stream, cfg, answer, value)
+        else:
+            _counted("miss", model.name)
+            act = proceed()
+        if state["waiting"]:
+            if act == Action.CONTINUE:
+                stream.sent_headers = stream.request_headers.items()
+                stream.resume_request()
+        else:
+            state["action"] = act
+
+    consumers.as_root(stream, lambda root: store_for(cfg.store).get(root, k, got, cfg.max_entries))
+    if state["action"] is None:
+        state["waiting"] = True
+        return Action.PAUSE
+    return state["action"]
+
+
+def _decode(value: bytes) -> dict[str, Any] | None:
+    try:
+        answer = json.loads(value)
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) and isinstance(answer.get("choices", answer.get("data")), list) \
+        else None
+
+
+def _hit(stream: Any, cfg: CacheConfig, answer: dict[str, Any], raw: bytes) -> Action:
+    """Answer from the cache: JSON as stored, or an SSE stream for a streamed request."""
+    from .usage import Usage
+
+    model = stream.model
+    u = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+    usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0),
+                  int(u.get("total_tokens") or 0))
+    stream.cache_state = "hit"
+    cc = stream.config.consumers
+    if cfg.charge_hits and cc is not None:
+        sent = []
+
+        def replay_now() -> bool:
+            sent.append(_replay(stream, answer, raw, usage))
+            consumers.charge(stream, cc, usage, model.name, lambda: usage)
+            return False  # answered here: nothing to resume
+
+        act = consumers.admit(stream, cc, model.name, replay_now)
+        return Action.PAUSE if sent else act
+    _replay(stream, answer, raw, usage)
+    return Action.PAUSE
+
+
+def _replay(stream: Any, answer: dict[str, Any], raw: bytes, usage: Usage) -> bool:
+    model = stream.model
+    if stream.stream:
+        body = replay.to_sse(answer, _wants_usage(stream))
+        ctype = "text/event-stream"
+    else:
+        body = raw  # as it was stored: the upstream's own JSON answer, or the one a stream stood for
+        ctype = "application/json"
+    headers = [("content-type", ctype), (RESPONSE_HEADER, "hit"), ("x-ai-served-model", model.name)]
+    if stream.gate is not None:
+        headers += consumers.rate_headers(stream)
+    stream.send_local_response(200, body, headers, "ai_cache_hit")
+    _counted("hit", model.name)
+    if usage.total:
+        _counted("tokens_saved", model.name, usage.total)
+    cfg = stream.config
+    line = (f'{{"cache":"hit","model":{json.dumps(stream.requested)},"served_model":{json.dumps(model.name)},'
+            f'"consumer":{json.dumps(stream.consumer or "none")},"status":200,"stream":{_B[stream.stream]},'
+            f'"tokens_saved":{usage.total}}}')
+    if cfg.ai_log in ("filter_state", "both"):
+        hc.set_property("ai_log", line)
+    if cfg.ai_log in ("log", "both"):
+        hc.log(LogLevel.INFO, "ai_log " + line)
+    stream.model = None  # nothing went upstream: nothing else to observe or charge
+    return True
+
+
+_B = {True: "true", False: "false"}
+
+
+def _wants_usage(stream: Any) -> bool:
+    """The client gets the usage chunk: it asked for it, or the gateway did and does not strip it."""
+    return not stream.drop_usage and not needs_usage(stream.doc)
+
+
+def store_answer(stream: Any, cfg: CacheConfig, raw: bytes | None) -> None:
+    """On a whole 200 answer to a cacheable miss: keep it (as JSON) for ttl_s."""
+    model = stream.model
+    if not raw or len(raw) > cfg.max_entry_bytes:
+        return
+    if stream.sse is not None:
+        answer = replay.from_sse(raw)
+        if answer is None:
+            return
+        value = replay.to_json(answer)
+    else:
+        answer = _decode(raw)
+        if answer is None or "error" in answer:
+            return
+        value = raw
+    if not cfg.tool_calls and replay.has_tool_calls(answer):
+        return
+    if len(value) > cfg.max_entry_bytes:
+        return
+
+    def done(ok: Any) -> None:
+        if ok:
+            _counted("stored", model.name)
+        else:
+            _counted("store_unavailable", model.name)
+
+    consumers.as_root(stream, lambda root: store_for(cfg.store).put(root, stream.cache_key, value, cfg.ttl_s,
+                                                                    cfg.max_entries, done))

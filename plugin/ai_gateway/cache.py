@@ -17,7 +17,6 @@ fallback answer), at most ``max_entry_bytes``, tool calls only with ``tool_calls
 from __future__ import annotations
 
 import json
-
 from _sha256 import sha256
 
 from proxywasm import Action, ConfigError, Counter, Fields, LogLevel, MetricCache, record

@@ -11,6 +11,7 @@ from proxywasm import ConfigError, Fields, factory, record
 from .cache import CacheConfig
 from .cache import parse as parse_cache
 from .consumers.config import Consumers
+from .content_routing import parse as parse_content_routes
 from .consumers.config import parse as parse_consumers
 from .fieldcheck import echo, header_name, header_value, token, url_path
 from .keys import KeyPoolConfig, parse_pool
@@ -113,6 +114,7 @@ class Config:
     strip_headers: tuple = ()  # routing, model and endpoint headers: removed from every client request
     max_consumers: int = 1000  # distinct consumer labels in metrics (process-wide); then "_other"
     cache: CacheConfig | None = None  # the response cache (cache.py)
+    content_routes: dict = factory(dict)  # name -> content_routing.ContentRoute
 
     @property
     def enabled(self) -> bool:
@@ -238,6 +240,7 @@ def parse(doc: dict[str, Any]) -> Config:
         if m.mirror and m.mirror.model not in models:
             raise ConfigError(f"{where[m.name]}.mirror.model: unknown model {m.mirror.model!r}")
     pickers = pools.finish()
+    content_routes = parse_content_routes(f, {*models, *aliases})
     route_header = header_name(f, "route_header", "x-ai-upstream")
     model_header = header_name(f, "model_header", "x-ai-model")
     consumer_header = header_name(f, "consumer_header", "")  # "" = no header is trusted to name the consumer
@@ -273,6 +276,7 @@ def parse(doc: dict[str, Any]) -> Config:
         max_consumers=f.int("max_consumers", 1000, min=1, max=100_000),
         consumers=consumers,
         cache=cache_cfg,
+        content_routes=content_routes,
     )
     f.done()
     return cfg

@@ -11,6 +11,7 @@ from proxywasm.properties import route_name
 from . import cache, consumers
 from .catalog import MODELS_PATH, is_model_path, model_object, models_list
 from .config import Config, Model
+from .content_routing import choose
 from .errors import JSON_HEADERS, GatewayError, shown
 from .estimate import OUTPUT_KEYS, body_output, estimate
 from .fallback import Fallback
@@ -162,7 +163,8 @@ class GatewayStream(HttpContext):
     def _route(self, cfg: Config, body: bytes) -> None:
         doc, requested = parse_body(body)
         h = self.request_headers
-        model = resolve(cfg, requested, self.headers_in.get, RNG)
+        routed = cfg.content_routes.get(requested) if cfg.content_routes else None
+        model = resolve(cfg, choose(routed, doc) if routed is not None else requested, self.headers_in.get, RNG)
         if model is None:
             raise GatewayError(404, f"The model `{shown(requested)}` does not exist.", "model_not_found", "model")
         if self.who is not None:

@@ -100,7 +100,7 @@ def _limits(fs: list[Fields], scope: str) -> tuple[Limit, ...]:
 
 
 def _redis(f: Fields) -> RedisConfig:
-    transport = f.choice("transport", TRANSPORTS, "higress")
+    transport = f.choice("transport", TRANSPORTS)
     if transport == "higress" and not hc.has_redis():
         raise ConfigError(f"{f.path('transport')}: \"higress\" needs Higress's Redis host calls: load the "
                           "ai-gateway-higress.wasm build in Higress, or use \"webdis\" with stock Envoy")
@@ -117,7 +117,7 @@ def _store(f: Fields | None) -> Store:
     redis_f = f.obj("redis", None)
     if backend == "redis" and redis_f is None:
         raise ConfigError(f"{f.path('redis')}: required with backend \"redis\"")
-    store = Store(backend=backend, redis=_redis(redis_f) if backend == "redis" and redis_f else None,
+    store = Store(backend=backend, redis=_redis(redis_f) if redis_f is not None else None,  # checked even if unused
                   fail_open=f.choice("on_error", ("allow", "deny"), "allow") == "allow",
                   timeout_ms=f.int("timeout_ms", 500, min=10, max=10_000))
     f.done()

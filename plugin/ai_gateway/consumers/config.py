@@ -101,9 +101,6 @@ def _limits(fs: list[Fields], scope: str) -> tuple[Limit, ...]:
 
 def _redis(f: Fields) -> RedisConfig:
     transport = f.choice("transport", TRANSPORTS)
-    if transport == "higress" and not hc.has_redis():
-        raise ConfigError(f"{f.path('transport')}: \"higress\" needs Higress's Redis host calls: load the "
-                          "ai-gateway-higress.wasm build in Higress, or use \"webdis\" with stock Envoy")
     cfg = RedisConfig(transport=transport, cluster=f.str("cluster"), authority=f.str("authority", "webdis"),
                       username=f.str("username", ""), password=f.str("password", ""),
                       database=f.int("database", 0, min=0, max=15), prefix=f.str("prefix", "aigw:"))
@@ -122,6 +119,14 @@ def _store(f: Fields | None) -> Store:
                   timeout_ms=f.int("timeout_ms", 500, min=10, max=10_000))
     f.done()
     return store
+
+
+def check_host(cc: Consumers | None) -> None:
+    """What only the running module can tell: whether it was built with Higress's Redis calls."""
+    redis = cc.store.redis if cc is not None else None
+    if redis is not None and redis.transport == "higress" and not hc.has_redis():
+        raise ConfigError("store.redis.transport: \"higress\" needs Higress's Redis host calls: load the "
+                          "ai-gateway-higress.wasm build in Higress, or use \"webdis\" with stock Envoy")
 
 
 def parse(f: Fields) -> Consumers | None:

@@ -5,6 +5,7 @@ tell apart, and its key never reaches the model server. The Higress build does n
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 from openai import OpenAI
 
 from e2e.ai_stack import GEMMA, HELLO, MODEL_PORTS, QWEN, Mock, ai_config, plugin_config, send
+from e2e.client import wait_for
 from e2e.envoy import REPO, Envoy, free_port
 from tests.redis_server import Redis, redis_server, webdis
 
@@ -99,6 +101,10 @@ def test_one_limit_across_two_envoys(replicas: Replicas) -> None:
             replicas.client(i).chat.completions.create(model=QWEN, messages=HELLO)
         assert e.value.code == "rate_limit_exceeded" and e.value.type == "requests"
         assert 1 <= int(e.value.response.headers["retry-after"]) <= 60
+    for envoy in replicas.envoys:  # per consumer and reason, as Prometheus labels (the shipped stats_tags)
+        assert wait_for(lambda envoy=envoy: re.search(
+            r'^aigw_consumer_reason_rejected\{ai_consumer="team-a",ai_reason="rate_limit_exceeded"\} 1$',
+            envoy.prometheus(), re.M) is not None, timeout=5), envoy.prometheus()[-2000:]
 
 
 def test_bad_keys_and_no_key_upstream(replicas: Replicas) -> None:

@@ -136,7 +136,7 @@ def test_higress_transport_needs_the_higress_build(make_host: HostFactory) -> No
     if make_host.kind != "wasm":  # type: ignore[attr-defined]
         pytest.skip("the in-process host always offers the Redis calls")
     host = make_host("ai_gateway")
-    assert not host.start(config(store={"backend": "redis", "redis": {"cluster": "redis"}}))
+    assert not host.start(config(store={"backend": "redis", "redis": {"transport": "higress", "cluster": "redis"}}))
     assert any("store.redis.transport" in m for m in host.logs_at(5))
 
 

@@ -7,6 +7,7 @@ from proxywasm import RootContext, set_root_context
 from proxywasm import hostcalls as hc
 
 from . import config, observe, picker
+from .consumers.config import check_host
 from .probe import probe_keys, probe_period_ms
 from .stream import GatewayStream
 
@@ -15,7 +16,11 @@ class GatewayRoot(RootContext):
     http_context = GatewayStream
 
     def parse_config(self, doc: dict) -> config.Config:
-        return config.parse(doc)
+        cfg = config.parse(doc)
+        # the "higress" Redis transport needs the Higress build
+        check_host(cfg.consumers.store if cfg.consumers is not None else None)
+        check_host(cfg.cache.store if cfg.cache is not None else None, "cache.store")
+        return cfg
 
     def configs(self) -> list[config.Config]:
         rules = self.rules

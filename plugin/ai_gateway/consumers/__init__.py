@@ -14,6 +14,7 @@ from proxywasm import Action, Counter, LogLevel, MetricCache
 from proxywasm import hostcalls as hc
 
 from ..errors import GatewayError
+from ..observe import consumer_label
 from ..usage import Usage
 from . import admin, auth
 from .config import Consumer, Consumers, Limit
@@ -38,8 +39,8 @@ def count(name: str, n: int = 1) -> None:
 
 def rejected(consumer: str, reason: str) -> None:
     """Per consumer and reason: invalid_api_key, permission_denied, rate_limit_exceeded, insufficient_quota,
-    store_unavailable (label values bounded: consumers are configured; unknown callers count as "none")."""
-    count(f"aigw.consumer.{consumer or 'none'}.reason.{reason}.rejected")
+    rate_limit_unavailable (the label bounded and sanitised as for every metric; unknown callers are "none")."""
+    count(f"aigw.consumer.{consumer_label(consumer)}.reason.{reason}.rejected")
 
 
 class Gate:

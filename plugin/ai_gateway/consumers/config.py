@@ -100,10 +100,7 @@ def _limits(fs: list[Fields], scope: str) -> tuple[Limit, ...]:
 
 
 def _redis(f: Fields) -> RedisConfig:
-    transport = f.choice("transport", TRANSPORTS, "higress")
-    if transport == "higress" and not hc.has_redis():
-        raise ConfigError(f"{f.path('transport')}: \"higress\" needs Higress's Redis host calls: load the "
-                          "ai-gateway-higress.wasm build in Higress, or use \"webdis\" with stock Envoy")
+    transport = f.choice("transport", TRANSPORTS)
     cfg = RedisConfig(transport=transport, cluster=f.str("cluster"), authority=f.str("authority", "webdis"),
                       username=f.str("username", ""), password=f.str("password", ""),
                       database=f.int("database", 0, min=0, max=15), prefix=f.str("prefix", "aigw:"))
@@ -117,11 +114,20 @@ def _store(f: Fields | None) -> Store:
     redis_f = f.obj("redis", None)
     if backend == "redis" and redis_f is None:
         raise ConfigError(f"{f.path('redis')}: required with backend \"redis\"")
-    store = Store(backend=backend, redis=_redis(redis_f) if backend == "redis" and redis_f else None,
+    store = Store(backend=backend, redis=_redis(redis_f) if redis_f is not None else None,  # checked even if unused
                   fail_open=f.choice("on_error", ("allow", "deny"), "allow") == "allow",
                   timeout_ms=f.int("timeout_ms", 500, min=10, max=10_000))
     f.done()
     return store
+
+
+def check_host(store: Store | None, where: str = "store") -> None:
+    """What only the running module can tell: whether it was built with Higress's Redis calls (a store of the
+    consumers, or of the response cache)."""
+    redis = store.redis if store is not None else None
+    if redis is not None and redis.transport == "higress" and not hc.has_redis():
+        raise ConfigError(f"{where}.redis.transport: \"higress\" needs Higress's Redis host calls: load the "
+                          "ai-gateway-higress.wasm build in Higress, or use \"webdis\" with stock Envoy")
 
 
 parse_store = _store  # the response cache keeps its answers in a store of its own kind (cache.py)

@@ -385,7 +385,9 @@ FULL = {"models": [{"name": "a", "cluster": "ca", "fallback": {"models": ["b"]},
         "limits": [{"requests": 1, "per": "second"}, {"tokens": 1, "per": "minute"},
                    {"input_tokens": 1, "per": "hour"}, {"output_tokens": 1, "per": "day"}],
         "store": {"redis": {"transport": "webdis", "cluster": "w"}},
-        "admin": {}}
+        "admin": {},
+        "cache": {"ttl_s": 1, "store": {"redis": {"transport": "webdis", "cluster": "w"}}},
+        "content_routing": [{"name": "auto", "default": "a", "rules": [{"model": "b", "tools": True}]}]}
 
 
 def test_schema_has_exactly_the_fields_the_validator_accepts(monkeypatch: pytest.MonkeyPatch) -> None:

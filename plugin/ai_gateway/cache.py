@@ -5,8 +5,9 @@
               "any_temperature": false, "tool_calls": false, "charge_hits": false, "header": "x-ai-cache"}
 
 Key: SHA-256 (in C) of the namespace, the consumer (unless ``per_consumer`` is false), the model that serves the
-request, and the request body with the transport-only fields (``stream``, ``stream_options``) left out and its keys
-sorted. Looked up when the request is deterministic (``temperature`` 0, or no sampling at all: embeddings), or
+request, and the request body's top-level members as sent, in order, without the whitespace between them and
+without ``model`` (the served model stands for it) and the transport-only ``stream`` and ``stream_options``
+(members found by the C JSON scan: no document is built). Looked up when the request is deterministic (``temperature`` 0, or no sampling at all: embeddings), or
 when ``any_temperature`` is set, or the client sends ``<header>: allow``. ``cache-control: no-store`` or
 ``<header>: skip`` neither reads nor writes; ``cache-control: no-cache`` or ``<header>: refresh`` skips the
 lookup and stores the fresh answer. Only a whole 200 answer is stored (no error, cut-off, cancelled stream or
@@ -21,22 +22,22 @@ from _sha256 import sha256
 
 from proxywasm import Action, ConfigError, Counter, Fields, LogLevel, MetricCache, record
 from proxywasm import hostcalls as hc
+from proxywasm.jsonscan import members
 
 from . import consumers, replay
 from .consumers.config import Store, parse_store
 from .consumers.store import store_for
 from .fieldcheck import header_name
+from .observe import encode_basestring_ascii as _str
 from .observe import label
 from .request import needs_usage
+from .usage import Usage
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .usage import Usage
-
-_KEY = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
-_TRANSPORT = ("stream", "stream_options")
+_SKIP = (b'"stream"', b'"stream_options"', b'"model"')  # members left out of the key (as sent: escaped keys stay)
 _COUNTERS = MetricCache(Counter)
 RESPONSE_HEADER = "x-ai-cache"
 
@@ -90,14 +91,16 @@ def _deterministic(doc: Any) -> bool:
     return doc.get("messages") is None and doc.get("prompt") is None  # embeddings: no sampling
 
 
-def key(cfg: CacheConfig, consumer: str, model: str, doc: Any) -> str:
-    full = doc.full() if hasattr(doc, "full") else doc
-    norm = {k: v for k, v in full.items() if k not in _TRANSPORT}
-    norm["model"] = model
-    body = _KEY(norm).encode("utf-8", "surrogatepass")
+def key(cfg: CacheConfig, consumer: str, model: str, body: bytes) -> str:
+    """The entry's key for a request body (already validated as a JSON object)."""
     who = consumer if cfg.per_consumer else ""
-    return sha256(b"%d:%s|%d:%s|" % (len(cfg.namespace), cfg.namespace.encode(), len(who), who.encode())
-                  + body).hexdigest()
+    h = sha256(b"%d:%s|%d:%s|%d:%s|" % (len(cfg.namespace), cfg.namespace.encode(), len(who), who.encode(),
+                                         len(model), model.encode()))
+    for ks, ke, vs, ve in members(body) or ():
+        k = body[ks:ke]
+        if k not in _SKIP:
+            h.update(b"%s:%s," % (k, body[vs:ve]))
+    return h.hexdigest()
 
 
 def lookup(stream: Any, cfg: CacheConfig, proceed: Any) -> Action:
@@ -111,7 +114,7 @@ def lookup(stream: Any, cfg: CacheConfig, proceed: Any) -> Action:
         stream.cache_state = "skip"
         _counted("skip", model.name)
         return proceed()
-    k = key(cfg, stream.consumer, model.name, stream.doc)
+    k = key(cfg, stream.consumer, model.name, stream.body)
     stream.cache_key, stream.cache_state = k, "miss"
     if "no-cache" in control or mode == "refresh":
         _counted("miss", model.name)
@@ -122,15 +125,13 @@ def lookup(stream: Any, cfg: CacheConfig, proceed: Any) -> Action:
         if value is None:
             _counted("store_unavailable", model.name)
             hc.log(LogLevel.WARN, f"cache: the {cfg.store.backend} store did not answer: going upstream")
-        answer = _decode(value) if value else None
-        if answer is not None and not stream.stream and len(value) > cfg.max_entry_bytes:
-            answer = None
+        entry = _entry(value) if value else None
         try:  # the store answers as the root context (at once, or later when Redis replies)
             hc.set_effective_context(stream.context_id)
         except hc.HostError:
             return  # the client left meanwhile
-        if answer is not None:
-            act = _hit(stream, cfg, answer, value)
+        if entry is not None:
+            act = _hit(stream, cfg, *entry)
         else:
             _counted("miss", model.name)
             act = proceed()
@@ -157,14 +158,24 @@ def _decode(value: bytes) -> dict[str, Any] | None:
         else None
 
 
-def _hit(stream: Any, cfg: CacheConfig, answer: dict[str, Any], raw: bytes) -> Action:
-    """Answer from the cache: JSON as stored, or an SSE stream for a streamed request."""
-    from .usage import Usage
+def _entry(value: bytes) -> tuple[bytes, Usage] | None:
+    """A stored entry: ``b"<input> <output> <total>\\n"`` then the JSON answer."""
+    head, _, answer = value.partition(b"\n")
+    nums = head.split(b" ")
+    if len(nums) != 3 or not all(n.isdigit() and len(n) < 16 for n in nums) or answer[:1] != b"{":
+        return None
+    return answer, Usage(int(nums[0]), int(nums[1]), int(nums[2]))
 
+
+def _hit(stream: Any, cfg: CacheConfig, raw: bytes, usage: Usage) -> Action:
+    """Answer from the cache: JSON as stored, or an SSE stream for a streamed request."""
     model = stream.model
-    u = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
-    usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0),
-                  int(u.get("total_tokens") or 0))
+    answer = None
+    if stream.stream:
+        answer = _decode(raw)
+        if answer is None:
+            _counted("miss", model.name)
+            return stream._admit()  # unreadable: a miss, stored again
     stream.cache_state = "hit"
     cc = stream.config.consumers
     if cfg.charge_hits and cc is not None:
@@ -181,9 +192,9 @@ def _hit(stream: Any, cfg: CacheConfig, answer: dict[str, Any], raw: bytes) -> A
     return Action.PAUSE
 
 
-def _replay(stream: Any, answer: dict[str, Any], raw: bytes, usage: Usage) -> bool:
+def _replay(stream: Any, answer: dict[str, Any] | None, raw: bytes, usage: Usage) -> bool:
     model = stream.model
-    if stream.stream:
+    if answer is not None:
         body = replay.to_sse(answer, _wants_usage(stream))
         ctype = "text/event-stream"
     else:
@@ -197,8 +208,8 @@ def _replay(stream: Any, answer: dict[str, Any], raw: bytes, usage: Usage) -> bo
     if usage.total:
         _counted("tokens_saved", model.name, usage.total)
     cfg = stream.config
-    line = (f'{{"cache":"hit","model":{json.dumps(stream.requested)},"served_model":{json.dumps(model.name)},'
-            f'"consumer":{json.dumps(stream.consumer or "none")},"status":200,"stream":{_B[stream.stream]},'
+    line = (f'{{"cache":"hit","model":{_str(stream.requested)},"served_model":{_str(model.name)},'
+            f'"consumer":{_str(stream.consumer or "none")},"status":200,"stream":{_B[stream.stream]},'
             f'"tokens_saved":{usage.total}}}')
     if cfg.ai_log in ("filter_state", "both"):
         hc.set_property("ai_log", line)
@@ -211,13 +222,23 @@ def _replay(stream: Any, answer: dict[str, Any], raw: bytes, usage: Usage) -> bo
 _B = {True: "true", False: "false"}
 
 
+def _usage_of(answer: dict[str, Any]) -> Usage:
+    u = answer.get("usage")
+    u = u if isinstance(u, dict) else {}
+    n = [v if isinstance(v, int) and v >= 0 else 0 for v in (u.get(k) for k in ("prompt_tokens",
+                                                                                    "completion_tokens",
+                                                                                    "total_tokens"))]
+    return Usage(*n)
+
+
 def _wants_usage(stream: Any) -> bool:
     """The client gets the usage chunk: it asked for it, or the gateway did and does not strip it."""
     return not stream.drop_usage and not needs_usage(stream.doc)
 
 
-def store_answer(stream: Any, cfg: CacheConfig, raw: bytes | None) -> None:
-    """On a whole 200 answer to a cacheable miss: keep it (as JSON) for ttl_s."""
+def store_answer(stream: Any, cfg: CacheConfig, raw: bytes | None, usage: Usage | None) -> None:
+    """On a whole 200 answer to a cacheable miss: keep it (as JSON, after its usage) for ttl_s. A JSON answer is
+    decoded only when it may be an error or call tools."""
     model = stream.model
     if not raw or len(raw) > cfg.max_entry_bytes:
         return
@@ -227,7 +248,9 @@ def store_answer(stream: Any, cfg: CacheConfig, raw: bytes | None) -> None:
             return
         value = replay.to_json(answer)
     else:
-        answer = _decode(raw)
+        if raw.lstrip()[:1] != b"{" or (b'"choices"' not in raw and b'"data"' not in raw):
+            return
+        answer = _decode(raw) if b'"error"' in raw or b'"tool_calls"' in raw else {}
         if answer is None or "error" in answer:
             return
         value = raw
@@ -235,6 +258,8 @@ def store_answer(stream: Any, cfg: CacheConfig, raw: bytes | None) -> None:
         return
     if len(value) > cfg.max_entry_bytes:
         return
+    u = usage or _usage_of(answer)
+    value = b"%d %d %d\n%s" % (u.input, u.output, u.total, value)
 
     def done(ok: Any) -> None:
         if ok:

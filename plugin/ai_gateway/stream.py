@@ -374,7 +374,7 @@ class GatewayStream(HttpContext):
             usage = estimate(self.body, *out)
         assert self.model is not None
         if self.cache_key and complete and self.status == 200 and not self.fallback_from and cfg.cache is not None:
-            cache.store_answer(self, cfg.cache, self._cache_body())
+            cache.store_answer(self, cfg.cache, self._cache_body(), None if estimated else usage)
         if self.gate is not None and cfg.consumers is not None:
             consumers.charge(self, cfg.consumers, usage, self.model.name, self._estimate)
         if not cfg.metrics and cfg.ai_log == "off":

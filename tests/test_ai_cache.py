@@ -256,3 +256,21 @@ def test_redis_down_goes_upstream_and_is_counted(make_host: HostFactory) -> None
     assert s.local_response is None and s.continued
     answer_json(s)
     assert host.metric("aigw.cache.store_unavailable") == 2  # the lookup and the write
+
+
+def test_text_completions_round_trip(make_host: HostFactory) -> None:
+    host = started(make_host, config())
+    legacy = {"id": "cmpl-1", "object": "text_completion", "created": 1, "model": "qwen",
+              "choices": [{"index": 0, "text": "Paris is the capital of France.", "logprobs": None,
+                           "finish_reason": "stop"}],
+              "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
+    req = json.dumps({"model": "qwen", "prompt": "The capital of France", "temperature": 0}).encode()
+    path = {":path": "/v1/completions"}
+    s = chat(host, req, path)
+    answer_json(s, legacy)
+    got = chat(host, json.dumps({"model": "qwen", "prompt": "The capital of France", "temperature": 0,
+                                 "stream": True}).encode(), path)
+    assert hit(got)
+    evs = events(got.local_response.body)
+    assert evs[-1] == "[DONE]" and all(e["object"] == "text_completion" for e in evs[:-1])
+    assert "".join(e["choices"][0]["text"] for e in evs[:-1] if e["choices"]) == legacy["choices"][0]["text"]

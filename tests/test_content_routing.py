@@ -63,8 +63,52 @@ def test_rules_pick_the_model(make_host: HostFactory, body: bytes, model: str) -
     ({"name": "auto", "default": "small", "rules": [{"model": "nope", "tools": True}]}, "rules[0].model"),
     ({"name": "auto", "default": "small", "rules": [{"model": "big", "regex": "("}]}, "rules[0].regex"),
     ({"name": "auto", "default": "small", "rules": [{"model": "big"}]}, "rules[0]"),
+    ({"name": "auto", "default": "small", "classifier": {"model": "nope", "categories": {"a": "big"}}},
+     "classifier.model"),
+    ({"name": "auto", "default": "small", "classifier": {"model": "small", "categories": {"a": "nope"}}},
+     "classifier.categories.a"),
+    ({"name": "auto", "default": "small", "classifier": {"model": "small"}}, "classifier.categories"),
 ])
 def test_config_mistakes_name_the_field(make_host: HostFactory, bad: dict[str, Any], field: str) -> None:
     host = make_host("ai_gateway")
     assert not host.start({"models": MODELS, "content_routing": [bad]})
     assert any(field in m for m in host.logs_at(5)), host.logs
+
+
+CLASSIFIED = {"models": MODELS, "content_routing": [{
+    "name": "auto", "default": "small", "rules": [{"model": "vision", "images": True}],
+    "classifier": {"model": "small", "categories": {"code": "coder", "math": "big"}, "timeout_ms": 500}}]}
+
+
+def classifier_answer(text: Any) -> bytes:
+    return json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]}).encode()
+
+
+@pytest.mark.parametrize("status, answer, model", [
+    (200, classifier_answer("Code"), "coder"),
+    (200, classifier_answer(" category: math."), "big"),
+    (200, classifier_answer("poetry"), "small"),  # no category named: the default
+    (200, b"not json", "small"),
+    (500, classifier_answer("code"), "small"),
+    (0, b"", "small"),  # timeout / reset: Envoy answers the callout with no status
+])
+def test_classifier_picks_or_falls_back(make_host: HostFactory, status: int, answer: bytes, model: str) -> None:
+    host = make_host("ai_gateway")
+    assert host.start(CLASSIFIED), host.logs
+    s = chat(host, req("Write me a sorting routine"))
+    assert s.local_response is None and not s.continued  # waiting for the classifier
+    (call,) = host.callouts
+    assert call.cluster == "small" and call.header(":path") == "/v1/chat/completions"
+    sent = json.loads(call.body)
+    assert sent["messages"][-1]["content"] == "Write me a sorting routine" and "code, math" in \
+        sent["messages"][0]["content"]
+    host.respond_callout(call.token, status, [(":status", str(status))] if status else [], answer)
+    assert s.continued and s.request_header("x-ai-upstream") == model
+    assert json.loads(s.request_body)["model"] == model
+
+
+def test_rules_before_the_classifier(make_host: HostFactory) -> None:
+    host = make_host("ai_gateway")
+    assert host.start(CLASSIFIED), host.logs
+    s = chat(host, req(IMAGE))
+    assert not host.callouts and s.request_header("x-ai-upstream") == "vision"

@@ -73,15 +73,18 @@ def parse(f: Fields) -> CacheConfig | None:
     return cfg
 
 
-def count(name: str, n: int = 1) -> None:
-    _COUNTERS(name).increment(n)  # type: ignore[attr-defined]
+_BY: dict[tuple[str, str], tuple[Any, Any]] = {}  # (what, model) -> its two counters, made once
 
 
 def _counted(what: str, model: str, n: int = 1) -> None:
     """``aigw.cache.<what>`` and ``aigw.cache.model.<model>.<what>``: hit, miss, skip, stored, tokens_saved,
-    store_unavailable."""
-    count("aigw.cache." + what, n)
-    count(f"aigw.cache.model.{label(model)}.{what}", n)
+    store_unavailable (models are configured: the label set is bounded)."""
+    pair = _BY.get((what, model))
+    if pair is None:
+        pair = _BY[what, model] = (_COUNTERS("aigw.cache." + what),
+                                   _COUNTERS(f"aigw.cache.model.{label(model)}.{what}"))
+    pair[0].increment(n)
+    pair[1].increment(n)
 
 
 def _deterministic(doc: Any) -> bool:

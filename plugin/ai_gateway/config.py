@@ -240,7 +240,7 @@ def parse(doc: dict[str, Any]) -> Config:
         if m.mirror and m.mirror.model not in models:
             raise ConfigError(f"{where[m.name]}.mirror.model: unknown model {m.mirror.model!r}")
     pickers = pools.finish()
-    content_routes = parse_content_routes(f, {*models, *aliases})
+    content_routes = parse_content_routes(f, set(models), {*models, *aliases})
     route_header = header_name(f, "route_header", "x-ai-upstream")
     model_header = header_name(f, "model_header", "x-ai-model")
     consumer_header = header_name(f, "consumer_header", "")  # "" = no header is trusted to name the consumer

@@ -10,10 +10,17 @@ A rule matches when every condition it names holds: ``regex`` (searched in the l
 (any of them, case-insensitive, in the last user message), ``min_chars`` / ``max_chars`` (that message's length),
 ``tools`` (the request offers tools, or not), ``images`` (a message holds an image, or not). The first rule that
 matches names the model (a model or an alias); none: ``default``. Rules are compiled once, at plugin start.
+
+Optionally, when no rule matches, an intent classifier decides:
+``"classifier": {"model": "small", "categories": {"code": "coder", "math": "big"}, "timeout_ms": 2000}``: the
+gateway asks ``model`` (through its cluster, as a callout) which category the last user message belongs to; the
+first category named in its answer picks the model. No answer within ``timeout_ms``, an error, or no category
+named: ``default``.
 """
 
 from __future__ import annotations
 
+import json
 import re
 
 from proxywasm import ConfigError, Fields, record
@@ -37,13 +44,22 @@ class Rule:
 
 
 @record
+class Classifier:
+    model: str  # the model (a configured model, not an alias) asked for the category
+    categories: dict  # category (lower case) -> model or alias
+    timeout_ms: int
+    max_chars: int  # of the user message sent to the classifier
+
+
+@record
 class ContentRoute:
     name: str
     rules: tuple
     default: str
+    classifier: Classifier | None = None
 
 
-def parse(f: Fields, known: set[str]) -> dict[str, ContentRoute]:
+def parse(f: Fields, models: set[str], known: set[str]) -> dict[str, ContentRoute]:
     """``content_routing``: name -> ContentRoute; models and aliases must exist (``known``)."""
     out: dict[str, ContentRoute] = {}
     for r in f.objs("content_routing", []):
@@ -72,9 +88,31 @@ def parse(f: Fields, known: set[str]) -> dict[str, ContentRoute]:
                                   "images)")
             rules.append(rule)
             rf.done()
-        out[name] = ContentRoute(name, tuple(rules), default)
+        out[name] = ContentRoute(name, tuple(rules), default, _classifier(r.obj("classifier", None), models, known))
         r.done()
     return out
+
+
+def _classifier(f: Fields | None, models: set[str], known: set[str]) -> Classifier | None:
+    if f is None:
+        return None
+    model = f.str("model")
+    if model not in models:
+        raise ConfigError(f"{f.path('model')}: unknown model {model!r} (a model, not an alias)")
+    cats = f.raw("categories", None)
+    if not isinstance(cats, dict) or not cats:
+        raise ConfigError(f"{f.path('categories')}: must map categories to models, e.g. {{\"code\": \"coder\"}}")
+    out = {}
+    for cat, target in cats.items():
+        if not isinstance(target, str) or target not in known:
+            raise ConfigError(f"{f.path('categories')}.{cat}: unknown model {echo(str(target))}")
+        if not cat.strip() or not cat.isascii():
+            raise ConfigError(f"{f.path('categories')}: category names must be non-empty ASCII")
+        out[cat.strip().lower()] = target
+    c = Classifier(model, out, f.int("timeout_ms", 2000, min=50, max=30_000),
+                   f.int("max_chars", 4000, min=100, max=100_000))
+    f.done()
+    return c
 
 
 def _text(content: Any) -> str:
@@ -94,18 +132,44 @@ def _has_image(messages: list[Any]) -> bool:
     return False
 
 
-def choose(route: ContentRoute, doc: Any) -> str:
-    """The model (or alias) a request to ``route`` goes to."""
+def last_user_text(doc: Any) -> str:
+    messages = doc.get("messages")
+    for m in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return _text(m.get("content"))
+    prompt = doc.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
+def classifier_request(c: Classifier, doc: Any) -> bytes:
+    """The chat request asking the classifier for the category of the last user message."""
+    cats = ", ".join(c.categories)
+    return json.dumps({"model": c.model, "temperature": 0, "max_tokens": 16, "stream": False, "messages": [
+        {"role": "system", "content": f"Classify the user's message into exactly one of these categories: {cats}. "
+                                      "Answer with the category name only."},
+        {"role": "user", "content": last_user_text(doc)[: c.max_chars]}]}).encode()
+
+
+def classified(c: Classifier, status: int, body: bytes) -> str | None:
+    """The model the classifier's answer picks, or None (error, unreadable, no category named)."""
+    if status != 200:
+        return None
+    try:
+        answer = json.loads(body)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    if not isinstance(answer, str):
+        return None
+    text = answer.lower()
+    found = [(text.find(cat), cat) for cat in c.categories if cat in text]
+    return c.categories[min(found)[1]] if found else None
+
+
+def choose(route: ContentRoute, doc: Any) -> str | None:
+    """The model (or alias) a request to ``route`` goes to; None: no rule matched and the classifier decides."""
     messages = doc.get("messages")
     messages = messages if isinstance(messages, list) else []
-    last = ""
-    for m in reversed(messages):
-        if isinstance(m, dict) and m.get("role") == "user":
-            last = _text(m.get("content"))
-            break
-    else:
-        prompt = doc.get("prompt")
-        last = prompt if isinstance(prompt, str) else ""
+    last = last_user_text(doc)
     lowered = None
     images = None
     tools = bool(doc.get("tools"))
@@ -126,4 +190,4 @@ def choose(route: ContentRoute, doc: Any) -> str:
         if rule.regex is not None and rule.regex.search(last) is None:
             continue
         return rule.model
-    return route.default
+    return route.default if route.classifier is None else None

@@ -11,6 +11,7 @@ from proxywasm.properties import route_name
 from . import cache, consumers
 from .catalog import MODELS_PATH, is_model_path, model_object, models_list
 from .config import Config, Model
+from .classify import classify
 from .content_routing import choose
 from .errors import JSON_HEADERS, GatewayError, shown
 from .estimate import OUTPUT_KEYS, body_output, estimate
@@ -140,10 +141,17 @@ class GatewayStream(HttpContext):
         if not end_of_stream:
             return Action.PAUSE
         self.body_len = body_size
+        body = self.request_body.read()
         try:
-            self._route(cfg, self.request_body.read())
+            self._route(cfg, body)
         except GatewayError as e:
             return self._reject(e)
+        if self.model is None:  # content routing asks its classifier first
+            return classify(self, cfg, body)
+        return self._proceed()
+
+    def _proceed(self) -> Action:
+        cfg: Config = self.config
         if cfg.cache is not None and self.model is not None:  # a hit answers here (cache.py)
             return cache.lookup(self, cfg.cache, self._admit)
         return self._admit()
@@ -160,11 +168,17 @@ class GatewayStream(HttpContext):
         gateway's own authentication. Metric labels are bounded and sanitised in observe.consumer_label."""
         self.consumer = name
 
-    def _route(self, cfg: Config, body: bytes) -> None:
+    def _route(self, cfg: Config, body: bytes, target: str | None = None) -> None:
+        """Route by the body's model (``target``: the one content routing's classifier picked)."""
         doc, requested = parse_body(body)
         h = self.request_headers
         routed = cfg.content_routes.get(requested) if cfg.content_routes else None
-        model = resolve(cfg, choose(routed, doc) if routed is not None else requested, self.headers_in.get, RNG)
+        if routed is not None and target is None:
+            target = choose(routed, doc)
+            if target is None:
+                self.requested, self.doc = requested, doc  # the classifier decides (classify)
+                return
+        model = resolve(cfg, target or requested, self.headers_in.get, RNG)
         if model is None:
             raise GatewayError(404, f"The model `{shown(requested)}` does not exist.", "model_not_found", "model")
         if self.who is not None:

@@ -11,8 +11,8 @@ from proxywasm import ConfigError, Fields, factory, record
 from .cache import CacheConfig
 from .cache import parse as parse_cache
 from .consumers.config import Consumers
-from .content_routing import parse as parse_content_routes
 from .consumers.config import parse as parse_consumers
+from .content_routing import parse as parse_content_routes
 from .fieldcheck import echo, header_name, header_value, token, url_path
 from .keys import KeyPoolConfig, parse_pool
 from .picker.config import DEFAULT_HEADER as PICKER_HEADER

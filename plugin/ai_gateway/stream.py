@@ -10,8 +10,8 @@ from proxywasm.properties import route_name
 
 from . import cache, consumers
 from .catalog import MODELS_PATH, is_model_path, model_object, models_list
-from .config import Config, Model
 from .classify import classify
+from .config import Config, Model
 from .content_routing import choose
 from .errors import JSON_HEADERS, GatewayError, shown
 from .estimate import OUTPUT_KEYS, body_output, estimate

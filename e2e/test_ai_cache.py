@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,9 +17,9 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from e2e.ai_stack import GEMMA, MODEL_PORTS, QWEN, Mock, ai_config, plugin_config
-from e2e.envoy import Envoy, free_port
-from e2e.test_ai_consumers import CLUSTERS_LINE, WEBDIS_CLUSTER
+from e2e.ai_stack import GEMMA, MODEL_PORTS, QWEN, Mock
+from e2e.envoy import Envoy
+from e2e.test_ai_consumers import envoy_with_webdis
 from tests.redis_server import Redis, redis_server, webdis
 
 TTL_S = 6
@@ -68,16 +67,8 @@ def gw(ai_gateway_wasm: Path) -> Iterator[Gateway]:
         webdis_port = stack.enter_context(webdis(redis.port))
         mocks = {m: Mock(m) for m in MODEL_PORTS}
         stack.callback(lambda: [m.stop() for m in mocks.values()])
-        listener, admin = free_port(), free_port()
-        envoy = Envoy("", admin, 2)
-        log = envoy.dir / "ai_log.txt"
-        replace = {**plugin_config(json.dumps(gateway_config(keys))),
-                   CLUSTERS_LINE: CLUSTERS_LINE + WEBDIS_CLUSTER.format(port=webdis_port)}
-        envoy.config = ai_config(listener, admin, {m: mk.port for m, mk in mocks.items()}, log, replace)
-        stack.callback(shutil.rmtree, envoy.dir, True)
-        stack.callback(envoy.stop)
-        envoy.start()
-        yield Gateway(f"http://127.0.0.1:{listener}", envoy, mocks, redis, keys, log)
+        url, envoy = envoy_with_webdis(stack, gateway_config(keys), mocks, webdis_port, access_log=True)
+        yield Gateway(url, envoy, mocks, redis, keys, envoy.dir / "ai_log.txt")
 
 
 def question() -> list[dict[str, str]]:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from proxywasm.testing import Host, Stream
+from proxywasm.testing import Stream
 from tests.conftest import HostFactory
 from tests.gateway import chat, error_of
 from tests.redis_server import Redis
-from tests.test_ai_consumers import BASE_NS, KEY_A, KEY_B, bearer
+from tests.test_ai_consumers import KEY_A, KEY_B, bearer, started
 
 MODELS = [{"name": "qwen", "cluster": "qwen"}, {"name": "gemma", "cluster": "gemma"}]
 MSGS = [{"role": "user", "content": "What is 2+2?"}]
@@ -57,15 +57,6 @@ def answer_sse(s: Stream, answer: dict[str, Any] = ANSWER, done: bool = True) ->
     s.send_response_body(raw[:half], end_of_stream=False)
     s.send_response_body(raw[half:], end_of_stream=True)
     s.complete()
-
-
-def started(make_host: HostFactory, cfg: dict[str, Any], variant: str = "", redis: Redis | None = None) -> Host:
-    host = make_host("ai_gateway", None, variant)
-    host.state.shared.clock_ns = BASE_NS
-    if redis is not None:
-        host.use_redis("redis", redis.port)
-    assert host.start(cfg), host.logs
-    return host
 
 
 def hit(s: Stream) -> bool:
@@ -236,11 +227,11 @@ def test_hits_charged_only_when_configured(make_host: HostFactory, charge: bool)
 
 def test_redis_store_through_higress_calls(make_host: HostFactory, redis: Redis) -> None:
     store = {"backend": "redis", "redis": {"transport": "higress", "cluster": "redis", "prefix": "cache1:"}}
-    host = started(make_host, config(store=store), "higress", redis)
+    host = started(make_host, config(store=store), None, "higress", redis)
     answer_json(chat(host, body()))
     stored = redis.cli("--scan", "--pattern", "cache1:v:*").split()
     assert len(stored) == 1 and 0 < int(redis.cli("TTL", stored[0])) <= 60
-    other = started(make_host, config(store=store), "higress", redis)  # another replica
+    other = started(make_host, config(store=store), None, "higress", redis)  # another replica
     s = chat(other, body(stream=True))
     assert hit(s) and events(s.local_response.body)[-1] == "[DONE]"
 

@@ -1,9 +1,8 @@
 """Every error a client of an AI path gets is an OpenAI-style JSON error, in a real Envoy with the shipped config
-(issue 16.3): Envoy's own local replies (connect failure, unknown cluster, no healthy upstream, overflow,
-timeout, its buffer's 413, no route)
-through the config's ``local_reply_config``, the gateway's own errors unchanged (not wrapped twice), fallback
-exhaustion; plus ``GET /v1/models/{id}`` (16.4), path spellings (23.6) and content types (16.7), all with the
-official ``openai`` client where it can send the request.
+(issue 16.3): Envoy's own local replies (connect failure, unknown cluster, no healthy upstream, overflow, timeout,
+its buffer's 413, no route) through the config's ``local_reply_config``, the gateway's own errors unchanged (not
+wrapped twice), fallback exhaustion; plus ``GET /v1/models/{id}`` (16.4), path spellings (23.6) and content types
+(16.7), all with the official ``openai`` client where it can send the request.
 """
 
 from __future__ import annotations

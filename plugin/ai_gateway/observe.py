@@ -157,7 +157,7 @@ MAX_SERIES = 10_000  # label sets cached per VM
 
 
 def _series(o: Observation) -> _Series:
-    consumer = consumer_label(o.consumer)
+    consumer = _CONSUMERS.get(o.consumer) or consumer_label(o.consumer)  # the common case without a call
     key = (o.route, o.cluster, o.served, consumer)
     s = _SERIES.get(key)
     if s is None:

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxywasm import Action
-
 from ai_gateway.estimate import input_tokens
+from proxywasm import Action
 
 from .gateway import CHAT, CONFIG, chat_body
 from .test_ai_usage import FRAMINGS, framed_stream

@@ -28,8 +28,8 @@ from . import hostcalls as hc
 from .abi import BufferType
 
 try:
-    from _proxywasm import tap_count as _native_count
-    from _proxywasm import tap_skip as _native_skip  # type: ignore[import-not-found]
+    from _proxywasm import tap_count as _native_count  # type: ignore[import-not-found]
+    from _proxywasm import tap_skip as _native_skip
     from _proxywasm import tap_start as _native_start
     from _proxywasm import tap_take as _native_take
 except ImportError:

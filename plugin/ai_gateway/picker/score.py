@@ -37,8 +37,6 @@ kv_cache_threshold`` (the Gateway API inference extension's utilization detector
 
 from __future__ import annotations
 
-from .affinity import rendezvous
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .config import EndpointPicker
@@ -46,15 +44,19 @@ if TYPE_CHECKING:
 
 SCORED, LEAST_LOADED, UNSCORED = "scored", "least_loaded", "unscored"
 _EPS = 1e-9
+MAX_SLOWNESS = 4.0  # a pod counts at most 4x its requests for being slow
+RECENT_ADAPTERS = 4  # adapters remembered per endpoint as probably still loaded
 
 
 def lora_score(e: Endpoint, model: str) -> float:
-    if model in e.running_adapters:
+    """How well a request for adapter ``model`` fits the endpoint's batch (1: it is being served there)."""
+    if model in e.adapters or model in e.running_adapters:
         return 1.0
-    if len(e.running_adapters) < e.max_lora:
-        return 0.8
+    active = len(e.running_adapters) + sum(1 for a in e.adapters if a not in e.running_adapters)
+    if active < e.max_lora:
+        return 0.9 if model in e.recent else 0.7  # a free slot; recently served here: probably no load
     if model in e.waiting_adapters:
-        return 0.6
+        return 0.5
     return 0.0
 
 
@@ -65,44 +67,56 @@ def _rotate(view: View, best: list[Endpoint]) -> Endpoint:
     return best[view.rr % len(best)]
 
 
-def scores(candidates: list[Endpoint], pool: EndpointPicker, model: str, prefix: int | None) -> list[float]:
+def _slowness(candidates: list[Endpoint]) -> list[float]:
+    """Each pod's time per output token over the fastest one's (1 when any is unknown)."""
+    itls = [e.itl for e in candidates]
+    fastest = min(itls)
+    if fastest <= 0:
+        return [1.0] * len(candidates)
+    return [min(MAX_SLOWNESS, v / fastest) for v in itls]
+
+
+def scores(candidates: list[Endpoint], pool: EndpointPicker, model: str, credit: dict[int, float] | None) -> list[float]:
+    """Each candidate's score, in requests: minus its load, plus what an affinity is worth."""
     w = pool.weights
-    qt, kt = pool.queue_threshold, pool.kv_cache_threshold
-    rs = [e.running + e.picks for e in candidates]
-    rscale = max(rs) + 1.0
+    kt = pool.kv_cache_threshold
+    slow = _slowness(candidates) if w.speed > 0 else [1.0] * len(candidates)
     adapter = w.lora > 0 and any(e.max_lora >= 0 for e in candidates) and all(e.model != model for e in candidates)
-    winner = None
-    if prefix is not None and w.prefix > 0:
-        winner = max(candidates, key=lambda e: rendezvous(prefix, e.eid))
     out = []
-    for e, r in zip(candidates, rs, strict=True):
-        s = w.queue * (1.0 - e.waiting / qt) + w.running * (1.0 - r / rscale) + w.kv_cache * (1.0 - e.kv / kt)
+    for e, sl in zip(candidates, slow, strict=True):
+        s = -(w.running * e.load_estimate() * (1 + w.speed * (sl - 1)) + w.queue * e.waiting + w.kv_cache * e.kv / kt)
         if adapter and e.max_lora >= 0:
             s += w.lora * lora_score(e, model)
-        if e is winner:
-            s += w.prefix
+        if credit:
+            s += w.prefix * credit.get(e.bit, 0.0)
         out.append(s)
     return out
 
 
+def _least(view: View, endpoints: list[Endpoint]) -> Endpoint:
+    """Fewest of this VM's requests in flight (least request), ties rotating."""
+    low = min(e.inflight for e in endpoints)
+    return _rotate(view, [e for e in endpoints if e.inflight == low])
+
+
 def choose(view: View, pool: EndpointPicker, endpoints: list[Endpoint], now_ms: int, sheddable: bool,
-           model: str, prefix: int | None) -> tuple[Endpoint | None, str]:
+           model: str, credit: dict[int, float] | None) -> tuple[Endpoint | None, str]:
     """(endpoint, how) per the module's rules; (None, ...) = shed the request."""
     horizon = now_ms - pool.stale_after_ms
     fresh = [e for e in endpoints if e.up and e.ok_ms >= horizon]
     if not fresh:
         stale = [e for e in endpoints if not e.down]
-        return _rotate(view, stale or endpoints), UNSCORED
+        return _least(view, stale or endpoints), UNSCORED
     qt, kt = pool.queue_threshold, pool.kv_cache_threshold
     free = [e for e in fresh if e.waiting < qt and e.kv < kt]
     if not free:
         if sheddable:
             return None, LEAST_LOADED
-        loads = [(max(e.waiting / qt, e.kv / kt), e.running + e.picks) for e in fresh]
+        loads = [(max(e.waiting / qt, e.kv / kt), e.load_estimate()) for e in fresh]
         low = min(loads)
         return _rotate(view, [e for e, ld in zip(fresh, loads, strict=True) if ld == low]), LEAST_LOADED
     if len(free) == 1:
         return free[0], SCORED
-    s = scores(free, pool, model, prefix)
+    s = scores(free, pool, model, credit)
     top = max(s)
     return _rotate(view, [e for e, v in zip(free, s, strict=True) if v >= top - _EPS]), SCORED

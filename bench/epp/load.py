@@ -103,19 +103,18 @@ def chat(rate: float, seconds: float, warmup: float, seed: int) -> list[Spec]:
     """Multi-turn sessions: each starts (Poisson) with one of ``CHAT_SYSTEMS`` system prompts and sends a turn every
     ``CHAT_GAP_S``, each turn resending the whole history (its earlier questions and answers) plus a new question:
     what vLLM's prefix cache is for. Sessions start at ``rate / mean turns`` per second from ``warmup`` seconds
-    before the run (so the measured window holds sessions at every turn); turns falling after the run are dropped."""
+    before the run (so the measured window holds sessions at every turn; a fixed number of them, their start times
+    a conditioned Poisson process); turns falling after the run are dropped."""
     rnd, gaps = random.Random(f"{seed}:chat"), random.Random(f"{seed}:sessions")
     systems = [" ".join(rnd.choice(VOCAB) for _ in range(rnd.randint(*CHAT_SYSTEM_WORDS)))
                for _ in range(CHAT_SYSTEMS)]
     total = warmup + seconds
     mean_turns = (CHAT_TURNS[0] + CHAT_TURNS[1]) / 2
-    start, t_sessions = -warmup, rate / mean_turns
+    n = max(1, round(rate / mean_turns * (total + warmup)))  # sessions: a fixed count, as in workload()
+    g = [gaps.expovariate(1) for _ in range(n + 1)]
+    starts = [x * (total + warmup) / sum(g) - warmup for x in itertools.accumulate(g[:n])]
     out: list[Spec] = []
-    t = start
-    while True:
-        t += gaps.expovariate(t_sessions)
-        if t >= total:
-            break
+    for t in starts:
         system = rnd.randrange(CHAT_SYSTEMS)
         msgs: list[dict[str, str]] = [{"role": "system", "content": systems[system]}]
         at = t

@@ -14,7 +14,7 @@ from proxywasm import ConfigError, Fields, record
 
 CRITICALITIES = ("critical", "standard", "sheddable")
 DEFAULT_HEADER = "x-gateway-destination-endpoint"  # Gateway API inference extension, endpoint picker protocol
-WEIGHTS = {"running": 1.0, "queue": 1.0, "kv_cache": 4.0, "lora": 4.0, "prefix": 3.0, "speed": 1.0}  # see score
+WEIGHTS = {"running": 1.0, "queue": 1.0, "kv_cache": 4.0, "lora": 4.0, "prefix": 8.0, "speed": 1.0}  # see score
 PREFIX_CHARS = 32_768  # prefix affinity over the prompt's first 32k characters by default
 MAX_ENDPOINTS = 64  # the shared record is one JSON document: keep it small
 

@@ -79,11 +79,11 @@ def workload(rate: float, seconds: float, warmup: float, seed: int) -> list[Spec
 
 
 def burst(rate: float, seconds: float, warmup: float, seed: int) -> list[Spec]:
-    """``mixed`` plus as many requests again during ``BURST_S`` seconds at a third of the measured window: the
-    rate doubles for a moment (the extra requests are the same kind of mix, their times uniform in the burst)."""
+    """``mixed`` plus as many requests again during ``BURST_S`` seconds (at most a third of the measured window) a
+    third into the measured window: the rate doubles for a moment (the extra requests are the same kind of mix)."""
     base = workload(rate, seconds, warmup, seed)
     at = warmup + seconds / 3
-    extra = workload(rate, BURST_S, 0, seed + 1000)
+    extra = workload(rate, min(BURST_S, seconds / 3), 0, seed + 1000)
     for s in extra:
         s.at, s.measured = at + s.at, True
     return sorted(base + extra, key=lambda s: s.at)

@@ -10,29 +10,35 @@ A fresh endpoint is **saturated** when ``waiting >= queue_threshold`` or ``kv_ca
 kv_cache_threshold`` (the Gateway API inference extension's utilization detector).
 
 1. Fresh endpoints exist and some are not saturated: the highest **score** among those wins
-   (ties rotate per worker)::
+   (ties rotate per worker). The score is counted in requests of load: minus what is at the pod, plus
+   what an affinity is worth::
 
-       score = w.queue    * (1 - q / queue_threshold)        q: vllm:num_requests_waiting
-             + w.running  * (1 - r / (max_r + 1))             r: vllm:num_requests_running + this worker's
-                                                                 picks since that scrape; max over candidates
-             + w.kv_cache * (1 - kv / kv_cache_threshold)     kv: vllm:kv_cache_usage_perc (0..1)
-             + w.lora     * lora                              LoRA adapter affinity, below
-             + w.prefix   * (1 if this endpoint wins the prompt prefix's rendezvous, else 0)
+       score = - w.running  * load * (1 + w.speed * (slowness - 1))
+               - w.queue    * q                          q: vllm:num_requests_waiting
+               - w.kv_cache * kv / kv_cache_threshold    kv: vllm:kv_cache_usage_perc (0..1)
+               + w.lora     * lora                       LoRA adapter affinity, below
+               + w.prefix   * credit                     prefix affinity (``affinity``), 0..1
 
-   Every term is in [0, 1] (candidates are below both thresholds), so a small load difference
-   moves the score a little and an affinity can outweigh it, while a large one wins. Counting this
-   worker's own picks since the last scrape spreads a burst instead of sending it all to the
-   endpoint that looked idlest ``scrape_interval_ms`` ago.
-   ``lora`` applies when the request's upstream model is not an endpoint's base model (an adapter):
-   1.0 loaded (``running_lora_adapters``), 0.8 a free adapter slot (fewer than ``max_lora``
-   loaded), 0.6 queued for loading (``waiting_lora_adapters``), else 0 (``vllm:lora_requests_info``,
-   values as in the Gateway API inference extension's LoRA affinity scorer).
-   The prefix term exists only with ``prefix_chars`` > 0 (see ``affinity``).
+   ``load`` = the scraped running + waiting requests, plus this worker's picks since that scrape, minus
+   this worker's requests there that ended since (never below its own requests in flight there): it
+   follows every pick and every answer at once, between scrapes. ``slowness`` = the pod's time per
+   output token (``vllm:time_per_output_token_seconds``, between scrapes, smoothed) over the fastest
+   candidate's, at most ``MAX_SLOWNESS``: a pod decoding at half speed counts its requests twice.
+   ``lora`` applies when the request's upstream model is not the pods' base model (an adapter) and
+   the pods report ``vllm:lora_requests_info``: 1 the adapter is in the pod's batch (scraped
+   ``running_lora_adapters``, or this worker has a request for it in flight there), 0.9 / 0.7 a
+   free adapter slot (fewer than ``max_lora`` adapters active) where this worker recently sent it /
+   did not, 0.5 queued for loading (``waiting_lora_adapters``), 0 no slot (the request would wait for
+   a batch of other adapters to drain). ``credit``: how much of the prompt's start this worker sent
+   to that pod lately (a multi-turn chat's history, a shared system prompt). An affinity is worth a
+   fixed number of requests (``w.prefix``, ``w.lora``): a pod holding the prefix gets it until it has
+   that many more requests than another, then the others help (and learn the prefix too).
 2. Every fresh endpoint is saturated: **sheddable** requests are refused (429); critical and
    standard ones go to the **least loaded** fresh endpoint: lowest ``max(q / queue_threshold,
-   kv / kv_cache_threshold)``, then fewest running requests.
-3. No fresh endpoint: round robin over the stale ones, or over all endpoints if every one is down
-   (the request may still succeed; Envoy answers 503 if not). Nothing is shed without evidence.
+   kv / kv_cache_threshold)``, then lowest ``load``.
+3. No fresh endpoint: **least request** over the stale ones, or over all endpoints if every one is
+   down: fewest of this worker's own requests in flight, ties rotating (the request may still
+   succeed; Envoy answers 503 if not). Nothing is shed without evidence.
 """
 
 from __future__ import annotations

@@ -29,8 +29,13 @@ def _row(p: dict[str, Any]) -> str:
     return (f"| {p['rate']:g} | {p['system']} | {p['offered_req_per_s']:.2f} | {p['req_per_s']:.2f} "
             f"| {p['output_tokens_per_s']:,.0f} | {ms(p['ttft_p50'])} | {ms(p['ttft_p90'])} | {ms(p['ttft_p99'])} "
             f"| {ms(p['e2e_p90'])} | {p['errors']} / {p['requests']} | {pct(p.get('prefix_cache_hit_rate'))} "
-            f"| {p['engine']['lora_loads']} | {p['cpu_busy_cores']:.2f} | {_lag(p):.1%} "
+            f"| {p['engine']['lora_loads']} | {envoy_ms(p):.2f} | {p['cpu_busy_cores']:.2f} | {_lag(p):.1%} "
             f"| {' / '.join(str(c) for c in p['requests_per_server'])} |")
+
+
+def envoy_ms(p: dict[str, Any]) -> float:
+    """Envoy's CPU (plugin included) per answered request, ms: its busy cores over the phase / done req/s."""
+    return 1000 * p["cpu_cores_by_process"].get("envoy", 0.0) / p["req_per_s"] if p["req_per_s"] else 0.0
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -118,9 +123,9 @@ def markdown(r: dict[str, Any]) -> str:
                       f"max_tokens {m['mean_max_tokens']:.0f}, {m['lora_share']:.0%} naming an adapter"
                       + (f"; {'; '.join(differs)}" if differs else "") + ".", ""]
         parts += ["| rate req/s | system | offered req/s | done req/s | out tok/s | TTFT p50 ms | TTFT p90 ms "
-                  "| TTFT p99 ms | e2e p90 ms | errors | prefix hits | LoRA loads | CPU busy | mock step lag "
-                  "| requests per server |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+                  "| TTFT p99 ms | e2e p90 ms | errors | prefix hits | LoRA loads | Envoy CPU ms / req | CPU busy "
+                  "| mock step lag | requests per server |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
                   *[_row(p) for p in ph], ""]
         rows = [c for c in cmp if c["workload"] == w]
         if rows:

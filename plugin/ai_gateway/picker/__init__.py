@@ -55,7 +55,8 @@ def pick(pool: EndpointPicker, model: str, upstream_model: str, doc: dict[str, A
     view = pool.view
     view.refresh(now_ms)
     prefix = chain(doc, upstream_model, pool.prefix_chars) if pool.prefix_chars else None
-    credit = view.prefixes.credit(*prefix) if prefix is not None and pool.weights.prefix > 0 else None
+    credit = (view.prefixes.credit(*prefix, (1 << len(view.endpoints)) - 1)
+              if prefix is not None and pool.weights.prefix > 0 else None)
     e, how = score.choose(view, pool, eps, now_ms, level == "sheddable", upstream_model, credit)
     if e is None:
         if metrics:

@@ -87,9 +87,10 @@ class Prefixes:
         self.entries = entries
         self.table: dict[int, int] = {}
 
-    def credit(self, hashes: list[int], ends: list[int]) -> dict[int, float]:
+    def credit(self, hashes: list[int], ends: list[int], everyone: int = -1) -> dict[int, float]:
         """endpoint bit -> the longest prefix sent to that endpoint, as a share of the prompt (of
-        ``FULL_CREDIT_CHARS`` for a shorter prompt)."""
+        ``FULL_CREDIT_CHARS`` for a shorter prompt). ``everyone``: the bits of all endpoints (stops the search
+        once each has its longest prefix)."""
         table, out, seen = self.table, {}, 0
         total = max(ends[-1], FULL_CREDIT_CHARS)
         for i in range(len(hashes) - 1, -1, -1):
@@ -101,6 +102,8 @@ class Prefixes:
                     bit = mask & -mask
                     out[bit] = share
                     mask ^= bit
+                if seen == everyone:
+                    break
         return out
 
     def sent(self, hashes: list[int], bit: int) -> None:

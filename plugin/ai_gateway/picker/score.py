@@ -34,8 +34,9 @@ kv_cache_threshold`` (the Gateway API inference extension's utilization detector
    fixed number of requests (``w.prefix``, ``w.lora``): a pod holding the prefix gets it until it has
    that many more requests than another, then the others help (and learn the prefix too).
 2. Every fresh endpoint is saturated: **sheddable** requests are refused (429); critical and
-   standard ones go to the **least loaded** fresh endpoint: lowest ``max(q / queue_threshold,
-   kv / kv_cache_threshold)``, then lowest ``load``.
+   standard ones go to the fresh endpoint with the best score, as in 1 (the least loaded, unless an
+   affinity outweighs a difference in load: the score's load follows every pick, unlike the
+   scraped queue, so a burst does not herd onto the pod whose queue looked shortest at the last scrape).
 3. No fresh endpoint: **least request** over the stale ones, or over all endpoints if every one is
    down: fewest of this worker's own requests in flight, ties rotating (the request may still
    succeed; Envoy answers 503 if not). Nothing is shed without evidence.
@@ -115,14 +116,13 @@ def choose(view: View, pool: EndpointPicker, endpoints: list[Endpoint], now_ms: 
         return _least(view, stale or endpoints), UNSCORED
     qt, kt = pool.queue_threshold, pool.kv_cache_threshold
     free = [e for e in fresh if e.waiting < qt and e.kv < kt]
+    how = SCORED
     if not free:
         if sheddable:
             return None, LEAST_LOADED
-        loads = [(max(e.waiting / qt, e.kv / kt), e.load_estimate()) for e in fresh]
-        low = min(loads)
-        return _rotate(view, [e for e, ld in zip(fresh, loads, strict=True) if ld == low]), LEAST_LOADED
+        free, how = fresh, LEAST_LOADED  # all saturated: the same score picks the least loaded (load is live)
     if len(free) == 1:
-        return free[0], SCORED
+        return free[0], how
     s = scores(free, pool, model, credit)
     top = max(s)
-    return _rotate(view, [e for e, v in zip(free, s, strict=True) if v >= top - _EPS]), SCORED
+    return _rotate(view, [e for e, v in zip(free, s, strict=True) if v >= top - _EPS]), how

@@ -21,7 +21,7 @@ def metric(h, name: str, cluster: str = "qwen", model: str = "qwen2-1-5b", consu
 
 def start(make_host, **overrides):
     h = make_host("ai_gateway")
-    assert h.start({**CONFIG, **overrides}), h.logs
+    assert h.start({**CONFIG, "consumer_header": "x-mse-consumer", **overrides}), h.logs
     return h
 
 

@@ -14,7 +14,7 @@ from .toolchain import BuildError, Toolchain
 
 # Needed by CPython's own start-up, whatever the plugin imports.
 BASE_MODULES = ("encodings", "encodings.aliases", "encodings.utf_8", "encodings.latin_1",
-                "encodings.ascii", "proxywasm.dispatcher")
+                "encodings.ascii", "proxywasm.dispatcher", "proxywasm.contract")
 
 # Already frozen inside libpython 3.11 (Python/frozen.c); loaded from there.
 ALREADY_FROZEN = frozenset(
@@ -112,7 +112,7 @@ def _check_imports(roots: list[Path], entry: str) -> list[str]:
     things and register the root context, so this is safe.
     """
     code = (f"import sys, json; sys.path[:0] = {[str(r) for r in roots]!r}; import {entry}; "
-            "from proxywasm import dispatcher; print(json.dumps(dispatcher.needed_exports()))")
+            "from proxywasm import contract; print(json.dumps(contract.needed_exports()))")
     r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, timeout=60)
     if r.returncode != 0:
         last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from json.encoder import encode_basestring_ascii
 
-from proxywasm import LogLevel, MetricType
+from proxywasm import LogLevel, MetricType, shared
 from proxywasm import hostcalls as hc
 
 from .usage import Usage
@@ -27,8 +27,52 @@ _str = encode_basestring_ascii  # a JSON string literal, in C
 
 
 def label(value: str) -> str:
-    """A stat-name segment: bounded, no spaces or control characters ('.' is kept for model names)."""
+    """A stat-name segment from the configuration: bounded, no spaces or control characters ('.' is kept for
+    model and cluster names, which the operator chooses)."""
     return _UNSAFE.sub("_", value)[:MAX_LABEL] or "none"
+
+
+# -- the consumer label: a client-influenced value, so sanitised to the label alphabet and bounded --
+
+_CONSUMER_UNSAFE = re.compile(r"[^A-Za-z0-9_@:|\-]")  # no '.': it would forge name segments
+CONSUMER_OTHER = "_other"  # every consumer beyond MAX_CONSUMERS distinct ones
+MAX_CONSUMERS = 1000  # set from the configuration (max_consumers)
+_ADMITTED_KEY = "aigw.consumers.n"  # shared data: how many labels this Envoy process admitted
+_CONSUMERS: dict[str, str] = {}  # consumer -> its label, as this VM decided
+
+
+def consumer_label(consumer: str) -> str:
+    """The consumer's metric label: ``none`` without one; its sanitised name while fewer than MAX_CONSUMERS
+    distinct labels exist in this Envoy process (shared data, all workers), else ``_other``. Envoy never frees
+    a stat, so this bounds what clients (or a flood of consumers) can make Envoy keep."""
+    got = _CONSUMERS.get(consumer)
+    if got is not None:
+        return got
+    name = _CONSUMER_UNSAFE.sub("_", consumer)[:MAX_LABEL] or "none"
+    if name != "none" and name != CONSUMER_OTHER and not _admit(name):
+        name = CONSUMER_OTHER
+    if len(_CONSUMERS) >= 2 * MAX_CONSUMERS:
+        _CONSUMERS.clear()
+    _CONSUMERS[consumer] = name
+    return name
+
+
+def _admit(name: str) -> bool:
+    key = "aigw.consumer." + name
+    if shared.get(key)[0] is not None:
+        return True  # admitted by this or another worker
+    admitted = False
+
+    def take(raw: bytes | None) -> bytes:
+        nonlocal admitted
+        n = int(raw or b"0")
+        admitted = n < MAX_CONSUMERS
+        return str(n + admitted).encode()
+
+    shared.update(_ADMITTED_KEY, take)
+    if admitted:
+        shared.set(key, b"1")
+    return admitted
 
 
 class Observation:
@@ -99,17 +143,18 @@ METRICS = ((_COUNTER, "request_total"), (_COUNTER, "llm_duration_count"), (_COUN
             (_COUNTER, "llm_stream_duration_count"), (_HISTOGRAM, "llm_first_token_latency"),
             (_HISTOGRAM, "llm_latency"))
 _SERIES: dict[tuple[str, str, str, str], _Series] = {}
-MAX_SERIES = 10_000  # label sets cached per VM (consumers come from a header: bound what a client can grow)
+MAX_SERIES = 10_000  # label sets cached per VM
 
 
 def _series(o: Observation) -> _Series:
-    key = (o.route, o.cluster, o.served, o.consumer)
+    consumer = consumer_label(o.consumer)
+    key = (o.route, o.cluster, o.served, consumer)
     s = _SERIES.get(key)
     if s is None:
         if len(_SERIES) >= MAX_SERIES:
             _SERIES.clear()
         s = _SERIES[key] = _Series(f"route.{label(o.route)}.upstream.{label(o.cluster)}.model.{label(o.served)}"
-                                   f".consumer.{label(o.consumer)}.metric.")
+                                   f".consumer.{consumer}.metric.")
     return s
 
 

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 from proxywasm import Action, CalloutResponse, HttpContext, LogLevel
 from proxywasm import hostcalls as hc
 from proxywasm.properties import route_name
 
+from .catalog import MODELS_PATH, is_model_path, model_object, models_list
 from .config import Config, Model
-from .errors import JSON_HEADERS, GatewayError
+from .errors import JSON_HEADERS, GatewayError, shown
 from .fallback import Fallback
 from .keys import KeyPool
 from .observe import Observation, publish
+from .paths import normalize
 from .picker import finished as endpoint_finished
 from .picker import route as pick_endpoint
-from .request import duplicate_model, needs_usage, parse_body, with_model, with_usage_requested
+from .request import duplicate_model, json_media_type, needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
 from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner
@@ -32,12 +33,6 @@ def pool_of(model: Model) -> KeyPool:
         assert model.keys is not None
         pool = _POOLS[model.name] = KeyPool(model.name, model.keys)
     return pool
-
-
-def models_list(cfg: Config) -> bytes:
-    names = [*cfg.models, *cfg.aliases]
-    return json.dumps({"object": "list", "data": [
-        {"id": n, "object": "model", "created": 0, "owned_by": "ai-gateway"} for n in names]}).encode()
 
 
 class GatewayStream(HttpContext):
@@ -66,31 +61,42 @@ class GatewayStream(HttpContext):
     def on_request_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         cfg: Config | None = self.config
         h = self.request_headers
+        root = self.root
         if cfg is None or not cfg.enabled:
-            # Off for this stream, yet the routing headers stay the gateway's: a client must not pick a cluster.
-            for c in (cfg,) if cfg is not None else self.root.configs():
-                h.remove(c.route_header)
-                h.remove(c.model_header)
+            # Off for this stream, yet the routing, model and endpoint headers of every configuration stay the
+            # gateway's: a client must not pick a cluster or an address.
+            for name in root.strip_headers:
+                h.remove(name)
             return Action.CONTINUE
         hd = h.snapshot(cfg.request_headers)  # one host call for the headers read below and later
-        # Only the gateway may choose upstreams: a client cannot route by sending these itself.
-        if cfg.route_header in hd:
-            h.remove(cfg.route_header)
-        if cfg.model_header in hd:
-            h.remove(cfg.model_header)
-        for name in cfg.picker_headers:  # nor a model server pod (models[].endpoint_picker)
+        # Only the gateway may choose upstreams: a client cannot route (cluster, model, pod) by sending these.
+        for name in cfg.strip_headers:
             if name in hd:
                 h.remove(name)
+        for name in root.other_strip.get(id(cfg), ()):  # those of the other configurations (_rules_)
+            h.remove(name)
         method = hd.get(":method")
-        path = hd.get(":path", "").split("?", 1)[0]
-        if path == "/v1/models" and method == "GET" and cfg.models_endpoint:
-            self.send_local_response(200, models_list(cfg), JSON_HEADERS)
-            return Action.PAUSE
+        raw, _, query = hd.get(":path", "").partition("?")
+        path = normalize(raw)
+        if method == "GET" and cfg.models_endpoint and path.startswith(MODELS_PATH):
+            if path == MODELS_PATH:
+                self.send_local_response(200, models_list(cfg), JSON_HEADERS)
+                return Action.PAUSE
+            if is_model_path(path):
+                try:
+                    self.send_local_response(200, model_object(cfg, path), JSON_HEADERS)
+                except GatewayError as e:
+                    return self._reject(e)
+                return Action.PAUSE
         if method != "POST" or path not in cfg.paths:
             return Action.CONTINUE
-        ctype = hd.get("content-type", "").lower()
-        if ctype and "json" not in ctype:
-            return Action.CONTINUE  # not ours to judge: pass through untouched
+        if path != raw:  # the upstream gets the path the gateway judged (paths.py)
+            h.set(":path", path + "?" + query if query else path)
+        ctype = hd.get("content-type")
+        if ctype and ctype != "application/json" and not json_media_type(ctype):
+            return self._reject(GatewayError(
+                415, f"Content-Type must be application/json for {path}, got {shown(ctype)!r}",
+                "unsupported_content_type"))
         if end_of_stream:
             return self._reject(GatewayError(400, "request body is required", "missing_body"))
         length = hd.get("content-length", "").lstrip("0")
@@ -98,7 +104,8 @@ class GatewayStream(HttpContext):
             return self._reject(self._too_large(cfg))
         self.active = True
         self.started_ns = hc.now_ns()
-        self.consumer = hd.get(cfg.consumer_header, "")
+        if cfg.consumer_header:  # declared trusted by the operator (set by an authentication in front)
+            self.set_consumer(hd.get(cfg.consumer_header, ""))
         self.headers_in = hd
         return Action.PAUSE  # hold the headers until the body names the model
 
@@ -116,12 +123,17 @@ class GatewayStream(HttpContext):
             return self._reject(e)
         return Action.CONTINUE
 
+    def set_consumer(self, name: str) -> None:
+        """The one place that names the stream's consumer (metrics, AI log): the trusted consumer header, or the
+        gateway's own authentication. Metric labels are bounded and sanitised in observe.consumer_label."""
+        self.consumer = name
+
     def _route(self, cfg: Config, body: bytes) -> None:
         doc, requested = parse_body(body)
         h = self.request_headers
         model = resolve(cfg, requested, self.headers_in.get, RNG)
         if model is None:
-            raise GatewayError(404, f"The model `{requested}` does not exist.", "model_not_found", "model")
+            raise GatewayError(404, f"The model `{shown(requested)}` does not exist.", "model_not_found", "model")
         rewrite = model.upstream_model != requested or duplicate_model(doc)  # one "model" goes upstream
         self.stream = doc.get("stream") is True
         if cfg.inject_stream_usage and needs_usage(doc):
@@ -149,7 +161,7 @@ class GatewayStream(HttpContext):
                 pool = pool_of(shadow)
                 idx = pool.pick(hc.now_ns() // 1_000_000, RNG)
                 credential = pool.credential(idx) if idx is not None else None
-            mirror(self, self.root.context_id, shadow,
+            mirror(self, shadow,
                    callout_headers(h.items(), shadow, cfg, model, credential),
                    with_model(doc, shadow.upstream_model), model.name)
 

@@ -42,8 +42,7 @@ def callout_headers(request: list[tuple[str, str]], model: Model, cfg: Config, s
     return out
 
 
-def mirror(stream: HttpContext, root_id: int, model: Model, headers: list[tuple[str, str]], body: bytes,
-           source: str) -> None:
+def mirror(stream: HttpContext, model: Model, headers: list[tuple[str, str]], body: bytes, source: str) -> None:
     """Send a copy to ``model`` and forget it: the call belongs to the root context, so it
     neither delays the client's stream nor is cancelled when that stream ends. A model with an
     endpoint picker gets a pod like a sheddable request: no copy when every pod is saturated."""
@@ -54,9 +53,5 @@ def mirror(stream: HttpContext, root_id: int, model: Model, headers: list[tuple[
         if picked is None:
             return
         headers = picked
-    headers = [*headers, ("x-ai-mirror-of", source)]
-    hc.set_effective_context(root_id)
-    try:
-        hc.http_call(model.cluster, headers, body, (), MIRROR_TIMEOUT_MS)
-    finally:
-        hc.set_effective_context(stream.context_id)
+    stream.http_call_as_root(model.cluster, [*headers, ("x-ai-mirror-of", source)], body,
+                             timeout_ms=MIRROR_TIMEOUT_MS)

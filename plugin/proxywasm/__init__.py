@@ -8,11 +8,12 @@ from . import hostcalls, jsonscan, shared
 from .abi import Action, BufferType, LogLevel, MapType, MetricType, Result, StreamType
 from .config import ConfigError, Fields
 from .context import CalloutResponse, HttpContext, RootContext
-from .dispatcher import set_root_context
+from .grpc import GrpcResponse, GrpcStream
 from .hostcalls import CasMismatch, HostError, get_property, log, set_property
 from .metrics import Counter, Gauge, Histogram, MetricCache
 from .record import factory, record
 from .shared import SharedQueue
+from .vm import set_root_context
 
 __all__ = [
     "Action",
@@ -23,6 +24,8 @@ __all__ = [
     "Counter",
     "Fields",
     "Gauge",
+    "GrpcResponse",
+    "GrpcStream",
     "Histogram",
     "HostError",
     "HttpContext",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from . import grpc, streams, taps, vm
 from . import hostcalls as hc
-from . import streams, taps
 from .abi import Action, BufferType, LogLevel, MapType, StreamType
 from .config import ConfigError
 from .record import factory, record
@@ -53,11 +53,27 @@ class _Context:
                   callback: CalloutCallback | None = None, timeout_ms: int = 5000,
                   trailers: hc.HeaderInput = ()) -> int:
         """Send an HTTP request to ``cluster``; ``callback`` runs bound to this context."""
-        from .dispatcher import register_callout
-
         token = hc.http_call(cluster, headers, body, trailers, timeout_ms)
-        register_callout(token, self, callback)
+        vm.register_callout(token, self, callback)
         return token
+
+    def grpc_call(self, cluster: str, service: str, method: str, message: bytes,
+                  callback: Callable[[grpc.GrpcResponse], None] | None, metadata: hc.HeaderInput = (),
+                  timeout_ms: int = 5000) -> int:
+        """Unary gRPC call to ``service``/``method`` on ``cluster`` (an HTTP/2 cluster); ``callback`` runs bound to
+        this context when it closes (see proxywasm.grpc)."""
+        token = hc.grpc_call(cluster.encode(), service, method, metadata, message, timeout_ms)
+        vm.grpc_calls[token] = grpc.GrpcCall(self, token, callback, None)
+        return token
+
+    def grpc_stream(self, cluster: str, service: str, method: str,
+                    on_message: Callable[[bytes], None] | None = None,
+                    on_close: Callable[[grpc.GrpcResponse], None] | None = None,
+                    metadata: hc.HeaderInput = ()) -> grpc.GrpcStream:
+        """Open a gRPC stream; each message received reaches ``on_message``, the close ``on_close``."""
+        token = hc.grpc_stream(cluster.encode(), service, method, metadata)
+        vm.grpc_calls[token] = grpc.GrpcCall(self, token, on_close, on_message)
+        return grpc.GrpcStream(token)
 
     @staticmethod
     def log(level: LogLevel, message: str) -> None:
@@ -170,6 +186,20 @@ class HttpContext(_Context, _Generic):
     def on_response_trailers(self, num_trailers: int) -> Action:
         return Action.CONTINUE
 
+    def http_call_as_root(self, cluster: str, headers: hc.HeaderInput, body: bytes = b"",
+                          callback: CalloutCallback | None = None, timeout_ms: int = 5000,
+                          trailers: hc.HeaderInput = ()) -> int:
+        """Send an HTTP request that belongs to the root context: it neither holds this stream nor is cancelled
+        when the stream ends (e.g. a mirrored copy); ``callback`` runs bound to the root."""
+        root_id = self.root.context_id
+        hc.set_effective_context(root_id)
+        try:
+            token = hc.http_call(cluster, headers, body, trailers, timeout_ms)
+        finally:
+            hc.set_effective_context(self.context_id)
+        vm.register_callout(token, self.root, callback)
+        return token
+
     # -- actions on this stream --
 
     @staticmethod
@@ -207,10 +237,6 @@ class HttpContext(_Context, _Generic):
     @staticmethod
     def close_request() -> None:
         hc.close_stream(StreamType.REQUEST)
-
-    @staticmethod
-    def property(path: str | tuple[str, ...]) -> bytes | None:
-        return hc.get_property(path)
 
 
 def read_callout_response(num_headers: int, body_size: int, num_trailers: int) -> CalloutResponse:

@@ -7,42 +7,20 @@ stream continues, or gets a 500 when the plugin is configured fail-closed.
 from __future__ import annotations
 
 from . import hostcalls as hc
+from . import vm
 from .abi import Action, BufferType, LogLevel
 from .context import HttpContext, RootContext, _Context, read_callout_response
-from .taps import _py_taps
-from .taps import handles as _tapped
+from .grpc import GrpcCall
 
 TYPE_CHECKING = False  # typing itself is not imported at VM start
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .context import CalloutCallback
-
-_root_factory: Callable[[int], RootContext] | None = None
-_contexts: dict[int, _Context] = {}
-_roots: list[RootContext] = []
-
-# The C shim may skip proxy_on_context_create for streams of the only root context: their
-# HttpContext is then made on the stream's first callback (see _lazy). Plugins whose
-# contexts must exist from creation on can set this to False before the VM starts.
-LAZY_HTTP_CONTEXTS = True
-_callouts: dict[int, tuple[_Context, CalloutCallback | None]] = {}
-
+_contexts = vm.contexts  # the same dict object for the VM's life (vm.reset clears it in place)
+_roots = vm.roots
+_callouts = vm.callouts
+_grpc_calls = vm.grpc_calls
 _FAIL_BODY = b'{"error":{"message":"internal plugin error","type":"server_error","code":500}}'
-
-
-def set_root_context(factory: Callable[[int], RootContext]) -> None:
-    """Register the plugin: ``factory(context_id)`` builds its root context."""
-    global _root_factory
-    _root_factory = factory
-
-
-def reset() -> None:
-    """Forget all contexts (test hosts call this when they start a new VM)."""
-    _contexts.clear()
-    _callouts.clear()
-    _roots.clear()
-    _py_taps.clear()
 
 
 def _lazy(context_id: int) -> _Context | None:
@@ -57,28 +35,6 @@ def _lazy(context_id: int) -> _Context | None:
     if ctx is not None:
         _contexts[context_id] = ctx
     return ctx
-
-
-def defer_delete() -> bool:
-    """Whether the shim may hand stream deletes over in batches: only if no one overrides on_delete."""
-    root = _root_factory
-    if not (isinstance(root, type) and issubclass(root, RootContext)):
-        return False
-    http = root.http_context
-    return (root.new_http_context is RootContext.new_http_context and http is not None
-            and http.on_delete is _Context.on_delete)
-
-
-def delete_many(context_ids: tuple[int, ...]) -> None:
-    """Forget stream contexts Envoy deleted (batched by the shim; their on_delete is the no-op)."""
-    for cid in context_ids:
-        _contexts.pop(cid, None)
-        if _py_taps:
-            _py_taps.pop(cid, None)
-
-
-def register_callout(token: int, ctx: _Context, callback: CalloutCallback | None) -> None:
-    _callouts[token] = (ctx, callback)
 
 
 def _failed(ctx: _Context | None, where: str) -> int:
@@ -97,9 +53,9 @@ def _failed(ctx: _Context | None, where: str) -> int:
 def proxy_on_context_create(context_id: int, parent_id: int) -> None:
     try:
         if parent_id == 0:
-            if _root_factory is None:
+            if vm.root_factory is None:
                 raise RuntimeError("no plugin registered: call proxywasm.set_root_context()")
-            root = _contexts[context_id] = _root_factory(context_id)
+            root = _contexts[context_id] = vm.root_factory(context_id)
             _roots.append(root)
             return
         root = _contexts.get(parent_id)
@@ -212,8 +168,6 @@ def proxy_on_response_headers(context_id: int, num_headers: int, end_of_stream: 
 
 
 def proxy_on_response_body(context_id: int, body_size: int, end_of_stream: int) -> int:
-    if _py_taps and _tapped(context_id, body_size, end_of_stream != 0):  # in-process host (the shim does it in C)
-        return 0
     ctx = _contexts.get(context_id) or _lazy(context_id)
     if ctx is None:
         return 0
@@ -246,6 +200,38 @@ def proxy_on_http_call_response(root_id: int, token: int, num_headers: int, body
         _failed(ctx, "on_http_call_response")
 
 
+def _grpc(context_id: int, token: int, step: Callable[[GrpcCall, int], None], arg: int) -> None:
+    call = _grpc_calls.get(token)
+    if call is None:
+        return  # cancelled, or not ours
+    ctx = call.ctx
+    if ctx.context_id not in _contexts:
+        _grpc_calls.pop(token, None)
+        return  # the stream that made the call is gone
+    try:
+        if ctx.context_id != context_id:
+            hc.set_effective_context(ctx.context_id)
+        step(call, arg)
+    except Exception:
+        _failed(ctx, "on_grpc")
+
+
+def proxy_on_grpc_receive_initial_metadata(context_id: int, token: int, num_headers: int) -> None:
+    _grpc(context_id, token, GrpcCall.initial_metadata, num_headers)
+
+
+def proxy_on_grpc_receive(context_id: int, token: int, message_size: int) -> None:
+    _grpc(context_id, token, GrpcCall.receive, message_size)
+
+
+def proxy_on_grpc_receive_trailing_metadata(context_id: int, token: int, num_trailers: int) -> None:
+    _grpc(context_id, token, GrpcCall.trailing_metadata, num_trailers)
+
+
+def proxy_on_grpc_close(context_id: int, token: int, status_code: int) -> None:
+    _grpc(context_id, token, GrpcCall.close, status_code)
+
+
 def proxy_on_done(context_id: int) -> int:
     ctx = _contexts.get(context_id) or _lazy(context_id)
     if ctx is None:
@@ -266,34 +252,8 @@ def proxy_on_log(context_id: int) -> None:
             _failed(ctx, "on_log")
 
 
-def needed_exports() -> list[str]:
-    """Exports the registered plugin needs: every ``hot`` callback it does not override is left out.
-
-    Called by the build (after importing the plugin) to decide what the module exports.
-    """
-    from .abi import EXPORTS
-
-    root = _root_factory
-    known = isinstance(root, type) and issubclass(root, RootContext)
-    http = root.http_context if known else None  # type: ignore[union-attr]
-    custom = not known or root.new_http_context is not RootContext.new_http_context  # type: ignore[union-attr]
-
-    def overrides(cls: type | None, base: type, method: str) -> bool:
-        return cls is not None and getattr(cls, method, None) is not getattr(base, method, None)
-
-    out = []
-    for ex in EXPORTS:
-        method = ex.name.removeprefix("proxy_")
-        if (not ex.hot or custom or overrides(http, HttpContext, method)
-                or (method in ("on_log", "on_done") and overrides(root, RootContext, method))):
-            out.append(ex.name)
-    return out
-
-
 def proxy_on_delete(context_id: int) -> None:
     ctx = _contexts.pop(context_id, None)
-    if _py_taps:
-        _py_taps.pop(context_id, None)
     if isinstance(ctx, RootContext) and ctx in _roots:
         _roots.remove(ctx)
     if ctx is not None:

@@ -131,6 +131,16 @@ def _marked(chunk: bytes, markers: Markers) -> bool:
     return False
 
 
+def forget(context_id: int) -> None:
+    """In-process host only: the stream is gone."""
+    _py_taps.pop(context_id, None)
+
+
+def forget_all() -> None:
+    """In-process host only: a new VM."""
+    _py_taps.clear()
+
+
 def handles(context_id: int, body_size: int, end_of_stream: bool) -> bool:
     """In-process host only: keep or skip the chunk if the stream is tapped; True if Python need not see it."""
     tap = _py_taps.get(context_id)

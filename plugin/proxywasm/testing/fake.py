@@ -5,18 +5,23 @@ from __future__ import annotations
 import importlib
 import sys
 
-from .. import dispatcher, hostcalls
+from .. import dispatcher, hostcalls, taps, vm
 from .driver import Host
 from .state import SharedState
 
 
 class FakeHost(Host):
-    """Runs ``entry`` (a plugin module name) with fresh module state, like a new VM."""
+    """Runs ``entry`` (a plugin module name) with fresh module state, like a new VM.
+
+    Response taps (proxywasm.taps) live in C inside the VM; here their Python twin decides, before the
+    plugin's on_response_body, whether a chunk reaches it, as the shim does before calling Python.
+    """
 
     def __init__(self, entry: str, shared: SharedState | None = None) -> None:
         super().__init__(shared)
         hostcalls.bind(self.state)
-        dispatcher.reset()
+        vm.reset()
+        taps.forget_all()
         top = entry.split(".")[0]
         for name in [m for m in sys.modules if m == top or m.startswith(top + ".")]:
             del sys.modules[name]  # re-run module bodies: plugin globals are per VM
@@ -25,6 +30,10 @@ class FakeHost(Host):
 
     def _export(self, name: str, *args: int) -> int | None:
         hostcalls.bind(self.state)  # several hosts may live in one test
+        if name == "proxy_on_response_body" and taps.handles(args[0], args[1], args[2] != 0):
+            return 0  # kept or skipped by the stream's tap: the plugin does not see this chunk
+        if name == "proxy_on_delete":
+            taps.forget(args[0])
         fn = self._exports.get(name)
         if fn is None:
             return None

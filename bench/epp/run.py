@@ -60,7 +60,7 @@ WORKLOAD_ENGINE: dict[str, dict[str, Any]] = {
 POD_ENGINE: dict[str, dict[int, dict[str, Any]]] = {
     "uneven": {0: {"decode_ms_per_token": 30}, 1: {"kv_capacity_tokens": 6000}}}
 ADAPTERS = {"lora": load.LORA_ADAPTERS}  # per workload; the others use load.ADAPTERS
-RATES = {"mixed": [14.0], "burst": [14.0], "uneven": [12.0], "chat": [16.0], "lora": [12.0]}  # req/s, default
+RATES = {"mixed": [14.0], "burst": [14.0], "uneven": [12.0], "chat": [18.0], "lora": [12.0]}  # req/s, default
 PICKER: dict[str, Any] = {}  # endpoint_picker options beside "endpoints" (the plugin's defaults otherwise)
 POOL = "llm-pool"
 COUNTERS = {"picks", "scrape_failures", "shed", "unscored"}

@@ -77,7 +77,7 @@ def pick(pool: EndpointPicker, model: str, upstream_model: str, doc: dict[str, A
 def started(e: state.Endpoint, model: str) -> None:
     """A client request to ``model`` went to ``e``: it counts as in flight there until ``finished``."""
     e.inflight += 1
-    if model != e.model:  # an adapter (or a name the pod does not report): remembered for adapter affinity
+    if e.model and model != e.model:  # an adapter (the pod reported its base model): for adapter affinity
         e.adapters[model] = e.adapters.get(model, 0) + 1
         recent = e.recent
         if model in recent:

@@ -279,17 +279,24 @@ def test_prefix_affinity_lets_go_of_a_loaded_pod(make_host) -> None:
 
 def test_prefix_credit_and_the_bounded_table() -> None:
     from ai_gateway.picker.affinity import FULL_CREDIT_CHARS, Prefixes, chain
+    from proxywasm.jsonscan import JsonObject
 
     long = {"messages": [{"role": "system", "content": "s" * 3000}, {"role": "user", "content": "u" * 3000}]}
+    raw = json.dumps(long["messages"], separators=(",", ":"))  # a built document: re-encoded
     hashes, ends = chain(long, "llama", 100_000)
-    assert ends == [3008, 6014] and chain(long, "llama", 4000)[1] == [3008, 4000]  # cut at prefix_chars
+    second = raw.find('"role"', 5)
+    assert ends == [second, len(raw)] and chain(long, "llama", 4000)[1] == [second, 4000]  # cut at prefix_chars
     assert chain(long, "other", 100_000)[0] != hashes  # another model: other hashes
-    assert chain({"prompt": "p" * 2500}, "m", 100_000)[1] == [1024, 2048, 2500]  # plain prompts: blocks
+    assert chain({"prompt": "p" * 2500}, "m", 100_000)[1] == [1024, 2048, 2502]  # plain prompts: blocks of JSON text
     assert chain({"messages": []}, "m", 100) is None
+    lazy = JsonObject.parse(json.dumps({"model": "llama", "messages": long["messages"]}).encode())
+    sent = json.dumps(long["messages"])  # as the client spaced it: read as sent, not decoded
+    assert chain(lazy, "llama", 100_000)[1] == [sent.find('"role"', 5), len(sent)]
     p = Prefixes(entries=3)
     p.sent(hashes[:1], 0b01)  # A got the system prompt only
     p.sent(hashes, 0b10)  # B the whole prompt
-    assert p.credit(hashes, ends) == {0b10: 1.0, 0b01: 3008 / 6014}
+    assert p.credit(hashes, ends) == {0b10: 1.0, 0b01: second / len(raw)}
+    assert p.credit(hashes, ends, everyone=0b11) == {0b10: 1.0, 0b01: second / len(raw)}
     short = chain({"messages": [{"role": "user", "content": "hi"}]}, "llama", 100)
     p.sent(short[0], 0b100)
     assert p.credit(*short) == {0b100: short[1][-1] / FULL_CREDIT_CHARS}  # a short prompt: little to save

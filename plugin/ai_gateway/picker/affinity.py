@@ -4,12 +4,14 @@ A model server with automatic prefix caching (vLLM's APC, SGLang's radix cache) 
 prompt's leading part it computed recently. The picker cannot see those caches, but it knows where it
 sent every prompt: a pod that got a prompt holds its start, for a while.
 
-A prompt is cut into **segments** (chat: one per message, ``role:content``; completions and embeddings:
-blocks of ``BLOCK_CHARS`` characters), within its first ``prefix_chars`` characters. Segment ``i``'s hash
-chains the model name and every segment up to ``i`` (crc32), so it names the whole prefix through ``i``,
-as vLLM's block hashes do. ``Prefixes`` maps each hash to the endpoints (a bit each) the picker sent a
-prompt with that prefix to, least recently used forgotten first (``MAX_ENTRIES``; a pod's cache is
-bounded too). A request's **credit** at an endpoint is the share of its hashed characters in the longest
+A prompt is cut into **segments**: its JSON text as the client sent it (not decoded: reading a long
+history costs no parsing), before each message's ``"role"`` key (chat; a client serialises the same
+history the same way on every turn), else in blocks of ``BLOCK_CHARS`` bytes (completions, embeddings),
+within its first ``prefix_chars`` bytes. Segment ``i``'s hash chains the model name and every segment up
+to ``i``, so it names the whole prefix through ``i``, as vLLM's block hashes do. ``Prefixes`` maps each
+hash to the endpoints (a bit each) the picker sent a prompt with that prefix to, least recently used
+forgotten first (``MAX_ENTRIES``; a pod's cache is bounded too). A request's **credit** at an endpoint
+is the share of its hashed bytes in the longest
 prefix that endpoint was sent (of ``FULL_CREDIT_CHARS`` if the prompt is shorter: a short prompt has
 little prefill to save): a multi-turn chat resending its history gets almost 1 at the pod that served its
 previous turn, a shared system prompt a smaller share at every pod that had it.
@@ -17,67 +19,53 @@ previous turn, a shared system prompt a smaller share at every pod that had it.
 
 from __future__ import annotations
 
-from binascii import crc32
+import json
+
+from proxywasm.jsonscan import JsonObject
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-MAX_PARTS = 256  # messages (or prompt list items) looked at
 MAX_SEGMENTS = 64  # hashes per request: the per-request cost is bounded
 BLOCK_CHARS = 1024  # segment size of a plain prompt (~256 tokens)
 MAX_ENTRIES = 1 << 14  # remembered prefixes per pool and worker
-FULL_CREDIT_CHARS = 4096  # a match this long (~1k tokens) earns full credit: a short prompt has little to save
+FULL_CREDIT_CHARS = 4096  # a match this long (bytes, ~1k tokens) earns full credit: a short prompt has little to save
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # chat content parts: the text ones
-        return " ".join(p["text"] for p in content[:MAX_PARTS]
-                        if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
+def prompt_json(doc: Any) -> bytes:
+    """The request's prompt as JSON text: ``messages`` (else ``prompt``, else ``input``) as the client sent it
+    (a lazily parsed body: nothing is decoded), or re-encoded when the gateway has already built the document."""
+    if isinstance(doc, JsonObject):
+        return doc.text("messages") or doc.text("prompt") or doc.text("input")
+    value = doc.get("messages", doc.get("prompt", doc.get("input")))
+    return b"" if value is None else json.dumps(value, separators=(",", ":")).encode("utf-8", "surrogatepass")
 
 
-def segments(doc: dict[str, Any], n: int) -> list[str]:
-    """The prompt's first ``n`` characters, cut into segments ([] if it has no prompt)."""
-    messages = doc.get("messages")
-    out: list[str] = []
-    if isinstance(messages, list):
-        size = 0
-        for m in messages[:MAX_PARTS]:
-            if not isinstance(m, dict):
-                continue
-            role = m.get("role")
-            part = f"{role if isinstance(role, str) else ''}:{_text(m.get('content'))}\n"
-            if size + len(part) >= n:
-                out.append(part[: n - size])
-                break
-            out.append(part)
-            size += len(part)
-        return out[:MAX_SEGMENTS]
-    prompt = doc.get("prompt", doc.get("input"))
-    if isinstance(prompt, list):  # a batch of prompts, or token ids
-        prompt = " ".join(str(p) if not isinstance(p, str) else p for p in prompt[:MAX_PARTS])
-    if not isinstance(prompt, str) or not prompt:
-        return out
-    prompt = prompt[: min(n, BLOCK_CHARS * MAX_SEGMENTS)]
-    return [prompt[i : i + BLOCK_CHARS] for i in range(0, len(prompt), BLOCK_CHARS)]
+def chain(doc: Any, model: str, n: int) -> tuple[list[int], list[int]] | None:
+    """(hash of each prefix through segment i, its end in bytes); None without a prompt.
 
-
-def chain(doc: dict[str, Any], model: str, n: int) -> tuple[list[int], list[int]] | None:
-    """(hash of each prefix through segment i, its length in characters); None without a prompt."""
-    parts = segments(doc, n)
-    if not parts:
+    The segments cut the prompt's JSON text before each message's ``"role"`` key (a chat), else every
+    ``BLOCK_CHARS`` bytes, within its first ``n`` bytes. Python's string hash (SipHash, in C) chains them: it
+    differs between VMs (hash randomisation), as does each VM's table of where prefixes went."""
+    raw = prompt_json(doc)[:n]
+    if len(raw) < 3:  # "", [], ""
         return None
-    h = crc32(model.encode("utf-8", "surrogatepass"))
-    hashes, ends, size = [], [], 0
-    for p in parts:
-        h = crc32(p.encode("utf-8", "surrogatepass"), h)
-        size += len(p)
+    cuts = []
+    if raw[:1] == b"[":
+        at = raw.find(b'"role"', raw.find(b'"role"') + 1)
+        while at > 0 and len(cuts) < MAX_SEGMENTS - 1:
+            cuts.append(at)
+            at = raw.find(b'"role"', at + 6)
+    if not cuts:
+        cuts = list(range(BLOCK_CHARS, len(raw), BLOCK_CHARS))[: MAX_SEGMENTS - 1]
+    cuts.append(len(raw))
+    h, start, hashes = hash(model), 0, []
+    for end in cuts:
+        h = hash((h, raw[start:end]))
         hashes.append(h)
-        ends.append(size)
-    return hashes, ends
+        start = end
+    return hashes, cuts
 
 
 class Prefixes:

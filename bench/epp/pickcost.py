@@ -23,9 +23,8 @@ for _p in (REPO, REPO / "plugin", REPO / "build"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from proxywasm.testing.wasm import WasmHost  # noqa: E402
-
 from bench.epp import load  # noqa: E402
+from proxywasm.testing.wasm import WasmHost  # noqa: E402
 from tests.picker import page, scrape_round  # noqa: E402
 
 FUEL = 10**15

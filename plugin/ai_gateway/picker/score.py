@@ -23,7 +23,8 @@ kv_cache_threshold`` (the Gateway API inference extension's utilization detector
    this worker's requests there that ended since (never below its own requests in flight there): it
    follows every pick and every answer at once, between scrapes. ``slowness`` = the pod's time per
    output token (``vllm:time_per_output_token_seconds``, between scrapes, smoothed) over the fastest
-   candidate's, at most ``MAX_SLOWNESS``: a pod decoding at half speed counts its requests twice.
+   candidate's, at most ``MAX_SLOWNESS``, and 1 below ``SLOWNESS_FLOOR`` (batch size and prefill
+   chunks move it that much on equal pods): a pod decoding at half speed counts its requests twice.
    ``lora`` applies when the request's upstream model is not the pods' base model (an adapter) and
    the pods report ``vllm:lora_requests_info``: 1 the adapter is in the pod's batch (scraped
    ``running_lora_adapters``, or this worker has a request for it in flight there), 0.9 / 0.7 a
@@ -51,7 +52,9 @@ if TYPE_CHECKING:
 
 SCORED, LEAST_LOADED, UNSCORED = "scored", "least_loaded", "unscored"
 _EPS = 1e-9
-MAX_SLOWNESS = 4.0  # a pod counts at most 4x its requests for being slow
+MAX_SLOWNESS = 3.0  # a pod counts at most 3x its requests for being slow
+SLOWNESS_FLOOR = 1.3  # a pod less than 30% slower than the fastest counts as fast: batch size and prefill chunks
+# move the time per output token that much on equal pods, and a busy pod must not look slow for being busy
 RECENT_ADAPTERS = 4  # adapters remembered per endpoint as probably still loaded
 
 
@@ -80,7 +83,11 @@ def _slowness(candidates: list[Endpoint]) -> list[float]:
     fastest = min(itls)
     if fastest <= 0:
         return [1.0] * len(candidates)
-    return [min(MAX_SLOWNESS, v / fastest) for v in itls]
+    out = []
+    for v in itls:
+        r = v / fastest
+        out.append(1.0 if r < SLOWNESS_FLOOR else min(MAX_SLOWNESS, r))
+    return out
 
 
 def scores(candidates: list[Endpoint], pool: EndpointPicker, model: str, credit: dict[int, float] | None) -> list[float]:

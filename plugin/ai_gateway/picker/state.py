@@ -130,7 +130,7 @@ class View:
 
 
 _VIEWS: dict[str, View] = {}
-ITL_SMOOTHING = 0.5  # weight of the newest interval in itl_ms
+ITL_SMOOTHING = 0.1  # weight of the newest interval in itl_ms: ~2 s to follow a change at 200 ms scrapes
 
 
 def itl_ms(before: list, total_s: float, count: float) -> float:

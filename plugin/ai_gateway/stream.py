@@ -16,6 +16,7 @@ from .fallback import Fallback
 from .keys import KeyPool
 from .observe import Observation, client_cancelled, publish
 from .paths import normalize
+from .picker import finished as endpoint_finished
 from .picker import route as pick_endpoint
 from .request import duplicate_model, json_media_type, needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
@@ -56,6 +57,7 @@ class GatewayStream(HttpContext):
     published = False
     ended = False  # the response body reached its end (also when held back while falling back)
     key_idx: int | None = None  # index of the pool key this request went out with
+    endpoint = None  # (picker.state.Endpoint, upstream model): the pod picked, in flight there until on_log
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
     pool_of = staticmethod(pool_of)
 
@@ -146,8 +148,9 @@ class GatewayStream(HttpContext):
         h.set(cfg.model_header, model.name)
         picker = cfg.pickers.get(model.cluster) if cfg.pickers else None
         if picker is not None:  # the least loaded pod, or 429 for a sheddable request when all are saturated
-            h.set(picker.header, pick_endpoint(picker, model, doc, self.headers_in.get, self.started_ns // 1_000_000,
-                                               cfg.metrics))
+            ep = pick_endpoint(picker, model, doc, self.headers_in.get, self.started_ns // 1_000_000, cfg.metrics)
+            self.endpoint = (ep, model.upstream_model)
+            h.set(picker.header, ep.addr)
         if model.keys is not None:
             self._use_key(model, h)
         if rewrite:
@@ -298,6 +301,9 @@ class GatewayStream(HttpContext):
     # -- end --
 
     def on_log(self) -> None:
+        if self.endpoint is not None:
+            endpoint_finished(*self.endpoint)
+            self.endpoint = None
         if self.tapped or self.counting:
             self._take_tap(False)
         if self.model is not None and not self.published:

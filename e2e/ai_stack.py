@@ -43,6 +43,9 @@ ACCESS_LOG = """          access_log:
                 text_format_source: {{inline_string: "%REQ(X-TEST-ID)%\\t%FILTER_STATE(wasm.ai_log:PLAIN)%\\n"}}
 """
 HELLO = [{"role": "user", "content": "hello there"}]
+# A ``replace`` for tests whose clients name their consumer themselves: x-mse-consumer declared trusted (the shipped
+# demo config trusts no header; production puts an authentication in front, see the README)
+TRUST_CONSUMER_HEADER = {'"aliases": [': '"consumer_header": "x-mse-consumer", "aliases": ['}
 Labels = tuple[str, str, str, str]  # (ai_route, ai_cluster, ai_model, ai_consumer)
 
 

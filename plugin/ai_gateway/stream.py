@@ -19,6 +19,7 @@ from .fallback import Fallback
 from .keys import KeyPool
 from .observe import Observation, client_cancelled, publish
 from .paths import normalize
+from .picker import finished as endpoint_finished
 from .picker import route as pick_endpoint
 from .request import duplicate_model, json_media_type, needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
@@ -59,6 +60,7 @@ class GatewayStream(HttpContext):
     published = False
     ended = False  # the response body reached its end (also when held back while falling back)
     key_idx: int | None = None  # index of the pool key this request went out with
+    endpoint = None  # (picker.state.Endpoint, upstream model): the pod picked, in flight there until on_log
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
     who: consumers.Consumer | None = None  # the authenticated consumer (consumers/)
     gate: consumers.Gate | None = None  # its limits' admission
@@ -76,15 +78,15 @@ class GatewayStream(HttpContext):
     def on_request_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         cfg: Config | None = self.config
         h = self.request_headers
-        root = self.root
         if cfg is None or not cfg.enabled:
             # Off for this stream, yet the routing, model and endpoint headers of every configuration stay the
             # gateway's: a client must not pick a cluster or an address.
-            for name in root.strip_headers:
+            for name in self.root.strip_headers:
                 h.remove(name)
             return Action.CONTINUE
         hd = h.snapshot(cfg.request_headers)  # one host call for the headers read below and later
-        # Only the gateway may choose upstreams: a client cannot route (cluster, model, pod) by sending these.
+        # Only the gateway may choose upstreams: a client cannot route (cluster, model, pod) by sending these
+        # (those of every configuration: GatewayRoot.on_config_loaded).
         for name in cfg.strip_headers:
             if name in hd:
                 h.remove(name)
@@ -93,11 +95,9 @@ class GatewayStream(HttpContext):
             done = consumers.authenticate(self, cc, hd, cfg.consumer_header)
             if done is not None:
                 return done
-        for name in root.other_strip.get(id(cfg), ()):  # those of the other configurations (_rules_)
-            h.remove(name)
         method = hd.get(":method")
         raw, _, query = hd.get(":path", "").partition("?")
-        path = normalize(raw)
+        path = raw if raw in cfg.paths else normalize(raw)
         if method == "GET" and cfg.models_endpoint and path.startswith(MODELS_PATH):
             if path == MODELS_PATH:
                 self.send_local_response(200, models_list(cfg), JSON_HEADERS)
@@ -196,8 +196,9 @@ class GatewayStream(HttpContext):
         h.set(cfg.model_header, model.name)
         picker = cfg.pickers.get(model.cluster) if cfg.pickers else None
         if picker is not None:  # the least loaded pod, or 429 for a sheddable request when all are saturated
-            h.set(picker.header, pick_endpoint(picker, model, doc, self.headers_in.get, self.started_ns // 1_000_000,
-                                               cfg.metrics))
+            ep = pick_endpoint(picker, model, doc, self.headers_in.get, self.started_ns // 1_000_000, cfg.metrics)
+            self.endpoint = (ep, model.upstream_model)
+            h.set(picker.header, ep.addr)
         if model.keys is not None:
             self._use_key(model, h)
         if rewrite:
@@ -364,6 +365,9 @@ class GatewayStream(HttpContext):
     # -- end --
 
     def on_log(self) -> None:
+        if self.endpoint is not None:
+            endpoint_finished(*self.endpoint)
+            self.endpoint = None
         if self.tapped or self.counting:
             self._take_tap(False)
         if self.model is not None and not self.published:

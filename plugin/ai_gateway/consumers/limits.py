@@ -14,8 +14,24 @@ if TYPE_CHECKING:
     from ..usage import Usage
 
 
+_APPLICABLE: dict[tuple[int, str, str], tuple[Consumers, list[Limit]]] = {}
+
+
 def applicable(cc: Consumers, consumer: Consumer | None, model: str) -> list[Limit]:
-    """The limits for ``consumer`` calling ``model``, one per counter (the lowest amount wins)."""
+    """The limits for ``consumer`` calling ``model``, one per counter (the lowest amount wins); worked out once
+    per configuration, consumer and model (consumers and models are configured: the cache is bounded)."""
+    key = (id(cc), consumer.name if consumer is not None else "", model)
+    got = _APPLICABLE.get(key)
+    if got is not None and got[0] is cc:
+        return got[1]
+    out = _applicable(cc, consumer, model)
+    if len(_APPLICABLE) > 4096:
+        _APPLICABLE.clear()
+    _APPLICABLE[key] = (cc, out)
+    return out
+
+
+def _applicable(cc: Consumers, consumer: Consumer | None, model: str) -> list[Limit]:
     out: dict[str, Limit] = {}
     for lim in (*(consumer.limits if consumer is not None else ()), *cc.limits):
         if not lim.model or lim.model == model:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +32,7 @@ for _p in (REPO, REPO / "plugin", REPO / "build"):
         sys.path.insert(0, str(_p))
 
 from bench import measure as m  # noqa: E402
-from bench.ai import run, systems  # noqa: E402
+from bench.ai import instructions, run, systems  # noqa: E402
 from e2e.envoy import Envoy, envoy_binary, free_port  # noqa: E402
 from tests.redis_server import redis_server, webdis  # noqa: E402
 
@@ -91,6 +92,25 @@ def once(url: str, envoy: Envoy, lua: Path, seconds: float) -> dict[str, Any]:
             "cpu_us_per_request": cpu / max(res.requests, 1) * 1e6, "wall_s": time.monotonic() - t0}
 
 
+FUEL_SYSTEMS = {"gateway": SYSTEMS["gateway"], "shared": SYSTEMS["shared"],
+                "redis-higress": "+ the same limits in Redis via Higress's Redis calls"}
+
+
+def vm_instructions(workloads: list[str], redis_port: int) -> dict[str, dict[str, float]]:
+    build = subprocess.run([sys.executable, str(REPO / "build/pwbuild"), "ai_gateway", "--variant", "higress"],
+                           capture_output=True, text=True, cwd=REPO)
+    if build.returncode != 0:
+        raise RuntimeError(build.stderr)
+    key = {"authorization": f"Bearer {KEY}"}
+    redis = {**systems.PLUGIN_CONFIG, **CONSUMERS,
+             "store": {"backend": "redis", "redis": {"transport": "higress", "cluster": "redis", "prefix": "fuel:"}}}
+    runs = {"gateway": (systems.MODULE, systems.PLUGIN_CONFIG, 0),
+            "shared": (systems.MODULE, {**systems.PLUGIN_CONFIG, **CONSUMERS}, 0),
+            "redis-higress": (REPO / "dist/ai-gateway-higress.wasm", redis, redis_port)}
+    return {s: {w: v["total"] for w, v in instructions.measure(mod, workloads, 50, cfg, key, port).items()}
+            for s, (mod, cfg, port) in runs.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workloads", default="W1,W2")
@@ -109,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                     for w in workloads:
                         got[system][w].append(once(url, envoy, script(w, tmp), a.seconds))
                         systems.log(f"round {r + 1} {system} {w}: {got[system][w][-1]['rps']:,.0f} req/s")
+        fuel = vm_instructions(workloads, redis.port)
     med = {s: {w: sorted(v, key=lambda x: x["rps"])[len(v) // 2] for w, v in ws.items()} for s, ws in got.items()}
     lines = ["# What consumers cost per request (auth + limits)", "",
              f"Envoy {m.envoy_version(envoy_binary())}, "
@@ -122,9 +143,15 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"| {w} | {name} | {r['rps']:,.0f} | {100 * r['rps'] / base['rps']:.0f}% | "
                          f"{r['cpu_us_per_request']:.0f} | {r['cpu_us_per_request'] - base['cpu_us_per_request']:+.0f} | "
                          f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} |")
+    lines += ["", "VM instructions per request (wasmtime fuel: independent of the machine's load; the Redis row is "
+              "the Higress build with its Redis host calls answered by a real redis-server):", "",
+              "| workload | system | VM instructions/request | + vs gateway |", "| --- | --- | ---: | ---: |"]
+    for w in workloads:
+        for s, name in FUEL_SYSTEMS.items():
+            lines.append(f"| {w} | {name} | {fuel[s][w]:,.0f} | {fuel[s][w] - fuel['gateway'][w]:+,.0f} |")
     lines += ["", "Envoy CPU excludes redis-server and webdis (their own processes); the Redis row's latency includes "
               "the admission round trip to webdis and Redis on loopback."]
-    m.write_results(REPO / "bench" / "results", "ai-consumers", {"median": med, "rounds": got}, "\n".join(lines))
+    m.write_results(REPO / "bench" / "results", "ai-consumers", {"median": med, "rounds": got, "vm_instructions": fuel}, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from .config import Consumer, Consumers, Limit
 
 __all__ = ["Consumer", "Gate", "admin", "admit", "authenticate", "charge", "model_allowed", "rate_headers"]
 from .limits import amount, applicable, exceeded, headers, window
-from .store import store_for
+from .store import RedisStore, SharedStore, store_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,10 +46,10 @@ def rejected(consumer: str, reason: str) -> None:
 class Gate:
     """One request's admission: the limits that apply and what the store said."""
 
-    __slots__ = ("counted", "limits", "now_s", "outcome", "quota", "values", "waiting")
+    __slots__ = ("counted", "limits", "now_s", "outcome", "quota", "store", "values", "waiting")
 
-    def __init__(self, limits: list[Limit], quota: str | None, now_s: int) -> None:
-        self.limits, self.quota, self.now_s = limits, quota, now_s
+    def __init__(self, limits: list[Limit], quota: str | None, now_s: int, store: SharedStore | RedisStore) -> None:
+        self.limits, self.quota, self.now_s, self.store = limits, quota, now_s, store
         self.values: list[int] = []
         self.counted = False  # the request counters include this request
         self.outcome: GatewayError | bool | None = None  # True: admitted; an error: refused; None: waiting
@@ -95,7 +95,7 @@ def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], None]) -
     if not limits and quota is None:
         proceed()
         return Action.CONTINUE
-    g = stream.gate = Gate(limits, quota, hc.now_ns() // 1_000_000_000)
+    g = stream.gate = Gate(limits, quota, hc.now_ns() // 1_000_000_000, store_for(cc.store))
 
     def done(r: Any) -> None:
         if r is None:
@@ -136,7 +136,7 @@ def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], None]) -
             else:
                 refuse(stream, g.outcome)
 
-    as_root(stream, lambda root: store_for(cc.store).admit(root, limits, quota, g.now_s, done))
+    as_root(stream, g.store, lambda root: g.store.admit(root, limits, quota, g.now_s, done))
     if g.outcome is None:
         g.waiting = True
         return Action.PAUSE
@@ -177,14 +177,17 @@ def charge(stream: Any, cc: Consumers, usage: Usage | None, served: str, estimat
             hc.log(LogLevel.WARN, f"consumers: charging {usage.total} tokens to {stream.consumer} failed")
 
     # The charge belongs to the plugin, not the stream: Envoy cancels a stream's callouts when it goes.
-    as_root(stream, lambda root: store_for(cc.store).charge(root, items, g.quota, usage.total,
-                                                            hc.now_ns() // 1_000_000_000, done))
+    as_root(stream, g.store, lambda root: g.store.charge(root, items, g.quota, usage.total,
+                                                         hc.now_ns() // 1_000_000_000, done))
 
 
-def as_root(stream: Any, fn: Callable[[Any], None]) -> None:
+def as_root(stream: Any, store: SharedStore | RedisStore, fn: Callable[[Any], None]) -> None:
     """Call the store as the plugin's root context: its callouts then never mix with the stream's own (fallback
-    attempts), and outlive the stream."""
+    attempts), and outlive the stream. Shared data needs no callout: called at once."""
     root = stream.root
+    if type(store) is not RedisStore:
+        fn(root)
+        return
     hc.set_effective_context(root.context_id)
     try:
         fn(root)

@@ -33,7 +33,7 @@ def test_every_dashboard_query_uses_emitted_metrics_and_labels() -> None:
     others = {m for e in exprs for m in re.findall(r"\b(aigw_\w+)\{", e)}
     assert others <= {"aigw_consumer_reason_rejected"}
     titles = " ".join(p["title"] for p in DASHBOARD["panels"]).lower()
-    for need in ("tokens/s", "first token", "latency", "error", "fallback", "consumer"):
+    for need in ("tokens/s", "first token", "latency", "error", "fallback", "consumer", "cancelled", "estimated"):
         assert need in titles
 
 

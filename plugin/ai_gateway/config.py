@@ -108,7 +108,7 @@ class Config:
     picker_headers: tuple = ()  # their destination headers: never accepted from clients
     request_headers: tuple = ()  # every request header the gateway reads (bytes): only these are decoded
     consumers: Consumers | None = None  # the gateway's own API keys, limits and quotas (consumers/)
-    strip_headers: tuple = ()  # routing, model and endpoint headers: removed from every client request
+    strip_headers: tuple = ()  # routing, model and endpoint headers (of every configuration): removed from requests
     max_consumers: int = 1000  # distinct consumer labels in metrics (process-wide); then "_other"
 
     @property

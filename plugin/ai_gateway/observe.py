@@ -7,8 +7,10 @@ segments into Prometheus labels (see wasm-config/envoy/stats-tags.yaml):
 
 Counters: input_token, output_token, total_token, llm_service_duration (ms, sum),
 llm_duration_count, llm_first_token_duration (ms, sum), llm_stream_duration_count,
-request_total, error_total (5xx, no answer, or an answer cut off), fallback_total. Histograms (ms): llm_first_token_latency,
-llm_latency.
+request_total, error_total (5xx, no answer, or an answer cut off, unless the client left), cancelled_total (the client
+left before the answer's end), usage_estimated_total (served answers whose usage the server did not report: their
+tokens are estimated, see estimate.py) and estimated_token (their total tokens), fallback_total. Histograms (ms): llm_first_token_latency, llm_latency.
+TTFT (llm_first_token_*, the AI log's ttft_ms) is the time to the first event carrying generated output.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from json.encoder import encode_basestring_ascii
 
 from proxywasm import LogLevel, MetricType, shared
 from proxywasm import hostcalls as hc
+from proxywasm.properties import response_code_details, response_flags
 
 from .usage import Usage
 
@@ -79,12 +82,12 @@ class Observation:
     """One answered request, as metrics and the AI log see it (a plain class, not a record: one is made per
     request, and a record's generic keyword __init__ costs microseconds inside V8)."""
 
-    __slots__ = ("cluster", "complete", "consumer", "duration_ms", "fallback_from", "model", "route", "served",
-                 "status", "stream", "ttft_ms", "usage")
+    __slots__ = ("cancelled", "cluster", "complete", "consumer", "duration_ms", "estimated", "fallback_from", "model",
+                 "route", "served", "status", "stream", "ttft_ms", "usage")
 
     def __init__(self, model: str, served: str, route: str, cluster: str, consumer: str, status: int, stream: bool,
                  usage: Usage | None, ttft_ms: int | None, duration_ms: int, fallback_from: str,
-                 complete: bool = True) -> None:
+                 complete: bool = True, estimated: bool = False, cancelled: bool = False) -> None:
         self.model = model  # as requested by the client (model or alias)
         self.served = served  # the model that answered
         self.route, self.cluster, self.consumer = route, cluster, consumer
@@ -92,11 +95,17 @@ class Observation:
         self.ttft_ms, self.duration_ms = ttft_ms, duration_ms
         self.fallback_from = fallback_from  # "" when no fallback happened
         self.complete = complete  # False: the response never reached its end (cut off, reset, client gone)
+        self.estimated = estimated  # usage is the gateway's estimate (the server reported none)
+        self.cancelled = cancelled  # the client left before the end (not an upstream failure)
 
     def log_record(self) -> str:
         """The AI log line (JSON). Assembled by hand: the JSON encoder costs ~5x more inside the VM."""
         u = self.usage
-        inp, out, total = (u.input, u.output, u.total) if u is not None else (0, 0, 0)
+        if u is None:
+            inp = out = total = source = "null"
+        else:
+            inp, out, total = str(u.input), str(u.output), str(u.total)
+            source = '"estimated"' if self.estimated else '"server"'
         key = (self.model, self.served, self.route, self.cluster, self.consumer)
         head = _HEADS.get(key)
         if head is None:
@@ -106,14 +115,15 @@ class Observation:
                                   f'"route":{_str(self.route)},"cluster":{_str(self.cluster)},'
                                   f'"consumer":{_str(self.consumer)},')
         ttft = self.ttft_ms
-        return _LINE % (head, self.status, _BOOL[self.stream], inp, out, total, _BOOL[u is not None],
-                        "null" if ttft is None else str(int(ttft)), self.duration_ms,
-                        _str(self.fallback_from) if self.fallback_from else "null", _BOOL[bool(self.complete)])
+        return _LINE % (head, self.status, _BOOL[self.stream], inp, out, total, source,
+                        _BOOL[u is not None and not self.estimated], "null" if ttft is None else str(int(ttft)),
+                        self.duration_ms, _str(self.fallback_from) if self.fallback_from else "null",
+                        _BOOL[bool(self.complete)], _BOOL[bool(self.cancelled)])
 
 
 # One %-format (in C) instead of an f-string of a dozen parts: the AI log line is made per request.
-_LINE = ('%s"status":%d,"stream":%s,"input_tokens":%d,"output_tokens":%d,"total_tokens":%d,"usage_known":%s,'
-         '"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s}')
+_LINE = ('%s"status":%d,"stream":%s,"input_tokens":%s,"output_tokens":%s,"total_tokens":%s,"usage_source":%s,'
+         '"usage_known":%s,"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s,"cancelled":%s}')
 _HEADS: dict[tuple[str, str, str, str, str], str] = {}  # the AI log's label part, per label set
 _BOOL = {True: "true", False: "false"}
 
@@ -141,13 +151,14 @@ METRICS = ((_COUNTER, "request_total"), (_COUNTER, "llm_duration_count"), (_COUN
             (_COUNTER, "input_token"), (_COUNTER, "output_token"), (_COUNTER, "total_token"),
             (_COUNTER, "error_total"), (_COUNTER, "fallback_total"), (_COUNTER, "llm_first_token_duration"),
             (_COUNTER, "llm_stream_duration_count"), (_HISTOGRAM, "llm_first_token_latency"),
-            (_HISTOGRAM, "llm_latency"))
+            (_HISTOGRAM, "llm_latency"), (_COUNTER, "usage_estimated_total"), (_COUNTER, "cancelled_total"),
+            (_COUNTER, "estimated_token"))
 _SERIES: dict[tuple[str, str, str, str], _Series] = {}
 MAX_SERIES = 10_000  # label sets cached per VM
 
 
 def _series(o: Observation) -> _Series:
-    consumer = consumer_label(o.consumer)
+    consumer = _CONSUMERS.get(o.consumer) or consumer_label(o.consumer)  # the common case without a call
     key = (o.route, o.cluster, o.served, consumer)
     s = _SERIES.get(key)
     if s is None:
@@ -173,8 +184,14 @@ def record_metrics(o: Observation) -> None:
             m = ids[i] or mid(i)
             if n:
                 inc(m, n)
-    if o.status >= 500 or o.status == 0 or not o.complete:
+    if o.cancelled:
+        inc(ids[13] or mid(13), 1)
+    elif o.status >= 500 or o.status == 0 or not o.complete:
         inc(ids[6] or mid(6), 1)
+    if o.estimated:
+        inc(ids[12] or mid(12), 1)
+        if u is not None and u.total:
+            inc(ids[14] or mid(14), u.total)
     if o.fallback_from:
         inc(ids[7] or mid(7), 1)
     if o.ttft_ms is not None:
@@ -196,3 +213,12 @@ def publish(o: Observation, metrics: bool, to_filter_state: bool, to_log: bool) 
             hc.log(LogLevel.INFO, "ai_log " + line)
     if metrics:
         record_metrics(o)
+
+
+DOWNSTREAM_TERMINATION = 0x4000  # Envoy's legacy response flag DC (downstream connection termination)
+
+
+def client_cancelled() -> bool:
+    """On a stream that ended early: whether the client left (Envoy's DC flag, or a downstream reason in the
+    response code details), rather than the upstream or Envoy failing."""
+    return bool(response_flags() & DOWNSTREAM_TERMINATION) or response_code_details().startswith("downstream_")

@@ -12,9 +12,10 @@ from . import consumers
 from .catalog import MODELS_PATH, is_model_path, model_object, models_list
 from .config import Config, Model
 from .errors import JSON_HEADERS, GatewayError, shown
+from .estimate import OUTPUT_KEYS, body_output, estimate
 from .fallback import Fallback
 from .keys import KeyPool
-from .observe import Observation, publish
+from .observe import Observation, client_cancelled, publish
 from .paths import normalize
 from .picker import route as pick_endpoint
 from .request import duplicate_model, json_media_type, needs_usage, parse_body, with_model, with_usage_requested
@@ -48,16 +49,19 @@ class GatewayStream(HttpContext):
     status = 0
     sse: SseScanner | None = None
     collector: JsonCollector | None = None
-    first_byte_ns = 0
     tapped = False  # the response body goes on untouched and the VM keeps its end (see _tap)
+    counting = False  # the response tap counts the generated text of a stream (estimate.OUTPUT_KEYS)
+    out_strings = out_bytes = 0  # what it counted: members, their bytes
+    first_out_ns = 0  # when the first event carrying output came (time to first token)
+    body = b""  # the request as the client sent it (an input estimate reads it, when the server reports no usage)
     published = False
+    ended = False  # the response body reached its end (also when held back while falling back)
     key_idx: int | None = None  # index of the pool key this request went out with
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
     who: consumers.Consumer | None = None  # the authenticated consumer (consumers/)
     gate: consumers.Gate | None = None  # its limits' admission
     admin_target = ""  # an admin API call for this consumer's balance waits for its body
     sent_headers: list[tuple[str, str]] | None = None  # the request headers, kept when resumed from a callout
-    body_len = 0
     pool_of = staticmethod(pool_of)
 
     # -- request --
@@ -65,15 +69,15 @@ class GatewayStream(HttpContext):
     def on_request_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         cfg: Config | None = self.config
         h = self.request_headers
-        root = self.root
         if cfg is None or not cfg.enabled:
             # Off for this stream, yet the routing, model and endpoint headers of every configuration stay the
             # gateway's: a client must not pick a cluster or an address.
-            for name in root.strip_headers:
+            for name in self.root.strip_headers:
                 h.remove(name)
             return Action.CONTINUE
         hd = h.snapshot(cfg.request_headers)  # one host call for the headers read below and later
-        # Only the gateway may choose upstreams: a client cannot route (cluster, model, pod) by sending these.
+        # Only the gateway may choose upstreams: a client cannot route (cluster, model, pod) by sending these
+        # (those of every configuration: GatewayRoot.on_config_loaded).
         for name in cfg.strip_headers:
             if name in hd:
                 h.remove(name)
@@ -86,7 +90,7 @@ class GatewayStream(HttpContext):
             h.remove(name)
         method = hd.get(":method")
         raw, _, query = hd.get(":path", "").partition("?")
-        path = normalize(raw)
+        path = raw if raw in cfg.paths else normalize(raw)
         if method == "GET" and cfg.models_endpoint and path.startswith(MODELS_PATH):
             if path == MODELS_PATH:
                 self.send_local_response(200, models_list(cfg), JSON_HEADERS)
@@ -129,7 +133,6 @@ class GatewayStream(HttpContext):
             return self._reject(self._too_large(cfg))
         if not end_of_stream:
             return Action.PAUSE
-        self.body_len = body_size
         try:
             self._route(cfg, self.request_body.read())
         except GatewayError as e:
@@ -160,7 +163,7 @@ class GatewayStream(HttpContext):
             doc = with_usage_requested(doc)  # usage metrics need the final usage chunk
             self.drop_usage = cfg.strip_injected_usage
             rewrite = True
-        self.model, self.requested, self.doc = model, requested, doc
+        self.model, self.requested, self.doc, self.body = model, requested, doc, body
         h.set(cfg.route_header, model.cluster)
         h.set(cfg.model_header, model.name)
         picker = cfg.pickers.get(model.cluster) if cfg.pickers else None
@@ -242,6 +245,9 @@ class GatewayStream(HttpContext):
         """
         if "text/event-stream" in (content_type or ""):
             self.sse = SseScanner(self.drop_usage)
+            if tap:  # output is counted (TTFT, estimates) in C, however the chunks go on
+                self.count_response_strings(OUTPUT_KEYS)
+                self.counting = True
             if tap and not self.drop_usage:
                 self.tap_response_body(TAIL_KEEP)
                 self.tapped = True
@@ -252,19 +258,24 @@ class GatewayStream(HttpContext):
                 self.tapped = True
 
     def _take_tap(self, ended: bool) -> None:
-        """What the response tap kept goes to the scanner or collector, as if it had been fed chunk by chunk."""
-        self.tapped = False
+        """What the response tap kept goes to the scanner or collector, as if it had been fed chunk by chunk;
+        what it counted, to out_*."""
+        tapped, self.tapped, self.counting = self.tapped, False, False
         got = self.take_response_tap()
         if got is None:
             return
+        self.out_strings, self.out_bytes, self.first_out_ns = got.strings, got.string_bytes, got.first_string_ns
+        if not tapped:
+            return
         if self.sse is not None:
-            self.first_byte_ns = got.first_ns
             self.sse.trimmed = got.trimmed  # the kept bytes may start inside an event
             self.sse.feed(got.data, ended)
         elif self.collector is not None:
             self.collector.kept(got.data, got.size, got.trimmed)
 
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
+        if end_of_stream:
+            self.ended = True
         if self.fallback is not None and self.fallback.current is not None:
             return Action.PAUSE  # the failed upstream's body is held back while falling back
         if self.model is None or self.published:
@@ -277,8 +288,6 @@ class GatewayStream(HttpContext):
             # not the end: the tap gave up (the host refused a read); this chunk and the next are read here
         chunk = self.response_body.read() if body_size else b""
         if self.sse is not None:
-            if chunk and not self.first_byte_ns:
-                self.first_byte_ns = hc.now_ns()
             out = self.sse.feed(chunk, end_of_stream)
             if out is not chunk and out != chunk:
                 self.response_body.replace(out)
@@ -287,6 +296,8 @@ class GatewayStream(HttpContext):
         elif self.collector is not None:
             self.collector.feed(chunk)
         if end_of_stream:
+            if self.counting:
+                self._take_tap(True)
             self._publish()
         return Action.CONTINUE
 
@@ -297,7 +308,8 @@ class GatewayStream(HttpContext):
         self.status = resp.status
         self._tap(resp.header("content-type"), tap=False)
         if self.sse is not None:
-            self.first_byte_ns = hc.now_ns()
+            self.out_strings, self.out_bytes = body_output(resp.body)
+            self.first_out_ns = hc.now_ns() if self.out_strings else 0
             return self.sse.feed(resp.body, end=True)
         assert self.collector is not None
         self.collector.feed(resp.body)
@@ -316,39 +328,42 @@ class GatewayStream(HttpContext):
     # -- end --
 
     def on_log(self) -> None:
-        if self.tapped:
+        if self.tapped or self.counting:
             self._take_tap(False)
         if self.model is not None and not self.published:
             # The stream ended early: upstream cut off, client gone, reset. An SSE answer that reached its
             # "data: [DONE]" is whole even so: the official OpenAI client closes the connection right there,
             # often before the upstream's terminating chunk has arrived.
-            self._publish(complete=self.sse is not None and self.sse.done)
+            # A fallback that failed everywhere lets the primary's error through after its end was seen.
+            complete = self.ended or (self.sse is not None and self.sse.done)
+            self._publish(complete, not complete and client_cancelled())
         # The stream and its Fallback refer to each other: unlinked here, both go when Envoy deletes the stream
         # instead of waiting (with the request's body and document) for a full garbage collection.
         self.fallback = None
 
-    def _publish(self, complete: bool = True) -> None:
+    def _publish(self, complete: bool = True, cancelled: bool = False) -> None:
         self.published = True
         cfg: Config = self.config
         usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
+        estimated = usage is None and 200 <= self.status < 300  # served, but the server said nothing: estimated
+        if estimated:
+            out = (self.out_strings, self.out_bytes) if self.sse is not None else (
+                body_output(self.collector.body()) if self.collector is not None else (0, 0))
+            usage = estimate(self.body, *out)
         assert self.model is not None
-        if self.gate is not None and cfg.consumers is not None:
-            consumers.charge(self, cfg.consumers, usage, self.model.name, self._estimate)
+        if self.gate is not None and cfg.consumers is not None:  # charged once, for the model that answered
+            consumers.charge(self, cfg.consumers, usage, self.model.name)
         if not cfg.metrics and cfg.ai_log == "off":
             return
         now = hc.now_ns()
         obs = Observation(
             model=self.requested, served=self.model.name, route=route_name(),
             cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, stream=self.stream,
-            usage=usage, ttft_ms=(self.first_byte_ns - self.started_ns) // 1_000_000 if self.first_byte_ns else None,
+            usage=usage, ttft_ms=(self.first_out_ns - self.started_ns) // 1_000_000 if self.first_out_ns else None,
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
+            estimated=estimated, cancelled=cancelled,
         )
         publish(obs, cfg.metrics, cfg.ai_log in ("filter_state", "both"), cfg.ai_log in ("log", "both"))
-
-    def _estimate(self) -> Usage:
-        """Tokens of an answer without usage, for charging: ~4 bytes a token, never zero."""
-        out = self.collector.size if self.collector is not None else 0
-        return Usage(max(1, self.body_len // 4), max(1, out // 4), max(1, self.body_len // 4) + max(1, out // 4))
 
     def _reject(self, err: GatewayError) -> Action:
         self.send_local_response(err.status, err.body, err.headers, err.code)

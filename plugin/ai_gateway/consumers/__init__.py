@@ -159,13 +159,12 @@ def rate_headers(stream: Any) -> list[tuple[str, str]]:
     return headers(g.limits, g.values, g.now_s, g.counted)
 
 
-def charge(stream: Any, cc: Consumers, usage: Usage | None, served: str, estimate: Callable[[], Usage]) -> None:
-    """Charge the answer's tokens to every token counter of the model that answered and to the balance."""
+def charge(stream: Any, cc: Consumers, usage: Usage | None, served: str) -> None:
+    """Charge the answer's tokens (the server's usage, or the gateway's estimate for a served answer without it:
+    usage.py) to every token counter of the model that answered and to the balance."""
     g = stream.gate
-    if g is None or g.outcome is not True:
-        return  # no limits, or refused: nothing went upstream
-    if usage is None or usage.total <= 0:
-        usage = estimate()  # the server sent no usage: a served request is never free
+    if g is None or g.outcome is not True or usage is None:
+        return  # no limits, refused (nothing went upstream), or no answer served
     who = stream.who
     items = [(lim, amount(lim, usage)) for lim in applicable(cc, who, served) if lim.kind != "requests"]
     if not items and g.quota is None:

@@ -21,7 +21,7 @@ from .picker import route as pick_endpoint
 from .request import duplicate_model, json_media_type, needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
-from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner, Usage
+from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner
 
 RNG = random.Random()  # seeded from the host's random_get, per VM
 _RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")
@@ -86,8 +86,6 @@ class GatewayStream(HttpContext):
             done = consumers.authenticate(self, cc, hd, cfg.consumer_header)
             if done is not None:
                 return done
-        for name in root.other_strip.get(id(cfg), ()):  # those of the other configurations (_rules_)
-            h.remove(name)
         method = hd.get(":method")
         raw, _, query = hd.get(":path", "").partition("?")
         path = raw if raw in cfg.paths else normalize(raw)

@@ -51,6 +51,14 @@ validate:
 oci tag="1.0.0": (build "ai_gateway")
     python build/oci.py --tag {{tag}}
 
+# What consumers cost: auth + limits with shared-data and Redis (webdis) stores vs the gateway without (bench/results/ai-consumers.md)
+bench-consumers *args: (build "ai_gateway")
+    python bench/ai/consumers.py "$@"
+
+# Response cache benchmark: a hit's latency vs the upstream, a miss's cost vs the gateway without a cache, RSS bound (bench/results/ai-cache.md)
+bench-cache: (build "ai_gateway")
+    python bench/ai/cache.py
+
 # Endpoint picker benchmark: round robin vs load-aware picking over mock vLLM servers (bench/results/endpoint-picker.md)
 bench-epp *args: (build "ai_gateway")
     python bench/epp/run.py "$@"

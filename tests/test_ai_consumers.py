@@ -398,3 +398,17 @@ def test_redis_answer_after_the_client_left_is_ignored(make_host: HostFactory, r
     s.complete()  # the client went away while Redis was asked
     host.answer_redis(host.state.redis_calls[0])
     assert not host.logs_at(4)  # no error: the late answer found no stream and was dropped
+
+
+def test_higress_example_holds_the_digests_of_its_secret() -> None:
+    import yaml
+
+    from ai_gateway.consumers.config import digest
+    from tests.conftest import REPO
+
+    docs = list(yaml.safe_load_all((REPO / "wasm-config/higress/consumers.yaml").read_text()))
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    (plugin,) = [d for d in docs if d["kind"] == "WasmPlugin"]
+    for cfg in (plugin["spec"]["defaultConfig"], *(r["config"] for r in plugin["spec"]["matchRules"])):
+        for c in cfg["consumers"]:
+            assert c["keys"] == ["sha256:" + digest(secret["stringData"][c["name"]])], c["name"]

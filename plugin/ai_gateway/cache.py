@@ -186,7 +186,7 @@ def _hit(stream: Any, cfg: CacheConfig, raw: bytes, usage: Usage) -> Action:
 
         def replay_now() -> bool:
             sent.append(_replay(stream, answer, raw, usage))
-            consumers.charge(stream, cc, usage, model.name, lambda: usage)
+            consumers.charge(stream, cc, usage, model.name)
             return False  # answered here: nothing to resume
 
         act = consumers.admit(stream, cc, model.name, replay_now)

@@ -24,7 +24,7 @@ from .picker import route as pick_endpoint
 from .request import duplicate_model, json_media_type, needs_usage, parse_body, with_model, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
-from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner, Usage
+from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner
 
 RNG = random.Random()  # seeded from the host's random_get, per VM
 _RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")
@@ -66,7 +66,6 @@ class GatewayStream(HttpContext):
     gate: consumers.Gate | None = None  # its limits' admission
     admin_target = ""  # an admin API call for this consumer's balance waits for its body
     sent_headers: list[tuple[str, str]] | None = None  # the request headers, kept when resumed from a callout
-    body_len = 0
     cache_key = ""  # a cacheable request's key (cache.py): its whole 200 answer is stored
     cache_state = ""  # hit | miss | skip (x-ai-cache), "" without a cache
     cache_raw = b""  # a cacheable streamed answer, whole (response tap, or chunk by chunk in cache_buf)
@@ -140,7 +139,6 @@ class GatewayStream(HttpContext):
             return self._reject(self._too_large(cfg))
         if not end_of_stream:
             return Action.PAUSE
-        self.body_len = body_size
         body = self.request_body.read()
         try:
             self._route(cfg, body)
@@ -393,8 +391,8 @@ class GatewayStream(HttpContext):
         assert self.model is not None
         if self.cache_key and complete and self.status == 200 and not self.fallback_from and cfg.cache is not None:
             cache.store_answer(self, cfg.cache, self._cache_body(), None if estimated else usage)
-        if self.gate is not None and cfg.consumers is not None:
-            consumers.charge(self, cfg.consumers, usage, self.model.name, self._estimate)
+        if self.gate is not None and cfg.consumers is not None:  # charged once, for the model that answered
+            consumers.charge(self, cfg.consumers, usage, self.model.name)
         if not cfg.metrics and cfg.ai_log == "off":
             return
         now = hc.now_ns()
@@ -419,11 +417,6 @@ class GatewayStream(HttpContext):
             return self.cache_raw or (b"".join(self.cache_buf) if self.cache_buf else b"")
         c = self.collector
         return c.body() if c is not None and c.parts else b""
-
-    def _estimate(self) -> Usage:
-        """Tokens of an answer without usage, for charging: ~4 bytes a token, never zero."""
-        out = self.collector.size if self.collector is not None else 0
-        return Usage(max(1, self.body_len // 4), max(1, out // 4), max(1, self.body_len // 4) + max(1, out // 4))
 
     def _reject(self, err: GatewayError) -> Action:
         self.send_local_response(err.status, err.body, err.headers, err.code)

@@ -21,7 +21,7 @@ from .config import Consumer, Consumers, Limit
 
 __all__ = ["Consumer", "Gate", "admin", "admit", "authenticate", "charge", "model_allowed", "rate_headers"]
 from .limits import amount, applicable, exceeded, headers, window
-from .store import store_for
+from .store import RedisStore, SharedStore, store_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -46,10 +46,10 @@ def rejected(consumer: str, reason: str) -> None:
 class Gate:
     """One request's admission: the limits that apply and what the store said."""
 
-    __slots__ = ("counted", "limits", "now_s", "outcome", "quota", "values", "waiting")
+    __slots__ = ("counted", "limits", "now_s", "outcome", "quota", "store", "values", "waiting")
 
-    def __init__(self, limits: list[Limit], quota: str | None, now_s: int) -> None:
-        self.limits, self.quota, self.now_s = limits, quota, now_s
+    def __init__(self, limits: list[Limit], quota: str | None, now_s: int, store: SharedStore | RedisStore) -> None:
+        self.limits, self.quota, self.now_s, self.store = limits, quota, now_s, store
         self.values: list[int] = []
         self.counted = False  # the request counters include this request
         self.outcome: GatewayError | bool | None = None  # True: admitted; an error: refused; None: waiting
@@ -95,7 +95,7 @@ def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], bool | N
     if not limits and quota is None:
         proceed()
         return Action.CONTINUE
-    g = stream.gate = Gate(limits, quota, hc.now_ns() // 1_000_000_000)
+    g = stream.gate = Gate(limits, quota, hc.now_ns() // 1_000_000_000, store_for(cc.store))
 
     def done(r: Any) -> None:
         if r is None:
@@ -137,7 +137,7 @@ def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], bool | N
             else:
                 refuse(stream, g.outcome)
 
-    as_root(stream, lambda root: store_for(cc.store).admit(root, limits, quota, g.now_s, done))
+    as_root(stream, g.store, lambda root: g.store.admit(root, limits, quota, g.now_s, done))
     if g.outcome is None:
         g.waiting = True
         return Action.PAUSE
@@ -160,13 +160,12 @@ def rate_headers(stream: Any) -> list[tuple[str, str]]:
     return headers(g.limits, g.values, g.now_s, g.counted)
 
 
-def charge(stream: Any, cc: Consumers, usage: Usage | None, served: str, estimate: Callable[[], Usage]) -> None:
-    """Charge the answer's tokens to every token counter of the model that answered and to the balance."""
+def charge(stream: Any, cc: Consumers, usage: Usage | None, served: str) -> None:
+    """Charge the answer's tokens (the server's usage, or the gateway's estimate for a served answer without it:
+    usage.py) to every token counter of the model that answered and to the balance."""
     g = stream.gate
-    if g is None or g.outcome is not True:
-        return  # no limits, or refused: nothing went upstream
-    if usage is None or usage.total <= 0:
-        usage = estimate()  # the server sent no usage: a served request is never free
+    if g is None or g.outcome is not True or usage is None:
+        return  # no limits, refused (nothing went upstream), or no answer served
     who = stream.who
     items = [(lim, amount(lim, usage)) for lim in applicable(cc, who, served) if lim.kind != "requests"]
     if not items and g.quota is None:
@@ -178,14 +177,17 @@ def charge(stream: Any, cc: Consumers, usage: Usage | None, served: str, estimat
             hc.log(LogLevel.WARN, f"consumers: charging {usage.total} tokens to {stream.consumer} failed")
 
     # The charge belongs to the plugin, not the stream: Envoy cancels a stream's callouts when it goes.
-    as_root(stream, lambda root: store_for(cc.store).charge(root, items, g.quota, usage.total,
-                                                            hc.now_ns() // 1_000_000_000, done))
+    as_root(stream, g.store, lambda root: g.store.charge(root, items, g.quota, usage.total,
+                                                         hc.now_ns() // 1_000_000_000, done))
 
 
-def as_root(stream: Any, fn: Callable[[Any], None]) -> None:
+def as_root(stream: Any, store: SharedStore | RedisStore, fn: Callable[[Any], None]) -> None:
     """Call the store as the plugin's root context: its callouts then never mix with the stream's own (fallback
-    attempts), and outlive the stream."""
+    attempts), and outlive the stream. Shared data needs no callout: called at once."""
     root = stream.root
+    if type(store) is not RedisStore:
+        fn(root)
+        return
     hc.set_effective_context(root.context_id)
     try:
         fn(root)

@@ -25,6 +25,9 @@ def presented(cc: Consumers, hd: dict[str, str]) -> list[str]:
         raw = hd.get(name)
         if raw is None:
             continue
+        if name == "authorization" and "," not in raw and raw[:7].lower() == "bearer ":  # the usual request
+            keys.append(raw[7:].strip())
+            continue
         for v in raw.split(","):
             v = v.strip()
             if name == "authorization":

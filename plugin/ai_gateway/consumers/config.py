@@ -30,11 +30,7 @@ class Limit:
     window_s: int
     model: str  # "" = every model
     scope: str  # the consumer's name, or "" for the global limit (everyone together)
-
-    @property
-    def counter(self) -> str:
-        """The counter's name: limits of one scope, model, kind and window share it."""
-        return f"{self.scope}|{self.model or '*'}|{self.kind}|{self.window_s}"
+    counter: str = ""  # the counter's name: limits of one scope, model, kind and window share it
 
 
 @record
@@ -94,7 +90,9 @@ def _limits(fs: list[Fields], scope: str) -> tuple[Limit, ...]:
             raise ConfigError(f"{f.where}: name exactly one of {', '.join(KINDS)} (the amount per window)")
         amount = f.int(kinds[0], min=1, max=1 << 53)
         per = f.choice("per", tuple(WINDOWS))
-        out.append(Limit(kinds[0], amount, WINDOWS[per], f.str("model", ""), scope))
+        model = f.str("model", "")
+        out.append(Limit(kinds[0], amount, WINDOWS[per], model, scope,
+                         f"{scope}|{model or '*'}|{kinds[0]}|{WINDOWS[per]}"))
         f.done()
     return tuple(out)
 

@@ -14,8 +14,24 @@ if TYPE_CHECKING:
     from ..usage import Usage
 
 
+_APPLICABLE: dict[tuple[int, str, str], tuple[Consumers, list[Limit]]] = {}
+
+
 def applicable(cc: Consumers, consumer: Consumer | None, model: str) -> list[Limit]:
-    """The limits for ``consumer`` calling ``model``, one per counter (the lowest amount wins)."""
+    """The limits for ``consumer`` calling ``model``, one per counter (the lowest amount wins); worked out once
+    per configuration, consumer and model (consumers and models are configured: the cache is bounded)."""
+    key = (id(cc), consumer.name if consumer is not None else "", model)
+    got = _APPLICABLE.get(key)
+    if got is not None and got[0] is cc:
+        return got[1]
+    out = _applicable(cc, consumer, model)
+    if len(_APPLICABLE) > 4096:
+        _APPLICABLE.clear()
+    _APPLICABLE[key] = (cc, out)
+    return out
+
+
+def _applicable(cc: Consumers, consumer: Consumer | None, model: str) -> list[Limit]:
     out: dict[str, Limit] = {}
     for lim in (*(consumer.limits if consumer is not None else ()), *cc.limits):
         if not lim.model or lim.model == model:
@@ -56,16 +72,25 @@ def duration(s: int) -> str:
 
 def headers(limits: list[Limit], values: list[int], now_s: int, counted: bool) -> list[tuple[str, str]]:
     """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for the tightest request and token limits.
-    ``counted``: this request was counted in the request counters' values already."""
-    best: dict[str, tuple[int, Limit]] = {}
-    for lim, v in zip(limits, values, strict=False):
-        unit = "requests" if lim.kind == "requests" else "tokens"
-        left = lim.amount - v - (1 if unit == "requests" and counted else 0)
-        if unit not in best or left < best[unit][0]:
-            best[unit] = (left, lim)
+    ``counted``: this request was counted in the request counters' values already (runs on every answer: lean)."""
+    req = tok = None
+    req_left = tok_left = 0
+    for i, lim in enumerate(limits):
+        if lim.kind == "requests":
+            left = lim.amount - values[i] - counted
+            if req is None or left < req_left:
+                req, req_left = lim, left
+        else:
+            left = lim.amount - values[i]
+            if tok is None or left < tok_left:
+                tok, tok_left = lim, left
     out = []
-    for unit, (left, lim) in best.items():
-        out += [(f"x-ratelimit-limit-{unit}", str(lim.amount)),
-                (f"x-ratelimit-remaining-{unit}", str(max(0, left))),
-                (f"x-ratelimit-reset-{unit}", duration(window(lim, now_s)[1]))]
+    if req is not None:
+        out += [("x-ratelimit-limit-requests", str(req.amount)), ("x-ratelimit-remaining-requests",
+                str(req_left if req_left > 0 else 0)),
+                ("x-ratelimit-reset-requests", duration(req.window_s - now_s % req.window_s))]
+    if tok is not None:
+        out += [("x-ratelimit-limit-tokens", str(tok.amount)), ("x-ratelimit-remaining-tokens",
+                str(tok_left if tok_left > 0 else 0)),
+                ("x-ratelimit-reset-tokens", duration(tok.window_s - now_s % tok.window_s))]
     return out

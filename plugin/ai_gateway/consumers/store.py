@@ -41,7 +41,7 @@ TTL_SLACK_S = 5  # Redis keys outlive their window a little (replicas' clocks di
 class SharedStore:
     """Envoy shared data: exact across one Envoy's workers (compare-and-swap), separate per replica."""
 
-    prefix = "aigw.c."
+    prefix = "aigw.c.rl."  # + a limit's counter
 
     @staticmethod
     def _read(key: str, idx: int) -> int:
@@ -70,7 +70,7 @@ class SharedStore:
         return ok[0]
 
     def admit(self, ctx: Any, limits: list[Limit], quota: str | None, now_s: int, done: Done) -> None:
-        keys = [(self.prefix + "rl." + lim.counter, window(lim, now_s)[0]) for lim in limits]
+        keys = [(self.prefix + lim.counter, now_s // lim.window_s) for lim in limits]
         values = [self._read(k, idx) for k, idx in keys]
         bal = self._balance(quota) if quota is not None else None
         admitted = exceeded(limits, values) < 0 and (bal is None or bal > 0)
@@ -92,9 +92,9 @@ class SharedStore:
                done: Done) -> None:
         for lim, n in items:
             if n:
-                self._add(self.prefix + "rl." + lim.counter, window(lim, now_s)[0], n)
+                self._add(self.prefix + lim.counter, now_s // lim.window_s, n)
         if quota is not None and tokens:
-            shared.update(self.prefix + "q." + quota, lambda raw: _BAL.pack(self._unpack_bal(raw) - tokens))
+            shared.update("aigw.c.q." + quota, lambda raw: _BAL.pack(self._unpack_bal(raw) - tokens))
         done(True)
 
     @staticmethod
@@ -102,10 +102,10 @@ class SharedStore:
         return _BAL.unpack(raw)[0] if raw is not None and len(raw) == _BAL.size else 0
 
     def _balance(self, name: str) -> int:
-        return self._unpack_bal(hc.get_shared_data(self.prefix + "q." + name)[0])
+        return self._unpack_bal(hc.get_shared_data("aigw.c.q." + name)[0])
 
     def balance(self, ctx: Any, name: str, op: str, n: int, done: Done) -> None:
-        key = self.prefix + "q." + name
+        key = "aigw.c.q." + name
         if op == "get":
             done(self._balance(name))
             return

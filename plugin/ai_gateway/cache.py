@@ -145,7 +145,8 @@ def lookup(stream: Any, cfg: CacheConfig, proceed: Any) -> Action:
         else:
             state["action"] = act
 
-    consumers.as_root(stream, lambda root: store_for(cfg.store).get(root, k, got, cfg.max_entries))
+    st = store_for(cfg.store)
+    consumers.as_root(stream, st, lambda root: st.get(root, k, got, cfg.max_entries))
     if state["action"] is None:
         state["waiting"] = True
         return Action.PAUSE
@@ -270,5 +271,6 @@ def store_answer(stream: Any, cfg: CacheConfig, raw: bytes | None, usage: Usage 
         else:
             _counted("store_unavailable", model.name)
 
-    consumers.as_root(stream, lambda root: store_for(cfg.store).put(root, stream.cache_key, value, cfg.ttl_s,
-                                                                    cfg.max_entries, done))
+    st = store_for(cfg.store)
+    consumers.as_root(stream, st, lambda root: st.put(root, stream.cache_key, value, cfg.ttl_s, cfg.max_entries,
+                                                      done))

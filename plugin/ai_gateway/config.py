@@ -15,6 +15,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+ATTEMPT_HEADER = "x-ai-attempt-ticket"  # the router-level filter's ticket for the attempt filter (never a client's)
 DEFAULT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
@@ -51,7 +52,10 @@ class FallbackPolicy:
     on_status: StatusSet
     mode: str  # SEQ: in order; RAND: random order
     max_attempts: int  # upstream attempts in all, the first one included
-    timeout_ms: int  # total budget for the fallback attempts
+    timeout_ms: int  # total budget for the fallback attempts (callouts)
+    cluster: str = ""  # an Envoy aggregate cluster: attempts are Envoy retries (see attempt_filter.py)
+    first_byte_timeout_ms: int = 0  # per attempt, until response headers (Envoy retries); 0: none
+    retry_headers: tuple = ()  # the request headers that give Envoy this policy (with ``cluster``)
 
 
 @record
@@ -102,13 +106,14 @@ class Config:
     pickers: dict = factory(dict)  # cluster -> picker.EndpointPicker (models[].endpoint_picker)
     picker_headers: tuple = ()  # their destination headers: never accepted from clients
     request_headers: tuple = ()  # every request header the gateway reads (bytes): only these are decoded
+    attempt_filter: bool = False  # this instance is the upstream (per-attempt) filter, not the router-level one
 
     @property
     def enabled(self) -> bool:
         return bool(self.models)
 
 
-def _fallback(f: Fields | None, defaults: Fields | None, own: str) -> FallbackPolicy | None:
+def _fallback(f: Fields | None, defaults: Fields | None, own: str, keys: KeyPoolConfig | None) -> FallbackPolicy | None:
     if f is None:
         return None
     d = defaults.doc if defaults else {}
@@ -118,23 +123,62 @@ def _fallback(f: Fields | None, defaults: Fields | None, own: str) -> FallbackPo
         raise ConfigError(f"{merged.path('models')}: must name at least one model")
     if own in models:
         raise ConfigError(f"{merged.path('models')}: must not contain the model itself ({own!r})")
+    mode = merged.choice("mode", ("SEQ", "RAND"), "SEQ")
+    cluster = merged.str("cluster", "")
+    if cluster and mode != "SEQ":
+        raise ConfigError(f"{merged.path('mode')}: must be SEQ with cluster (Envoy tries the aggregate "
+                          "cluster's clusters in their order)")
     policy = FallbackPolicy(
         models=models,
         on_status=StatusSet.parse(merged, "on_status", ("5xx",)),
-        mode=merged.choice("mode", ("SEQ", "RAND"), "SEQ"),
+        mode=mode,
         max_attempts=merged.int("max_attempts", len(models) + 1, min=2, max=10),
         timeout_ms=merged.int("timeout_ms", 60_000, min=100, max=600_000),
+        cluster=cluster,
+        first_byte_timeout_ms=merged.int("first_byte_timeout_ms", 0, min=0, max=600_000),
     )
+    if cluster:
+        policy.retry_headers = retry_headers(policy, keys)  # still being built: set once, here
     merged.done()
     return policy
 
 
+def retry_headers(policy: FallbackPolicy, keys: KeyPoolConfig | None) -> tuple[tuple[str, str], ...]:
+    """Envoy's retry policy for ``policy`` as request headers (the router honours them over the route's):
+    connection failures and resets always, the fallback statuses, the key pool's ejecting statuses (another
+    attempt is another key), at most ``max_attempts`` attempts, the per-attempt first-byte timeout."""
+    on = policy.on_status
+    codes = set(on.codes) | set(keys.eject_on if keys else ())
+    retry_on = ["connect-failure", "refused-stream", "reset"]
+    if 5 in on.classes:
+        retry_on.append("5xx")  # also a per-attempt timeout (Envoy's 504)
+    elif 504 in on.codes:
+        retry_on.append("gateway-error")  # a per-attempt timeout
+    codes |= {c for cls in on.classes if cls != 5 for c in range(cls * 100, cls * 100 + 100)}
+    out = [("x-envoy-max-retries", str(policy.max_attempts - 1))]
+    if codes:
+        retry_on.append("retriable-status-codes")
+        out.append(("x-envoy-retriable-status-codes", ",".join(str(c) for c in sorted(codes))))
+    out.append(("x-envoy-retry-on", ",".join(retry_on)))
+    if policy.first_byte_timeout_ms:
+        out.append(("x-envoy-upstream-rq-per-try-timeout-ms", str(policy.first_byte_timeout_ms)))
+    return tuple(out)
+
+
 def parse(doc: dict[str, Any]) -> Config:
     f = Fields(doc)
+    if f.bool("attempt_filter", False):
+        if len(doc) > 1:
+            extra = next(k for k in doc if k != "attempt_filter")
+            raise ConfigError(f"{f.path(extra)}: the attempt filter takes no other field (it follows the "
+                              "router-level filter's configuration)")
+        return Config(models={}, aliases={}, route_header="", model_header="", max_body_bytes=0, paths=frozenset(),
+                      models_endpoint=False, consumer_header="", inject_stream_usage=False,
+                      strip_injected_usage=False, ai_log="off", metrics=False, attempt_filter=True)
     defaults = f.obj("fallback", None)
     if defaults is not None:
         for key in defaults.doc:
-            if key not in ("on_status", "mode", "max_attempts", "timeout_ms"):
+            if key not in ("on_status", "mode", "max_attempts", "timeout_ms", "first_byte_timeout_ms"):
                 raise ConfigError(f"{defaults.path(key)}: unknown field (set models per model)")
     models: dict[str, Model] = {}
     pools = Pools()
@@ -148,14 +192,15 @@ def parse(doc: dict[str, Any]) -> Config:
             mirror = Mirror(mirror_f.str("model"), mirror_f.number("percent", 100, min=0, max=100))
             mirror_f.done()
         keys_f = m.obj("api_keys", None)
+        keys = parse_pool(keys_f, name) if keys_f is not None else None
         models[name] = Model(
             name=name,
             cluster=m.str("cluster"),
             upstream_model=m.str("upstream_model", name),
             authority=m.str("authority", ""),
-            fallback=_fallback(m.obj("fallback", None), defaults, name),
+            fallback=_fallback(m.obj("fallback", None), defaults, name, keys),
             mirror=mirror,
-            keys=parse_pool(keys_f, name) if keys_f is not None else None,
+            keys=keys,
         )
         pools.add(m, name, models[name].cluster)
         m.done()
@@ -188,7 +233,7 @@ def parse(doc: dict[str, Any]) -> Config:
     consumer_header = f.str("consumer_header", "x-mse-consumer").lower()
     picker_headers = tuple({p.header for p in pickers.values()})
     read = {":method", ":path", "content-type", "content-length", "authorization", consumer_header, route_header,
-            model_header, *picker_headers, *(a.sticky_header for a in aliases.values()),
+            model_header, ATTEMPT_HEADER, *picker_headers, *(a.sticky_header for a in aliases.values()),
             *(p.criticality_header for p in pickers.values())}
     cfg = Config(
         models=models,

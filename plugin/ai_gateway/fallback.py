@@ -15,10 +15,10 @@ import random
 from proxywasm import CalloutResponse, HostError, LogLevel
 from proxywasm import hostcalls as hc
 
+from .attempt import address
 from .config import Config, Model, StatusSet
 from .keys import KeyPool
 from .picker import add_destination
-from .request import with_model
 from .upstream import callout_headers
 
 TYPE_CHECKING = False
@@ -61,16 +61,16 @@ class Fallback:
         while self.order and self.attempts < self.max_attempts and now < self.deadline_ns:
             model = self.cfg.models[self.order.pop(0)]
             self.attempts += 1
-            credential, self.key = None, None
-            if model.keys is not None:
-                pool = self.stream.pool_of(model)
-                idx = pool.pick(now // 1_000_000, self.rng, frozenset(self.tried_keys.get(model.name, ())))
-                if idx is None:
-                    continue  # no healthy key left for this model
-                self.tried_keys.setdefault(model.name, set()).add(idx)
-                credential, self.key = pool.credential(idx), (pool, idx)
-            body = with_model(self.doc, model.upstream_model)
-            headers = callout_headers(self.request_headers, model, self.cfg, self.primary, credential)
+            tried = frozenset(self.tried_keys.get(model.name, ()))
+            attempt = address(self.cfg, self.doc, model, now // 1_000_000, self.rng, source=self.primary,
+                              tried_keys=tried)
+            if attempt is None:
+                continue  # no healthy key left for this model
+            self.key = attempt.key
+            if attempt.key is not None:
+                self.tried_keys.setdefault(model.name, set()).add(attempt.key[1])
+            body = attempt.body
+            headers = callout_headers(self.request_headers, attempt, self.cfg)
             if self.cfg.pickers:  # a model with an endpoint picker: its least loaded pod
                 headers = add_destination(self.cfg.pickers, model, self.doc, headers, now // 1_000_000, self.cfg.metrics)
                 if headers is None:

@@ -35,12 +35,12 @@ class Observation:
     """One answered request, as metrics and the AI log see it (a plain class, not a record: one is made per
     request, and a record's generic keyword __init__ costs microseconds inside V8)."""
 
-    __slots__ = ("cluster", "complete", "consumer", "duration_ms", "fallback_from", "model", "route", "served",
+    __slots__ = ("attempts", "cluster", "complete", "consumer", "duration_ms", "fallback_from", "model", "route", "served",
                  "status", "stream", "ttft_ms", "usage")
 
     def __init__(self, model: str, served: str, route: str, cluster: str, consumer: str, status: int, stream: bool,
                  usage: Usage | None, ttft_ms: int | None, duration_ms: int, fallback_from: str,
-                 complete: bool = True) -> None:
+                 complete: bool = True, attempts: str = "") -> None:
         self.model = model  # as requested by the client (model or alias)
         self.served = served  # the model that answered
         self.route, self.cluster, self.consumer = route, cluster, consumer
@@ -48,6 +48,7 @@ class Observation:
         self.ttft_ms, self.duration_ms = ttft_ms, duration_ms
         self.fallback_from = fallback_from  # "" when no fallback happened
         self.complete = complete  # False: the response never reached its end (cut off, reset, client gone)
+        self.attempts = attempts  # JSON [["model", status], ...] when Envoy retried the request, else ""
 
     def log_record(self) -> str:
         """The AI log line (JSON). Assembled by hand: the JSON encoder costs ~5x more inside the VM."""
@@ -64,12 +65,13 @@ class Observation:
         ttft = self.ttft_ms
         return _LINE % (head, self.status, _BOOL[self.stream], inp, out, total, _BOOL[u is not None],
                         "null" if ttft is None else str(int(ttft)), self.duration_ms,
-                        _str(self.fallback_from) if self.fallback_from else "null", _BOOL[bool(self.complete)])
+                        _str(self.fallback_from) if self.fallback_from else "null", _BOOL[bool(self.complete)],
+                        self.attempts or "null")
 
 
 # One %-format (in C) instead of an f-string of a dozen parts: the AI log line is made per request.
 _LINE = ('%s"status":%d,"stream":%s,"input_tokens":%d,"output_tokens":%d,"total_tokens":%d,"usage_known":%s,'
-         '"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s}')
+         '"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s,"attempts":%s}')
 _HEADS: dict[tuple[str, str, str, str, str], str] = {}  # the AI log's label part, per label set
 _BOOL = {True: "true", False: "false"}
 

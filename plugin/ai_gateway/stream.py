@@ -9,30 +9,25 @@ from proxywasm import Action, CalloutResponse, HttpContext, LogLevel
 from proxywasm import hostcalls as hc
 from proxywasm.properties import route_name
 
-from .config import Config, Model
+from . import retries
+from .attempt import address, pool_of
+from .config import ATTEMPT_HEADER, Config, Model
 from .errors import JSON_HEADERS, GatewayError
 from .fallback import Fallback
-from .keys import KeyPool
 from .observe import Observation, publish
 from .picker import route as pick_endpoint
-from .request import duplicate_model, needs_usage, parse_body, with_model, with_usage_requested
+from .request import duplicate_model, needs_usage, parse_body, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
 from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner
 
 RNG = random.Random()  # seeded from the host's random_get, per VM
+_warned_no_filter = [False]
+
+
+def _key_statuses(model: Model) -> frozenset:
+    return model.keys.eject_on if model.keys else frozenset()
 _RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")
-_POOLS: dict[str, KeyPool] = {}  # this VM's view of each model's key pool
-
-
-def pool_of(model: Model) -> KeyPool:
-    pool = _POOLS.get(model.name)
-    if pool is None or pool.cfg is not model.keys:
-        assert model.keys is not None
-        pool = _POOLS[model.name] = KeyPool(model.name, model.keys)
-    return pool
-
-
 def models_list(cfg: Config) -> bytes:
     names = [*cfg.models, *cfg.aliases]
     return json.dumps({"object": "list", "data": [
@@ -57,7 +52,8 @@ class GatewayStream(HttpContext):
     published = False
     key_idx: int | None = None  # index of the pool key this request went out with
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
-    pool_of = staticmethod(pool_of)
+    attempts: retries.Attempts | None = None  # fallback as Envoy retries: the attempts so far
+    upstream: retries.UpstreamAttempt | None = None  # set when this context is the attempt filter's
 
     # -- request --
 
@@ -65,10 +61,13 @@ class GatewayStream(HttpContext):
         cfg: Config | None = self.config
         h = self.request_headers
         if cfg is None or not cfg.enabled:
+            if cfg is not None and cfg.attempt_filter:  # this instance is the upstream (per-attempt) filter
+                return retries.on_attempt_headers(self)
             # Off for this stream, yet the routing headers stay the gateway's: a client must not pick a cluster.
             for c in (cfg,) if cfg is not None else self.root.configs():
                 h.remove(c.route_header)
                 h.remove(c.model_header)
+            h.remove(ATTEMPT_HEADER)
             return Action.CONTINUE
         hd = h.snapshot(cfg.request_headers)  # one host call for the headers read below and later
         # Only the gateway may choose upstreams: a client cannot route by sending these itself.
@@ -76,6 +75,8 @@ class GatewayStream(HttpContext):
             h.remove(cfg.route_header)
         if cfg.model_header in hd:
             h.remove(cfg.model_header)
+        if ATTEMPT_HEADER in hd:
+            h.remove(ATTEMPT_HEADER)
         for name in cfg.picker_headers:  # nor a model server pod (models[].endpoint_picker)
             if name in hd:
                 h.remove(name)
@@ -102,6 +103,8 @@ class GatewayStream(HttpContext):
 
     def on_request_body(self, body_size: int, end_of_stream: bool) -> Action:
         if not self.active or self.model is not None:
+            if self.upstream is not None:  # the attempt filter
+                return retries.on_attempt_body(self, self.upstream, end_of_stream)
             return Action.CONTINUE
         cfg: Config = self.config
         if body_size > cfg.max_body_bytes:
@@ -127,66 +130,60 @@ class GatewayStream(HttpContext):
             self.drop_usage = cfg.strip_injected_usage
             rewrite = True
         self.model, self.requested, self.doc = model, requested, doc
-        h.set(cfg.route_header, model.cluster)
-        h.set(cfg.model_header, model.name)
         picker = cfg.pickers.get(model.cluster) if cfg.pickers else None
         if picker is not None:  # the least loaded pod, or 429 for a sheddable request when all are saturated
             h.set(picker.header, pick_endpoint(picker, model, doc, self.headers_in.get, self.started_ns // 1_000_000,
                                                cfg.metrics))
-        if model.keys is not None:
-            self._use_key(model, h)
-        if rewrite:
-            body = with_model(doc, model.upstream_model)
-            self.request_body.replace(body)
-            h.set("content-length", str(len(body)))
-        if model.mirror and RNG.random() * 100 < model.mirror.percent:
-            shadow = cfg.models[model.mirror.model]
-            credential = None
-            if shadow.keys is not None:
-                pool = pool_of(shadow)
-                idx = pool.pick(hc.now_ns() // 1_000_000, RNG)
-                credential = pool.credential(idx) if idx is not None else None
-            mirror(self, shadow,
-                   callout_headers(h.items(), shadow, cfg, model, credential),
-                   with_model(doc, shadow.upstream_model), model.name)
-
-    def _use_key(self, model: Model, h: object) -> None:
-        """Send the request with a healthy pool key instead of the client's credential."""
-        keys = model.keys
-        assert keys is not None
-        pool = pool_of(model)
-        idx = pool.pick(hc.now_ns() // 1_000_000, RNG)
-        if idx is None:
+        now_ms = self.started_ns // 1_000_000
+        attempt = address(cfg, doc, model, now_ms, RNG, client_auth="authorization" in self.headers_in,
+                          rewrite=rewrite, authority=False)
+        if attempt is None:
             raise GatewayError(503, f"no upstream API key is available for model `{model.name}`; retry later",
                                "no_available_key")
-        if not keys.forward_client_credential and keys.header != "authorization" and "authorization" in self.headers_in:
-            h.remove("authorization")
-        h.set(*pool.credential(idx))  # replaces every value the client sent in that header
-        self.key_idx = idx
+        attempt.apply(h)  # a pool key replaces every value the client sent in that header
+        if attempt.body is not None:
+            self.request_body.replace(attempt.body)
+        if attempt.key is not None:
+            self.key_idx = attempt.key[1]
+        fb = model.fallback
+        if fb is not None and fb.cluster:  # fallback as Envoy retries: the attempt filter addresses each one
+            self.attempts = retries.expect(self, attempt, h, fb, doc, RNG)
+        if model.mirror and RNG.random() * 100 < model.mirror.percent:
+            shadow = cfg.models[model.mirror.model]
+            copy = address(cfg, doc, shadow, now_ms, RNG, source=model)
+            if copy is not None:  # no copy without a usable key
+                mirror(self, shadow, callout_headers(h.items(), copy, cfg), copy.body, model.name)
 
     # -- response --
 
     def on_response_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         model = self.model
         if model is None:
+            if self.upstream is not None:  # the attempt filter
+                return retries.on_attempt_response(self, self.upstream)
             return Action.CONTINUE
         hd = self.response_headers.snapshot(_RESPONSE_HEADERS)  # one host call for the three read below
         status = hd.get(":status", "0")
         self.status = int(status) if status.isascii() and status.isdigit() else 0
-        key_failed = False
-        if self.key_idx is not None and self.fallback is None:
-            pool = pool_of(model)
-            retry_after = hd.get("retry-after") if self.status == 429 else None
-            pool.report(self.key_idx, self.status, hc.now_ns() // 1_000_000, retry_after)
-            key_failed = self.status in pool.cfg.eject_on
-        fb = model.fallback
-        if self.fallback is None and (key_failed or (fb is not None and self.status in fb.on_status)):
-            hc.log(LogLevel.INFO, f"{model.name} answered {status}: {'retrying' if key_failed else 'falling back'}")
-            # The request headers as sent upstream: Envoy keeps the map readable for the stream's life.
-            self.fallback = Fallback(self, self.config, model, self.doc, self.request_headers.items(), RNG,
-                                     key_failed)
-            self.fallback.start()
-            return Action.PAUSE
+        att = self.attempts
+        if att is not None:  # Envoy retried: the attempt filter accounted each attempt's key
+            model = self._answered(att, model)
+        else:
+            key_failed = False
+            if self.key_idx is not None and self.fallback is None:
+                pool = pool_of(model)
+                retry_after = hd.get("retry-after") if self.status == 429 else None
+                pool.report(self.key_idx, self.status, hc.now_ns() // 1_000_000, retry_after)
+                key_failed = self.status in pool.cfg.eject_on
+            fb = model.fallback
+            if self.fallback is None and (key_failed or (fb is not None and self.status in fb.on_status)):
+                hc.log(LogLevel.INFO, f"{model.name} answered {status}: "
+                                      f"{'retrying' if key_failed else 'falling back'}")
+                # The request headers as sent upstream: Envoy keeps the map readable for the stream's life.
+                self.fallback = Fallback(self, self.config, model, self.doc, self.request_headers.items(), RNG,
+                                         key_failed)
+                self.fallback.start()
+                return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)
         self._tap(hd.get("content-type"))
         if end_of_stream:
@@ -248,6 +245,26 @@ class GatewayStream(HttpContext):
             self._publish()
         return Action.CONTINUE
 
+    def _answered(self, att: retries.Attempts, primary: Model) -> Model:
+        """After Envoy's attempts: the model that answered, ``x-ai-fallback-from`` or ``x-ai-fallback-exhausted``."""
+        served, failed = att.answered()
+        if served is None:  # no attempt filter ran: the answer is the primary's
+            if not _warned_no_filter[0]:
+                _warned_no_filter[0] = True
+                hc.log(LogLevel.WARN, f"models[{primary.name}].fallback.cluster is set but no attempt filter ran: "
+                                      "add the plugin as an upstream filter of the router ({\"attempt_filter\": true})")
+            return primary
+        fb = primary.fallback
+        assert fb is not None
+        if failed and (self.status in fb.on_status or self.status in _key_statuses(primary) or not self.status):
+            self.response_headers.set("x-ai-fallback-exhausted", str(failed))
+            return primary
+        if served is not primary:
+            self.response_headers.set("x-ai-fallback-from", primary.name)
+            self.fallback_from = primary.name
+            self.model = served
+        return served
+
     # -- fallback hooks --
 
     def on_fallback_answer(self, resp: CalloutResponse) -> bytes:
@@ -284,6 +301,8 @@ class GatewayStream(HttpContext):
         # The stream and its Fallback refer to each other: unlinked here, both go when Envoy deletes the stream
         # instead of waiting (with the request's body and document) for a full garbage collection.
         self.fallback = None
+        if self.attempts is not None:
+            retries.forget(self.attempts)
 
     def _publish(self, complete: bool = True) -> None:
         self.published = True
@@ -298,6 +317,7 @@ class GatewayStream(HttpContext):
             cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, stream=self.stream,
             usage=usage, ttft_ms=(self.first_byte_ns - self.started_ns) // 1_000_000 if self.first_byte_ns else None,
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
+            attempts=self.attempts.log_value() if self.attempts is not None and self.attempts.tried else "",
         )
         publish(obs, cfg.metrics, cfg.ai_log in ("filter_state", "both"), cfg.ai_log in ("log", "both"))
 

@@ -100,7 +100,9 @@ def on_attempt_headers(ctx: HttpContext) -> Action:
     ticket = h.get(ATTEMPT_HEADER)
     if ticket is None:
         return Action.CONTINUE
-    h.remove(ATTEMPT_HEADER)  # the model server never sees it
+    # Envoy hands every attempt the same header map, so the ticket stays for the next attempt: the model server
+    # sees a random value that means nothing outside this request (clients cannot send one: the router-level
+    # filter removes theirs).
     att = LIVE.get(ticket)
     if att is None:
         if not _warned[0]:

@@ -1,0 +1,120 @@
+"""Fallback as Envoy retries (wasm-config/envoy/ai-gateway-fallback.yaml) in a real Envoy, official openai client.
+
+qwen2-1-5b falls back to gemma-2-2b then llama-3-8b through the aggregate cluster qwen2-1-5b-fallback and the
+plugin's attempt filter; gemma streams one token every 20 ms. The fallback answer streams: its first content
+chunk reaches the client about when gemma sends it, not after the whole generation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e.ai_stack import GEMMA, HELLO, QWEN, AiStack, running_ai_stack, send
+
+LLAMA = "llama-3-8b"
+CONFIG_PATH = "wasm-config/envoy/ai-gateway-fallback.yaml"
+PORTS = {QWEN: 18101, GEMMA: 18102, LLAMA: 18103}
+TOKEN_MS = 20
+TOKENS = 30  # per answer: 0.6 s of generation
+FIRST_BYTE_MS = 1000  # the per-attempt first-byte timeout in this test (10 s in the shipped config)
+RUNS = 5  # TTFT: the median of this many requests
+# Headers that differ between a direct answer and a fallback answer of the same model (README-fallback.md)
+PER_REQUEST = {"date", "x-envoy-upstream-service-time", "x-ai-fallback-from"}
+
+
+@pytest.fixture(scope="module")
+def stack(ai_gateway_wasm: Any) -> Iterator[AiStack]:
+    from e2e.envoy import REPO
+
+    replace = {'"first_byte_timeout_ms": 10000': f'"first_byte_timeout_ms": {FIRST_BYTE_MS}'}
+    with running_ai_stack(replace=replace, config=REPO / CONFIG_PATH, model_ports=PORTS) as s:
+        yield s
+
+
+@pytest.fixture
+def gw(stack: AiStack) -> AiStack:
+    stack.reset()
+    stack.gemma.fault(token_delay_ms=TOKEN_MS)
+    return stack
+
+
+def _stream(gw: AiStack, model: str, test_id: str = "", **kw: Any) -> tuple[float, float, bytes, dict[str, str]]:
+    """(time to the first content chunk, total time, the raw SSE body, response headers) of one streamed chat."""
+    t0 = time.monotonic()
+    first = 0.0
+    body = b""
+    with gw.client.chat.completions.with_streaming_response.create(
+            model=model, messages=HELLO, stream=True, extra_headers={"x-test-id": test_id} if test_id else None,
+            max_tokens=TOKENS, extra_body={"ignore_eos": True, **kw}) as resp:
+        headers = dict(resp.headers)
+        for chunk in resp.iter_bytes():
+            if not first and b'"content":"' in chunk.replace(b'"content":""', b""):
+                first = time.monotonic() - t0
+            body += chunk
+    return first, time.monotonic() - t0, body, headers
+
+
+def _normalized(body: bytes) -> bytes:
+    """The SSE body without what differs per request anyway (the completion id and creation time)."""
+    return re.sub(rb'"created":\d+', b'"created":0', re.sub(rb'"id":"[^"]*"', b'"id":""', body))
+
+
+def _failure_s(gw: AiStack, how: str) -> float:
+    """How long the primary takes to fail, asked directly (connection refused: at once)."""
+    if how == "refused":
+        return 0.0
+    if how == "timeout":
+        return FIRST_BYTE_MS / 1000
+    gw.qwen.fault(status=503)
+    t0 = time.monotonic()
+    r = send(f"{gw.qwen.url}/v1/chat/completions", "POST", {"model": QWEN, "messages": HELLO, "stream": True})
+    assert r.status == 503
+    return time.monotonic() - t0
+
+
+def _fail_primary(gw: AiStack, how: str) -> None:
+    if how == "503":
+        gw.qwen.fault(status=503)
+    elif how == "refused":
+        gw.qwen.stop()
+    else:  # no first byte within the per-attempt timeout
+        gw.qwen.fault(delay_ms=FIRST_BYTE_MS * 3)
+
+
+@pytest.mark.parametrize("how", ["503", "refused", "timeout"])
+def test_fallback_streams(gw: AiStack, how: str) -> None:
+    direct = [_stream(gw, GEMMA) for _ in range(RUNS)]
+    failure_s = _failure_s(gw, how)
+    _fail_primary(gw, how)
+    try:
+        fallback = [_stream(gw, QWEN, f"fb-{how}-{i}") for i in range(RUNS)]
+    finally:
+        if how == "refused":
+            gw.qwen.restart()
+    d_first, d_total = statistics.median(r[0] for r in direct), statistics.median(r[1] for r in direct)
+    f_first, f_total = statistics.median(r[0] for r in fallback), statistics.median(r[1] for r in fallback)
+    print(f"\n{how}: TTFT direct {d_first * 1000:.1f} ms, through fallback {f_first * 1000:.1f} ms "
+          f"(ratio {f_first / d_first:.2f}; primary failure {failure_s * 1000:.1f} ms); "
+          f"total direct {d_total * 1000:.0f} ms, fallback {f_total * 1000:.0f} ms")
+    # The first content chunk comes while gemma is still generating (a buffered fallback: only at the end) ...
+    assert f_first < f_total - 10 * TOKEN_MS / 1000
+    # ... within gemma's own TTFT + the primary's failure + a margin for this shared 2-core machine.
+    assert f_first <= d_first + failure_s + 0.02, (f_first, d_first, failure_s)
+    _, _, d_body, d_headers = direct[0]
+    _, _, f_body, f_headers = fallback[0]
+    assert _normalized(f_body) == _normalized(d_body), "the fallback's answer is the direct answer, byte for byte"
+    assert f_headers["x-ai-fallback-from"] == QWEN and f_headers["x-ai-served-model"] == GEMMA
+    assert {k: v for k, v in f_headers.items() if k not in PER_REQUEST} == \
+        {k: v for k, v in d_headers.items() if k not in PER_REQUEST}
+    log = json.loads(gw.wait_ai_log({f"fb-{how}-0"})[f"fb-{how}-0"])
+    # status 0: no response (refused; or cut by the per-attempt timeout, whose 504 is Envoy's own)
+    assert log["attempts"] == [[QWEN, 503 if how == "503" else 0], [GEMMA, 200]]
+    assert (log["served_model"], log["fallback_from"], log["model"]) == (GEMMA, QWEN, QWEN)
+    assert log["output_tokens"] == TOKENS and log["complete"] is True  # gemma's tokens, counted once

@@ -118,3 +118,70 @@ def test_fallback_streams(gw: AiStack, how: str) -> None:
     assert log["attempts"] == [[QWEN, 503 if how == "503" else 0], [GEMMA, 200]]
     assert (log["served_model"], log["fallback_from"], log["model"]) == (GEMMA, QWEN, QWEN)
     assert log["output_tokens"] == TOKENS and log["complete"] is True  # gemma's tokens, counted once
+
+
+def test_fallback_stream_outlives_every_budget(gw: AiStack) -> None:
+    """1,000 tokens, 10 ms apart (10 s): far beyond the 1 s first-byte timeout; the stream is never cut."""
+    gw.gemma.fault(token_delay_ms=10)
+    gw.qwen.fault(status=503)
+    text, n = "", 0
+    stream = gw.client.with_options(timeout=60).chat.completions.create(
+        model=QWEN, messages=HELLO, stream=True, max_tokens=1000, extra_body={"ignore_eos": True},
+        extra_headers={"x-test-id": "long"})
+    finish = None
+    for chunk in stream:
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            n += bool(chunk.choices[0].delta.content)
+            finish = chunk.choices[0].finish_reason or finish
+    assert (n, finish) == (1000, "length")
+    assert text.startswith(f"[{GEMMA}] echo: hello there [{GEMMA}]")
+    log = json.loads(gw.wait_ai_log({"long"})["long"])
+    assert (log["output_tokens"], log["served_model"], log["complete"]) == (1000, GEMMA, True)
+
+
+def test_every_attempt_fails(gw: AiStack) -> None:
+    """The client gets the last attempt's error; the AI log and headers show each attempt."""
+    for m, mock in gw.mocks.items():
+        mock.fault(status=503, message=f"{m} is down")
+    r = gw.post("/v1/chat/completions", {"model": QWEN, "messages": HELLO}, {"x-test-id": "exhausted"})
+    assert r.status == 503
+    assert r.headers["x-ai-fallback-exhausted"] == "2" and "x-ai-fallback-from" not in r.headers
+    assert r.json()["error"]["message"] == f"{LLAMA} is down"
+    assert [s["body"]["model"] for m in (QWEN, GEMMA) for s in gw.mocks[m].requests()] == [QWEN, GEMMA]
+    assert [s["body"]["model"] for s in gw.mocks[LLAMA].requests()] == ["meta-llama/Meta-Llama-3-8B-Instruct"]
+    log = json.loads(gw.wait_ai_log({"exhausted"})["exhausted"])
+    assert log["attempts"] == [[QWEN, 503], [GEMMA, 503], [LLAMA, 503]]
+    assert (log["served_model"], log["fallback_from"], log["status"]) == (QWEN, None, 503)
+
+
+def test_higress_envoyfilter_patches_load_in_envoy(tmp_path: Any) -> None:
+    """The EnvoyFilter's cluster, route and router patches of the Higress setup, in a stock Envoy bootstrap."""
+    import yaml
+
+    from e2e.envoy import REPO, validate
+
+    docs = list(yaml.safe_load_all((REPO / "wasm-config/higress/streaming-fallback.yaml").read_text()))
+    (ef,) = [d for d in docs if d["kind"] == "EnvoyFilter"]
+    patches = {p["applyTo"]: p for p in ef["spec"]["configPatches"]}
+    aggregate = patches["CLUSTER"]["patch"]["value"]
+    members = aggregate["cluster_type"]["typed_config"]["clusters"]
+    router = patches["HTTP_FILTER"]["patch"]["value"]
+    plugin_cluster = router["typed_config"]["upstream_http_filters"][0]["typed_config"]["config"]["vm_config"][
+        "code"]["remote"]["http_uri"]["cluster"]
+    route = {"match": {"prefix": "/"}, **patches["HTTP_ROUTE"]["patch"]["value"]}
+    static = [{"name": n, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {"cluster_name": n, "endpoints": [
+        {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]}]}}
+        for n in [*members, plugin_cluster]]
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+           "stat_prefix": "t", "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [route]}]},
+           "http_filters": [router]}
+    bootstrap = {"static_resources": {
+        "listeners": [{"name": "l", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}},
+                       "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                       "typed_config": hcm}]}]}],
+        "clusters": [*static, aggregate]}}
+    path = tmp_path / "envoyfilter.yaml"
+    path.write_text(yaml.safe_dump(bootstrap))
+    r = validate(path)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from proxywasm import Action, LogLevel, StreamType
 from proxywasm.testing import UnimplementedHostCall
+from proxywasm.testing.fake import FakeHost
 
 REQ = {":method": "POST", ":path": "/p", ":authority": "example.com"}
 
@@ -337,8 +338,73 @@ def test_fail_closed_answers_500(make_host) -> None:
 
 
 def test_unimplemented_host_call_fails_loudly(host) -> None:
-    with pytest.raises(UnimplementedHostCall, match="proxy_grpc_call"):
-        send(host, "grpc")
+    s, _ = send(host, "foreign")
+    assert s.request_header("x-foreign") == "None"  # Envoy's answer for an unknown foreign function
+    # The emulator implements every import of the ABI table today; a call it lacked would fail the callback
+    # (shown on the in-process host, whose host calls can be swapped: the wasm host links them at start).
+    fake = FakeHost("probe")
+    assert fake.start({})
+    fake.state.proxy_call_foreign_function = lambda *a: fake.state._unimplemented("proxy_call_foreign_function")
+    with pytest.raises(UnimplementedHostCall, match="proxy_call_foreign_function"):
+        send(fake, "foreign")
+
+
+def test_grpc_call_answer_runs_bound_to_its_stream(host) -> None:
+    s, action = send(host, "grpc")
+    other, _ = send(host, "headers")  # another stream becomes current meanwhile
+    assert action == Action.PAUSE
+    (call,) = host.grpc_calls
+    assert (call.cluster, call.service, call.method, call.timeout_ms) == ("grpc-svc", "probe.Echo", "Unary", 700)
+    assert call.messages == [f"ping:{s.id}".encode()] and ("x-md", "1") in call.metadata
+    host.respond_grpc(call.token, b"pong")
+    assert s.request_header("x-grpc-status") == "0"
+    assert s.request_header("x-grpc-message") == "pong"
+    assert other.request_header("x-grpc-status") is None
+    assert s.continued == [StreamType.REQUEST]
+    assert not host.grpc_calls
+
+
+def test_grpc_call_failure_reports_status_and_message(host) -> None:
+    s, _ = send(host, "grpc")
+    host.close_grpc(host.grpc_calls[0].token, 14, "no healthy upstream")  # Envoy: UNAVAILABLE, no message
+    assert s.request_header("x-grpc-status") == "14"
+    assert s.request_header("x-grpc-status-message") == "no healthy upstream"
+    assert s.request_header("x-grpc-message") == ""
+
+
+def test_grpc_stream_messages_arrive_as_they_come(host) -> None:
+    s, action = send(host, "grpc-stream", **{"x-half-close": "1"})
+    assert action == Action.PAUSE
+    (call,) = host.grpc_calls
+    assert call.timeout_ms is None and call.messages == [b"one", b"two"] and call.half_closed
+    host.grpc_metadata(call.token, {"x-init": "a"})
+    host.grpc_message(call.token, b"ONE")
+    assert s.request_header("x-grpc-got") == "ONE" and s.request_header("x-grpc-closed") is None
+    host.grpc_message(call.token, b"TWO")
+    assert s.request_header("x-grpc-got") == "ONE,TWO"
+    host.grpc_metadata(call.token, {"x-trail": "b"}, trailing=True)
+    host.close_grpc(call.token, 0)
+    assert s.request_header("x-grpc-closed") == "0: x-init=a x-trail=b"
+    assert s.continued == [StreamType.REQUEST]
+
+
+def test_grpc_stream_cancelled_or_stream_gone_gets_no_callbacks(host) -> None:
+    _, action = send(host, "grpc-stream", **{"x-cancel": "1"})
+    assert action == Action.CONTINUE and not host.grpc_calls  # cancelled: the host forgot it
+    s2, _ = send(host, "grpc-stream")
+    token = host.grpc_calls[0].token
+    s2.complete()
+    host.grpc_message(token, b"late")
+    host.close_grpc(token, 0)
+    assert s2.request_header("x-grpc-got") is None
+    assert not host.logs_at(LogLevel.ERROR)
+
+
+def test_grpc_call_to_unknown_cluster_raises_host_error(host) -> None:
+    host.state.clusters = {"upstream"}
+    s, action = send(host, "grpc")  # the probe does not catch the error: the dispatcher logs it and continues
+    assert action == Action.CONTINUE and s.local_response is None and not host.grpc_calls
+    assert any("proxy_grpc_call" in m and "BAD_ARGUMENT" in m for m in host.logs_at(LogLevel.ERROR))
 
 
 def test_rules_pick_config_per_route(make_host) -> None:

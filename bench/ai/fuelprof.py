@@ -11,7 +11,6 @@ hooks cost instructions too (charged to the caller), so absolute numbers run hig
 from __future__ import annotations
 
 import argparse
-import ctypes
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +20,6 @@ for _p in (REPO, REPO / "plugin", REPO / "build"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import wasmtime  # noqa: E402
-from wasmtime import _ffi as ffi  # noqa: E402
-
-import proxywasm.testing.wasi as wasi  # noqa: E402
 from bench.ai import instructions  # noqa: E402
 
 MODULE = REPO / "dist" / "aigw-fuelprof.wasm"
@@ -33,26 +28,6 @@ MODULE = REPO / "dist" / "aigw-fuelprof.wasm"
 def build() -> None:
     subprocess.run([sys.executable, str(REPO / "build" / "pwbuild"), "aigw_fuelprof", "-o", str(MODULE),
                     "--path", str(Path(__file__).parent / "fuelprof_entry")], check=True)
-
-
-def _fuel_clock(orig_define):
-    """wasi.define whose clock_time_get answers the fuel consumed so far (ns = instructions)."""
-
-    def define(linker: wasmtime.Linker, host) -> None:
-        orig_define(linker, host)
-        linker.allow_shadowing = True
-
-        def clock_time_get(c, clock: int, precision: int, out: int) -> int:
-            left = ctypes.c_uint64()
-            ffi.wasmtime_context_get_fuel(c._context(), ctypes.byref(left))
-            host.write_u64(c, out, instructions.FUEL - left.value)
-            return 0
-
-        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-        linker.define_func("wasi_snapshot_preview1", "clock_time_get", wasmtime.FuncType([i32, i64, i32], [i32]),
-                           clock_time_get, access_caller=True)
-
-    return define
 
 
 def main() -> None:
@@ -67,20 +42,15 @@ def main() -> None:
     a = ap.parse_args()
     if not a.no_build:
         build()
-    wasi.define = _fuel_clock(wasi.define)
-    cfg = wasmtime.Config()
-    cfg.consume_fuel = True
-    instructions.W._ENGINE = wasmtime.Engine(cfg)
-    instructions.fast.load_module = lambda p: wasmtime.Module(instructions.W._ENGINE, Path(p).read_bytes())
-    host = instructions.MeteredHost(MODULE)
+    host = instructions.MeteredHost(MODULE, fuel_clock=True)  # the profiler's clock: VM instructions
     assert host.start(instructions.PLUGIN_CONFIG), host.logs
     for _ in range(30):
         instructions.one(host, a.workload)
     host.tick()
-    host.fuel.clear()
+    host.fuel_per.clear()
     for _ in range(a.n):
         instructions.one(host, a.workload)
-    per_cb = {k: v / a.n for k, v in host.fuel.items() if k != "proxy_on_tick"}
+    per_cb = {k: v / a.n for k, v in host.fuel_per.items() if k != "proxy_on_tick"}
     host.state.logs.clear()
     host.tick()
     rows = []

@@ -13,16 +13,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import wasmtime
-
 REPO = Path(__file__).resolve().parents[2]
 for _p in (REPO, REPO / "plugin", REPO / "build"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import proxywasm.testing.wasm as W  # noqa: E402
 from bench.ai.run import PLUGIN_CONFIG, canned_json, canned_sse  # noqa: E402
-from tests import test_memory as fast  # noqa: E402  (FastWasmHost: raw wasmtime calls)
+from proxywasm.testing.wasm_fast import FastWasmHost  # noqa: E402  (raw wasmtime calls)
 
 FUEL = 10**15
 CHUNK = 16384
@@ -40,30 +37,19 @@ HEADERS = {":method": "POST", ":path": "/v1/chat/completions", ":authority": "gw
            "x-request-id": "0b6c1e4e-1", "x-forwarded-proto": "http"}
 
 
-class MeteredHost(fast.FastWasmHost):
-    """FastWasmHost on a fuel-metering engine, summing fuel per exported callback."""
+class MeteredHost(FastWasmHost):
+    """FastWasmHost with fuel metering, summing fuel per exported callback."""
 
-    def __init__(self, module: Path) -> None:
-        store = wasmtime.Store
-        fast.wasmtime.Store = lambda engine: _fueled(store(engine))  # type: ignore[assignment]
-        try:
-            super().__init__(module)
-        finally:
-            fast.wasmtime.Store = store  # type: ignore[assignment]
-        self.fuel: dict[str, int] = {}
-        self._callback = "?"
+    def __init__(self, module: Path, fuel_clock: bool = False) -> None:
+        super().__init__(module, fuel=FUEL, fuel_clock=fuel_clock)
+        self.fuel_per: dict[str, int] = {}
 
     def _export(self, name: str, *args: int) -> int | None:
-        before, self._callback = self.store.get_fuel(), name
+        before = self.fuel_used()
         try:
             return super()._export(name, *args)
         finally:
-            self.fuel[name] = self.fuel.get(name, 0) + before - self.store.get_fuel()
-
-
-def _fueled(store: wasmtime.Store) -> wasmtime.Store:
-    store.set_fuel(FUEL)
-    return store
+            self.fuel_per[name] = self.fuel_per.get(name, 0) + self.fuel_used() - before
 
 
 def one(host: MeteredHost, wl: str) -> None:
@@ -86,25 +72,18 @@ def one(host: MeteredHost, wl: str) -> None:
 
 
 def measure(module: Path, workloads: list[str], n: int = 100) -> dict[str, dict[str, float]]:
-    cfg = wasmtime.Config()
-    cfg.consume_fuel = True
-    engine, W._ENGINE = W._ENGINE, wasmtime.Engine(cfg)
-    fast.load_module = lambda p: wasmtime.Module(W._ENGINE, Path(p).read_bytes())
-    try:
-        host = MeteredHost(module)
-        assert host.start(PLUGIN_CONFIG), host.logs
-        out = {}
-        for wl in workloads:
-            for _ in range(30):
-                one(host, wl)
-            host.fuel.clear()
-            for _ in range(n):
-                one(host, wl)
-            per = {k.removeprefix("proxy_on_"): v / n for k, v in host.fuel.items()}
-            out[wl] = {"total": sum(per.values()), **dict(sorted(per.items(), key=lambda kv: -kv[1]))}
-        return out
-    finally:
-        W._ENGINE = engine
+    host = MeteredHost(module)
+    assert host.start(PLUGIN_CONFIG), host.logs
+    out = {}
+    for wl in workloads:
+        for _ in range(30):
+            one(host, wl)
+        host.fuel_per.clear()
+        for _ in range(n):
+            one(host, wl)
+        per = {k.removeprefix("proxy_on_"): v / n for k, v in host.fuel_per.items()}
+        out[wl] = {"total": sum(per.values()), **dict(sorted(per.items(), key=lambda kv: -kv[1]))}
+    return out
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from . import hostcalls, jsonscan, shared
 from .abi import Action, BufferType, LogLevel, MapType, MetricType, Result, StreamType
 from .config import ConfigError, Fields
 from .context import CalloutResponse, HttpContext, RootContext
+from .grpc import GrpcResponse, GrpcStream
 from .hostcalls import CasMismatch, HostError, get_property, log, set_property
 from .metrics import Counter, Gauge, Histogram, MetricCache
 from .record import factory, record
@@ -23,6 +24,8 @@ __all__ = [
     "Counter",
     "Fields",
     "Gauge",
+    "GrpcResponse",
+    "GrpcStream",
     "Histogram",
     "HostError",
     "HttpContext",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
+from . import grpc, streams, taps, vm
 from . import hostcalls as hc
-from . import streams, taps, vm
 from .abi import Action, BufferType, LogLevel, MapType, StreamType
 from .config import ConfigError
 from .record import factory, record
@@ -56,6 +56,24 @@ class _Context:
         token = hc.http_call(cluster, headers, body, trailers, timeout_ms)
         vm.register_callout(token, self, callback)
         return token
+
+    def grpc_call(self, cluster: str, service: str, method: str, message: bytes,
+                  callback: Callable[[grpc.GrpcResponse], None] | None, metadata: hc.HeaderInput = (),
+                  timeout_ms: int = 5000) -> int:
+        """Unary gRPC call to ``service``/``method`` on ``cluster`` (an HTTP/2 cluster); ``callback`` runs bound to
+        this context when it closes (see proxywasm.grpc)."""
+        token = hc.grpc_call(cluster.encode(), service, method, metadata, message, timeout_ms)
+        vm.grpc_calls[token] = grpc.GrpcCall(self, token, callback, None)
+        return token
+
+    def grpc_stream(self, cluster: str, service: str, method: str,
+                    on_message: Callable[[bytes], None] | None = None,
+                    on_close: Callable[[grpc.GrpcResponse], None] | None = None,
+                    metadata: hc.HeaderInput = ()) -> grpc.GrpcStream:
+        """Open a gRPC stream; each message received reaches ``on_message``, the close ``on_close``."""
+        token = hc.grpc_stream(cluster.encode(), service, method, metadata)
+        vm.grpc_calls[token] = grpc.GrpcCall(self, token, on_close, on_message)
+        return grpc.GrpcStream(token)
 
     @staticmethod
     def log(level: LogLevel, message: str) -> None:

@@ -10,10 +10,16 @@ from . import hostcalls as hc
 from . import vm
 from .abi import Action, BufferType, LogLevel
 from .context import HttpContext, RootContext, _Context, read_callout_response
+from .grpc import GrpcCall
+
+TYPE_CHECKING = False  # typing itself is not imported at VM start
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _contexts = vm.contexts  # the same dict object for the VM's life (vm.reset clears it in place)
 _roots = vm.roots
 _callouts = vm.callouts
+_grpc_calls = vm.grpc_calls
 _FAIL_BODY = b'{"error":{"message":"internal plugin error","type":"server_error","code":500}}'
 
 
@@ -192,6 +198,38 @@ def proxy_on_http_call_response(root_id: int, token: int, num_headers: int, body
         callback(read_callout_response(num_headers, body_size, num_trailers))
     except Exception:
         _failed(ctx, "on_http_call_response")
+
+
+def _grpc(context_id: int, token: int, step: Callable[[GrpcCall, int], None], arg: int) -> None:
+    call = _grpc_calls.get(token)
+    if call is None:
+        return  # cancelled, or not ours
+    ctx = call.ctx
+    if ctx.context_id not in _contexts:
+        _grpc_calls.pop(token, None)
+        return  # the stream that made the call is gone
+    try:
+        if ctx.context_id != context_id:
+            hc.set_effective_context(ctx.context_id)
+        step(call, arg)
+    except Exception:
+        _failed(ctx, "on_grpc")
+
+
+def proxy_on_grpc_receive_initial_metadata(context_id: int, token: int, num_headers: int) -> None:
+    _grpc(context_id, token, GrpcCall.initial_metadata, num_headers)
+
+
+def proxy_on_grpc_receive(context_id: int, token: int, message_size: int) -> None:
+    _grpc(context_id, token, GrpcCall.receive, message_size)
+
+
+def proxy_on_grpc_receive_trailing_metadata(context_id: int, token: int, num_trailers: int) -> None:
+    _grpc(context_id, token, GrpcCall.trailing_metadata, num_trailers)
+
+
+def proxy_on_grpc_close(context_id: int, token: int, status_code: int) -> None:
+    _grpc(context_id, token, GrpcCall.close, status_code)
 
 
 def proxy_on_done(context_id: int) -> int:

@@ -15,6 +15,7 @@ root_factory: Callable[[int], Any] | None = None  # builds the plugin's root con
 contexts: dict[int, Any] = {}  # context id -> RootContext | HttpContext
 roots: list[Any] = []  # the root contexts, in creation order
 callouts: dict[int, tuple[Any, Callable[..., None] | None]] = {}  # callout token -> (context, callback)
+grpc_calls: dict[int, Any] = {}  # gRPC call/stream token -> proxywasm.grpc.GrpcCall
 
 
 def set_root_context(factory: Callable[[int], Any]) -> None:
@@ -32,4 +33,5 @@ def reset() -> None:
     """Forget all contexts (test hosts call this when they start a new VM)."""
     contexts.clear()
     callouts.clear()
+    grpc_calls.clear()
     roots.clear()

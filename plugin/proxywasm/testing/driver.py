@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..abi import Action, BufferType, LogLevel, MapType, MetricType, StreamType
-from .state import Callout, HostState, LocalResponse, SharedState, StreamState
+from .state import Callout, GrpcCallout, HostState, LocalResponse, SharedState, StreamState
 
 HeadersIn = Iterable[tuple[str, str]] | Mapping[str, str]
 
@@ -117,6 +117,47 @@ class Host(ABC):
             self.call("proxy_on_http_call_response", self.root_id, token, len(headers), len(body), len(trailers))
         finally:
             self.state.callout_response = None
+
+    @property
+    def grpc_calls(self) -> list[GrpcCallout]:
+        """gRPC calls and streams open (not closed by the service, not cancelled), oldest first."""
+        return list(self.state.grpc_calls.values())
+
+    def grpc_metadata(self, token: int, initial: HeadersIn = (), trailing: bool = False) -> None:
+        """Deliver initial (or, with ``trailing``, trailing) metadata of a call."""
+        mt = MapType.GRPC_RECEIVE_TRAILING_METADATA if trailing else MapType.GRPC_RECEIVE_INITIAL_METADATA
+        resp = StreamState()
+        resp.maps[mt] = _pairs(initial)
+        name = "proxy_on_grpc_receive_trailing_metadata" if trailing else "proxy_on_grpc_receive_initial_metadata"
+        self._grpc_deliver(resp, name, token, len(resp.maps[mt]))
+
+    def grpc_message(self, token: int, message: bytes) -> None:
+        """Deliver one message of a call or stream."""
+        resp = StreamState()
+        resp.buffers[BufferType.GRPC_RECEIVE_BUFFER] = message
+        self._grpc_deliver(resp, "proxy_on_grpc_receive", token, len(message))
+
+    def close_grpc(self, token: int, status: int = 0, message: str = "") -> None:
+        """The service (or Envoy) closes a stream, or fails a unary call, with a gRPC status."""
+        self.state.grpc_calls.pop(token)
+        self.state.status = (status, message.encode())
+        try:
+            self._grpc_deliver(StreamState(), "proxy_on_grpc_close", token, status)
+        finally:
+            self.state.status = (0, b"")
+
+    def respond_grpc(self, token: int, message: bytes) -> None:
+        """A unary call's answer as Envoy delivers it: the message alone (no metadata, no close)."""
+        assert self.state.grpc_calls[token].timeout_ms is not None, "a stream: use grpc_message / close_grpc"
+        self.state.grpc_calls.pop(token)
+        self.grpc_message(token, message)
+
+    def _grpc_deliver(self, resp: StreamState, export: str, token: int, arg: int) -> None:
+        self.state.grpc_response = resp
+        try:
+            self.call(export, self.root_id, token, arg)
+        finally:
+            self.state.grpc_response = None
 
     # -- inspection --
 

@@ -44,6 +44,22 @@ class Callout:
 
 
 @dataclass
+class GrpcCallout:
+    """A gRPC call or stream the plugin opened (``timeout_ms`` None: a stream)."""
+
+    token: int
+    context_id: int  # the context that was effective when the call was made
+    cluster: str
+    service: str
+    method: str
+    metadata: Pairs
+    messages: list[bytes]  # sent by the plugin, in order
+    timeout_ms: int | None
+    half_closed: bool = False  # the plugin sent end_stream or called grpc_close
+    cancelled: bool = False
+
+
+@dataclass
 class StreamState:
     """One HTTP stream as the host sees it."""
 
@@ -98,6 +114,9 @@ class HostState:
         self.tick_period_ms = 0
         self.callouts: dict[int, Callout] = {}
         self.callout_response: StreamState | None = None
+        self.grpc_calls: dict[int, GrpcCallout] = {}
+        self.grpc_response: StreamState | None = None  # what a gRPC callback is delivering
+        self.status: tuple[int, bytes] = (0, b"")  # proxy_get_status
         self.clusters: set[str] | None = None  # None: any cluster name is accepted
         self.unimplemented: list[str] = []
         self.done_calls = 0
@@ -111,6 +130,8 @@ class HostState:
     def _map(self, map_type: int) -> Pairs | None:
         if map_type in (MapType.HTTP_CALL_RESPONSE_HEADERS, MapType.HTTP_CALL_RESPONSE_TRAILERS):
             return self.callout_response.maps[MapType(map_type)] if self.callout_response else None
+        if map_type in (MapType.GRPC_RECEIVE_INITIAL_METADATA, MapType.GRPC_RECEIVE_TRAILING_METADATA):
+            return self.grpc_response.maps[MapType(map_type)] if self.grpc_response else None
         s = self.stream()
         return s.maps[MapType(map_type)] if s and map_type in MapType._value2member_map_ else None
 
@@ -149,7 +170,7 @@ class HostState:
         return OK
 
     def proxy_get_status(self) -> tuple[int, int | None, bytes | None]:
-        return OK, 0, b""
+        return OK, *self.status
 
     # -- properties --
 
@@ -176,6 +197,8 @@ class HostState:
             return self.plugin_config
         if bt == BufferType.HTTP_CALL_RESPONSE_BODY:
             return self.callout_response.buffers.get(BufferType(bt), b"") if self.callout_response else None
+        if bt == BufferType.GRPC_RECEIVE_BUFFER:
+            return self.grpc_response.buffers.get(BufferType(bt), b"") if self.grpc_response else None
         s = self.stream()
         return s.buffers.get(BufferType(bt)) if s and bt in BufferType._value2member_map_ else None
 
@@ -300,20 +323,53 @@ class HostState:
         self.callouts[token] = Callout(token, self.current, cluster, hdrs, body, unpack_pairs(trailers), timeout_ms)
         return OK, token
 
-    def proxy_grpc_call(self, *args: object) -> tuple[int, None]:
-        return self._unimplemented("proxy_grpc_call"), None
+    def _grpc_open(self, service: bytes, service_name: bytes, method: bytes, metadata: bytes,
+                   messages: list[bytes], timeout_ms: int | None) -> tuple[int, int | None]:
+        cluster = service.decode("utf-8", "replace")
+        # Envoy takes a serialized GrpcService or a cluster name, and refuses an unknown cluster.
+        if not cluster or (self.clusters is not None and cluster not in self.clusters):
+            return int(Result.BAD_ARGUMENT), None
+        token = self.shared.next_token
+        self.shared.next_token += 1
+        self.grpc_calls[token] = GrpcCallout(token, self.current, cluster, service_name.decode(), method.decode(),
+                                             unpack_pairs(metadata), messages, timeout_ms)
+        return OK, token
 
-    def proxy_grpc_stream(self, *args: object) -> tuple[int, None]:
-        return self._unimplemented("proxy_grpc_stream"), None
+    def proxy_grpc_call(self, service: bytes, service_name: bytes, method: bytes, metadata: bytes, message: bytes,
+                        timeout_ms: int) -> tuple[int, int | None]:
+        return self._grpc_open(service, service_name, method, metadata, [message], timeout_ms)
 
-    def proxy_grpc_send(self, *args: object) -> int:
-        return self._unimplemented("proxy_grpc_send")
+    def proxy_grpc_stream(self, service: bytes, service_name: bytes, method: bytes,
+                          metadata: bytes) -> tuple[int, int | None]:
+        return self._grpc_open(service, service_name, method, metadata, [], None)
 
-    def proxy_grpc_cancel(self, *args: object) -> int:
-        return self._unimplemented("proxy_grpc_cancel")
+    def _grpc_stream(self, token: int) -> GrpcCallout | None:
+        call = self.grpc_calls.get(token)
+        return call if call is not None and call.timeout_ms is None else None
 
-    def proxy_grpc_close(self, *args: object) -> int:
-        return self._unimplemented("proxy_grpc_close")
+    def proxy_grpc_send(self, token: int, message: bytes, end_stream: int) -> int:
+        call = self._grpc_stream(token)
+        if call is None:
+            return int(Result.NOT_FOUND)
+        if call.half_closed:
+            return int(Result.BAD_ARGUMENT)
+        call.messages.append(message)
+        call.half_closed = bool(end_stream)
+        return OK
+
+    def proxy_grpc_cancel(self, token: int) -> int:
+        call = self.grpc_calls.pop(token, None)
+        if call is None:
+            return int(Result.NOT_FOUND)
+        call.cancelled = True
+        return OK
+
+    def proxy_grpc_close(self, token: int) -> int:
+        call = self.grpc_calls.get(token)
+        if call is None:
+            return int(Result.NOT_FOUND)
+        call.half_closed = True
+        return OK
 
     def proxy_call_foreign_function(self, name: bytes, args: bytes) -> tuple[int, None]:
         return int(Result.NOT_FOUND), None  # Envoy: unknown foreign function

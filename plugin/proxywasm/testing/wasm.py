@@ -7,6 +7,7 @@ host reads wasm memory (``in``), allocates in the module and writes back
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.metadata
 import struct
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
+from wasmtime import _ffi as ffi
 
 from ..abi import EXPORTS_BY_NAME, IMPORTS, Fn, Result, export_signature, import_signature
 from . import wasi
@@ -22,30 +24,33 @@ from .driver import Host
 from .state import SharedState
 
 _VAL = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
-_ENGINE: wasmtime.Engine | None = None
+_ENGINES: dict[bool, wasmtime.Engine] = {}  # by fuel metering on/off
 _WASMTIME_VERSION = importlib.metadata.version("wasmtime")
 _MODULES: dict[str, wasmtime.Module] = {}
 CACHE = Path(__file__).resolve().parents[3] / ".cache" / "wasmtime"
 
 
-def engine() -> wasmtime.Engine:
-    global _ENGINE
-    if _ENGINE is None:
-        _ENGINE = wasmtime.Engine()
-    return _ENGINE
+def engine(fuel: bool = False) -> wasmtime.Engine:
+    """The process's engine; ``fuel``: one that meters instructions (wasmtime fuel), for counting them."""
+    e = _ENGINES.get(fuel)
+    if e is None:
+        cfg = wasmtime.Config()
+        cfg.consume_fuel = fuel
+        e = _ENGINES[fuel] = wasmtime.Engine(cfg)
+    return e
 
 
-def load_module(path: Path) -> wasmtime.Module:
+def load_module(path: Path, fuel: bool = False) -> wasmtime.Module:
     """Compile once per process; keep compiled code on disk keyed by the module's hash."""
     data = path.read_bytes()
-    key = hashlib.sha256(data).hexdigest()[:32] + "-" + _WASMTIME_VERSION
+    key = hashlib.sha256(data).hexdigest()[:32] + "-" + _WASMTIME_VERSION + ("-fuel" if fuel else "")
     mod = _MODULES.get(key)
     if mod is None:
         cached = CACHE / f"{key}.cwasm"
         if cached.exists():
-            mod = wasmtime.Module.deserialize_file(engine(), str(cached))
+            mod = wasmtime.Module.deserialize_file(engine(fuel), str(cached))
         else:
-            mod = wasmtime.Module(engine(), data)
+            mod = wasmtime.Module(engine(fuel), data)
             CACHE.mkdir(parents=True, exist_ok=True)
             tmp = cached.with_suffix(".tmp")
             tmp.write_bytes(mod.serialize())
@@ -59,22 +64,40 @@ def _functype(sig: tuple[tuple[str, ...], tuple[str, ...]]) -> wasmtime.FuncType
 
 
 class WasmHost(Host):
-    """One wasm VM (instance) of ``module``; VMs given the same ``shared`` act as Envoy workers."""
+    """One wasm VM (instance) of ``module``; VMs given the same ``shared`` act as Envoy workers.
 
-    def __init__(self, module: Path | str, shared: SharedState | None = None, vm_id: str = "") -> None:
+    ``fuel`` > 0 runs it metered with that much fuel (``fuel_used()``: VM instructions so far); with ``fuel_clock``
+    WASI's clock then answers the fuel used, in ns (a profiler inside the VM measures instructions).
+    """
+
+    def __init__(self, module: Path | str, shared: SharedState | None = None, vm_id: str = "", fuel: int = 0,
+                 fuel_clock: bool = False) -> None:
         super().__init__(shared, vm_id)
-        self.store = wasmtime.Store(engine())
-        linker = wasmtime.Linker(engine())
+        self._start_store(fuel, fuel_clock)
+        linker = wasmtime.Linker(engine(bool(fuel)))
         for fn in IMPORTS:
             linker.define_func("env", fn.name, _functype(import_signature(fn)), self._marshal(fn), access_caller=True)
         wasi.define(linker, self)
-        self.instance = linker.instantiate(self.store, load_module(Path(module)))
+        self.instance = linker.instantiate(self.store, load_module(Path(module), bool(fuel)))
         ex = self.instance.exports(self.store)
         self.memory: wasmtime.Memory = ex["memory"]  # type: ignore[assignment]
         self._alloc = ex["proxy_on_memory_allocate"]
         self._exports = {name: ex[name] for name in EXPORTS_BY_NAME if name in ex}
         self.trap: Exception | None = None
         ex["_initialize"](self.store)
+
+    def _start_store(self, fuel: int, fuel_clock: bool) -> None:
+        self.fuel, self.fuel_clock = fuel, fuel_clock and fuel > 0
+        self.store = wasmtime.Store(engine(bool(fuel)))
+        if fuel:
+            self.store.set_fuel(fuel)
+
+    def fuel_used(self, caller: Any = None) -> int:
+        """VM instructions run so far (a metered host only); inside a host call pass its ``caller``."""
+        left = ctypes.c_uint64()
+        ctx = caller._context() if caller is not None else self.store._context()
+        ffi.wasmtime_context_get_fuel(ctx, ctypes.byref(left))
+        return self.fuel - left.value
 
     # -- memory helpers (also used by the WASI layer) --
 

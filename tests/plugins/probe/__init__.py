@@ -14,6 +14,7 @@ from proxywasm import (
     CasMismatch,
     Counter,
     Gauge,
+    GrpcResponse,
     Histogram,
     HostError,
     HttpContext,
@@ -148,9 +149,40 @@ class Probe(HttpContext[dict]):
         self.request_headers.set("x-contexts", str(len(vm.contexts)))
         return Action.CONTINUE
 
-    def op_grpc(self) -> Action:
-        hostcalls.grpc_call(b"svc", "s", "m", [], b"", 100)
+    def op_foreign(self) -> Action:
+        self.request_headers.set("x-foreign", repr(hostcalls.call_foreign_function("no_such_function", b"")))
         return Action.CONTINUE
+
+    def op_grpc(self) -> Action:  # a unary call; the answer resumes the request with what came back
+        self.grpc_call("grpc-svc", "probe.Echo", "Unary", b"ping:" + str(self.context_id).encode(),
+                       self.on_grpc, metadata=[("x-md", "1")], timeout_ms=700)
+        return Action.PAUSE
+
+    def on_grpc(self, resp: GrpcResponse) -> None:
+        h = self.request_headers
+        h.set("x-grpc-status", str(resp.status))
+        h.set("x-grpc-status-message", resp.status_message)
+        h.set("x-grpc-message", resp.message.decode())
+        self.resume_request()
+
+    def op_grpc_stream(self) -> Action:  # a stream: two messages out, each answer recorded as it comes
+        self.got: list[str] = []
+        stream = self.grpc_stream("grpc-svc", "probe.Echo", "Stream", self.on_grpc_message, self.on_grpc_closed)
+        stream.send(b"one")
+        stream.send(b"two", end_stream=self.request_headers.get("x-half-close") == "1")
+        if self.request_headers.get("x-cancel") == "1":
+            stream.cancel()
+            return Action.CONTINUE
+        return Action.PAUSE
+
+    def on_grpc_message(self, message: bytes) -> None:
+        self.got.append(message.decode())
+        self.request_headers.set("x-grpc-got", ",".join(self.got))
+
+    def on_grpc_closed(self, resp: GrpcResponse) -> None:
+        md = " ".join(f"{k}={v}" for k, v in (*resp.initial_metadata, *resp.trailing_metadata))
+        self.request_headers.set("x-grpc-closed", f"{resp.status}:{resp.status_message} {md}")
+        self.resume_request()
 
     def on_request_body(self, body_size: int, end_of_stream: bool) -> Action:
         if self.op == "json-members":  # proxywasm.jsonscan on this host (C inside the VM): the answer replaces the body

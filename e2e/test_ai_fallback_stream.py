@@ -185,3 +185,42 @@ def test_higress_envoyfilter_patches_load_in_envoy(tmp_path: Any) -> None:
     path.write_text(yaml.safe_dump(bootstrap))
     r = validate(path)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+QWEN_KEYS, GEMMA_KEY = ("sk-qwen-one-7c1e", "sk-qwen-two-94ad"), "sk-gemma-only-5b20"
+
+
+@pytest.fixture(scope="module")
+def keyed(ai_gateway_wasm: Any) -> Iterator[AiStack]:
+    """The same stack with key pools: two keys for qwen2-1-5b, one for gemma-2-2b."""
+    from e2e.envoy import REPO
+
+    replace = {'{"name": "qwen2-1-5b", "cluster": "qwen2-1-5b",':
+               f'{{"name": "qwen2-1-5b", "cluster": "qwen2-1-5b", "api_keys": {{"keys": {json.dumps(QWEN_KEYS)}}},',
+               '{"name": "gemma-2-2b", "cluster": "gemma-2-2b",':
+               f'{{"name": "gemma-2-2b", "cluster": "gemma-2-2b", "api_keys": {{"keys": ["{GEMMA_KEY}"]}},'}
+    with running_ai_stack(replace=replace, config=REPO / CONFIG_PATH, model_ports=PORTS) as s:
+        yield s
+
+
+def test_each_attempt_gets_its_models_key_and_accounts_it(keyed: AiStack) -> None:
+    """A 401 on qwen's key is one more attempt, on gemma with gemma's key; qwen's key is ejected for what follows."""
+    keyed.reset()
+    keyed.qwen.fault(status=401, message="bad key")
+    r = keyed.post("/v1/chat/completions", {"model": QWEN, "messages": HELLO}, {"x-test-id": "k401",
+                                                                               "authorization": "Bearer client"})
+    assert r.status == 200 and r.headers["x-ai-fallback-from"] == QWEN
+    (q,) = keyed.qwen.requests()
+    (g,) = keyed.gemma.requests()
+    failed = q["headers"]["authorization"].removeprefix("Bearer ")
+    assert failed in QWEN_KEYS
+    assert g["headers"]["authorization"] == f"Bearer {GEMMA_KEY}", "gemma gets its own key, not qwen's or the client's"
+    assert g["body"]["model"] == GEMMA
+    log = json.loads(keyed.wait_ai_log({"k401"})["k401"])
+    assert log["attempts"] == [[QWEN, 401], [GEMMA, 200]]
+    keyed.reset()
+    for _ in range(4):  # both workers: the ejected key is out of rotation for every request that follows
+        assert keyed.post("/v1/chat/completions", {"model": QWEN, "messages": HELLO}).status == 200
+    assert {s["headers"]["authorization"] for s in keyed.qwen.requests()} == {
+        f"Bearer {k}" for k in QWEN_KEYS if k != failed}
+    assert keyed.gemma.count() == 0

@@ -1,7 +1,8 @@
-"""Fallback: when the upstream fails, ask again and answer the client with the result.
+"""Fallback through HTTP callouts: when the upstream fails, ask again and answer the client with the result.
 
-The failed upstream response is held (its headers paused); each attempt is an HTTP
-callout with the same request, ``model`` rewritten. The plan: first, if the failure was
+Used where Envoy retries cannot be (no ``fallback.cluster``: no aggregate cluster, or ``mode: RAND``; a key
+retry on the same model); retries.py is the streaming path. The failed upstream response is held (its
+headers paused); each attempt is an HTTP callout addressed by ``attempt.address``. The plan: first, if the failure was
 the API key's (401/403/429), the same model once more with another healthy key; then the
 fallback models. The first answer that is not a trigger is sent to the client as a local
 reply; if every attempt fails, the held original response continues to the client.
@@ -23,9 +24,12 @@ from .upstream import callout_headers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
-    from .stream import GatewayStream
+    from proxywasm import HttpContext
+
+    from .reader import AnswerReader
 
 # Headers of a callout answer that must not be copied onto the local reply.
 _HOP = frozenset({":status", "content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
@@ -33,10 +37,14 @@ KEY_RETRY_BUDGET_MS = 60_000
 
 
 class Fallback:
-    def __init__(self, stream: GatewayStream, cfg: Config, primary: Model, doc: dict[str, Any],
-                 request_headers: list[tuple[str, str]], rng: random.Random, key_retry: bool) -> None:
+    def __init__(self, stream: HttpContext, cfg: Config, primary: Model, doc: dict[str, Any],
+                 request_headers: list[tuple[str, str]], rng: random.Random, key_retry: bool, reader: AnswerReader,
+                 done: Callable[[Model | None, int], None], key_idx: int | None = None) -> None:
+        """``reader`` reads the answer the client gets; ``done(served, status)`` follows the end (served None:
+        every attempt failed, the primary's response goes on); ``key_idx``: the primary's key, not tried again."""
         policy = primary.fallback
         self.stream, self.cfg, self.primary, self.doc, self.rng = stream, cfg, primary, doc, rng
+        self.reader, self.done = reader, done
         self.request_headers = request_headers
         order = list(policy.models) if policy else []
         if policy and policy.mode == "RAND":
@@ -51,7 +59,7 @@ class Fallback:
         self.deadline_ns = hc.get_current_time_ns() + budget * 1_000_000
         self.current: Model | None = None
         self.key: tuple[KeyPool, int] | None = None
-        self.tried_keys = {primary.name: {stream.key_idx}} if stream.key_idx is not None else {}
+        self.tried_keys = {primary.name: {key_idx}} if key_idx is not None else {}
 
     def start(self) -> None:
         self._next()
@@ -101,13 +109,13 @@ class Fallback:
         if served.name != self.primary.name:
             headers.append(("x-ai-fallback-from", self.primary.name))
         headers.append(("x-ai-served-model", served.name))
-        body = self.stream.on_fallback_answer(resp)
+        body = self.reader.whole(self.stream, resp.header("content-type"), resp.body)
         self.stream.send_local_response(status, body, headers)
-        self.stream.on_fallback_done(served)
+        self.done(served, status)
 
     def _exhausted(self) -> None:
         """No attempt succeeded: let the primary's own error response through."""
         self.stream.response_headers.set("x-ai-fallback-exhausted", str(self.attempts - 1))
         self.stream.response_headers.set("x-ai-served-model", self.primary.name)
         self.stream.resume_response()
-        self.stream.on_fallback_done(None)
+        self.done(None, 0)

@@ -1,11 +1,11 @@
-"""One client request through the gateway: parse, route, mirror, fall back, observe."""
+"""One client request through the gateway: parse, route (one attempt), mirror, fall back, observe the answer."""
 
 from __future__ import annotations
 
 import json
 import random
 
-from proxywasm import Action, CalloutResponse, HttpContext, LogLevel
+from proxywasm import Action, HttpContext, LogLevel
 from proxywasm import hostcalls as hc
 from proxywasm.properties import route_name
 
@@ -16,10 +16,10 @@ from .errors import JSON_HEADERS, GatewayError
 from .fallback import Fallback
 from .observe import Observation, publish
 from .picker import route as pick_endpoint
+from .reader import AnswerReader
 from .request import duplicate_model, needs_usage, parse_body, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
-from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner
 
 RNG = random.Random()  # seeded from the host's random_get, per VM
 _warned_no_filter = [False]
@@ -45,10 +45,7 @@ class GatewayStream(HttpContext):
     stream = False  # the client asked for SSE
     drop_usage = False  # the gateway asked for usage on the client's behalf
     status = 0
-    sse: SseScanner | None = None
-    collector: JsonCollector | None = None
-    first_byte_ns = 0
-    tapped = False  # the response body goes on untouched and the VM keeps its end (see _tap)
+    reader: AnswerReader | None = None  # reads the answer the client gets
     published = False
     key_idx: int | None = None  # index of the pool key this request went out with
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
@@ -165,6 +162,7 @@ class GatewayStream(HttpContext):
         hd = self.response_headers.snapshot(_RESPONSE_HEADERS)  # one host call for the three read below
         status = hd.get(":status", "0")
         self.status = int(status) if status.isascii() and status.isdigit() else 0
+        reader = self.reader = AnswerReader(self.drop_usage)
         att = self.attempts
         if att is not None:  # Envoy retried: the attempt filter accounted each attempt's key
             model = self._answered(att, model)
@@ -181,66 +179,21 @@ class GatewayStream(HttpContext):
                                       f"{'retrying' if key_failed else 'falling back'}")
                 # The request headers as sent upstream: Envoy keeps the map readable for the stream's life.
                 self.fallback = Fallback(self, self.config, model, self.doc, self.request_headers.items(), RNG,
-                                         key_failed)
+                                         key_failed, reader, self._fallback_done, self.key_idx)
                 self.fallback.start()
                 return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)
-        self._tap(hd.get("content-type"))
+        reader.start(self, hd.get("content-type"))
         if end_of_stream:
             self._publish()
         return Action.CONTINUE
-
-    def _tap(self, content_type: str | None, tap: bool = True) -> None:
-        """Observe the answer: usage, [DONE] and time to first token. Unless usage-only events are to be dropped
-        (each event is then looked at), the body passes on untouched and the VM keeps only what is read at its
-        end (``tapped``): a JSON answer whole (up to MAX_JSON_BODY, then its end), a stream's last TAIL_KEEP bytes.
-        """
-        if "text/event-stream" in (content_type or ""):
-            self.sse = SseScanner(self.drop_usage)
-            if tap and not self.drop_usage:
-                self.tap_response_body(TAIL_KEEP)
-                self.tapped = True
-        else:
-            self.collector = JsonCollector()
-            if tap:
-                self.tap_response_body(TAIL, MAX_JSON_BODY)
-                self.tapped = True
-
-    def _take_tap(self, ended: bool) -> None:
-        """What the response tap kept goes to the scanner or collector, as if it had been fed chunk by chunk."""
-        self.tapped = False
-        got = self.take_response_tap()
-        if got is None:
-            return
-        if self.sse is not None:
-            self.first_byte_ns = got.first_ns
-            self.sse.trimmed = got.trimmed  # the kept bytes may start inside an event
-            self.sse.feed(got.data, ended)
-        elif self.collector is not None:
-            self.collector.kept(got.data, got.size, got.trimmed)
 
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
         if self.fallback is not None and self.fallback.current is not None:
             return Action.PAUSE  # the failed upstream's body is held back while falling back
         if self.model is None or self.published:
             return Action.CONTINUE
-        if self.tapped:  # the end of a tapped body (its last chunk is in the tap)
-            self._take_tap(end_of_stream)
-            if end_of_stream:
-                self._publish()
-                return Action.CONTINUE
-            # not the end: the tap gave up (the host refused a read); this chunk and the next are read here
-        chunk = self.response_body.read() if body_size else b""
-        if self.sse is not None:
-            if chunk and not self.first_byte_ns:
-                self.first_byte_ns = hc.now_ns()
-            out = self.sse.feed(chunk, end_of_stream)
-            if out is not chunk and out != chunk:
-                self.response_body.replace(out)
-            if not end_of_stream and self.sse.idle:  # whole events without marks can pass without Python
-                self.skip_response_events(SKIP_MARKERS)
-        elif self.collector is not None:
-            self.collector.feed(chunk)
+        self.reader.on_body(self, body_size, end_of_stream)
         if end_of_stream:
             self._publish()
         return Action.CONTINUE
@@ -265,39 +218,30 @@ class GatewayStream(HttpContext):
             self.model = served
         return served
 
-    # -- fallback hooks --
-
-    def on_fallback_answer(self, resp: CalloutResponse) -> bytes:
-        """Observe a fallback's complete answer; returns the body the client gets."""
-        self.status = resp.status
-        self._tap(resp.header("content-type"), tap=False)
-        if self.sse is not None:
-            self.first_byte_ns = hc.now_ns()
-            return self.sse.feed(resp.body, end=True)
-        assert self.collector is not None
-        self.collector.feed(resp.body)
-        return resp.body
-
-    def on_fallback_done(self, served: Model | None) -> None:
+    def _fallback_done(self, served: Model | None, status: int) -> None:
+        """A callout fallback ended: ``served`` answered with ``status`` (sent as a local reply), or none did and
+        the primary's own response goes on."""
         if served is not None:
+            self.status = status
             if self.model is not None and served.name != self.model.name:
                 self.fallback_from = self.model.name
             self.model = served
             self._publish()
         elif self.fallback is not None:
             self.fallback.current = None  # the original response flows again
-            self._tap(self.response_headers.get("content-type"))
+            self.reader.start(self, self.response_headers.get("content-type"))
 
     # -- end --
 
     def on_log(self) -> None:
-        if self.tapped:
-            self._take_tap(False)
+        reader = self.reader
+        if reader is not None and reader.tapped:
+            reader.take_tap(self, False)
         if self.model is not None and not self.published:
             # The stream ended early: upstream cut off, client gone, reset. An SSE answer that reached its
             # "data: [DONE]" is whole even so: the official OpenAI client closes the connection right there,
             # often before the upstream's terminating chunk has arrived.
-            self._publish(complete=self.sse is not None and self.sse.done)
+            self._publish(complete=reader is not None and reader.done)
         # The stream and its Fallback refer to each other: unlinked here, both go when Envoy deletes the stream
         # instead of waiting (with the request's body and document) for a full garbage collection.
         self.fallback = None
@@ -310,12 +254,14 @@ class GatewayStream(HttpContext):
         if not cfg.metrics and cfg.ai_log == "off":
             return
         now = hc.now_ns()
-        usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
+        reader = self.reader
+        first = reader.first_byte_ns if reader is not None else 0
         assert self.model is not None
         obs = Observation(
             model=self.requested, served=self.model.name, route=route_name(),
             cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, stream=self.stream,
-            usage=usage, ttft_ms=(self.first_byte_ns - self.started_ns) // 1_000_000 if self.first_byte_ns else None,
+            usage=reader.usage() if reader is not None else None,
+            ttft_ms=(first - self.started_ns) // 1_000_000 if first else None,
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
             attempts=self.attempts.log_value() if self.attempts is not None and self.attempts.tried else "",
         )

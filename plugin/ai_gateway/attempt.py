@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 _POOLS: dict[str, KeyPool] = {}  # this VM's view of each model's key pool
+_NONE: frozenset = frozenset()
+NO_KEYS = _NONE  # no key tried yet
+_AUTH = frozenset({"authorization"})
 
 
 def pool_of(model: Model) -> KeyPool:
@@ -47,8 +50,9 @@ class Attempt:
 
     def apply(self, h: Any) -> None:
         """Apply to a live header map (the direct path, the attempt filter)."""
-        for name in self.drop:
-            h.remove(name)
+        if self.drop:
+            for name in self.drop:
+                h.remove(name)
         for k, v in self.headers:
             h.set(k, v)
         if self.body is not None:
@@ -63,8 +67,8 @@ class Attempt:
         return status in pool.cfg.eject_on
 
 
-def address(cfg: Config, doc: Any, model: Model, now_ms: int, rng: random.Random, *, source: Model | None = None,
-            client_auth: bool = True, tried_keys: frozenset = frozenset(), rewrite: bool = True,
+def address(cfg: Config, doc: Any, model: Model, now_ms: int, rng: random.Random, source: Model | None = None,
+            client_auth: bool = True, tried_keys: frozenset = _NONE, rewrite: bool = True,
             authority: bool = True) -> Attempt | None:
     """The attempt on ``model`` for the request ``doc``; None when ``model`` has no usable key left.
 
@@ -74,20 +78,21 @@ def address(cfg: Config, doc: Any, model: Model, now_ms: int, rng: random.Random
     leaves the host to the route).
     """
     headers = [(cfg.route_header, model.cluster), (cfg.model_header, model.name)]
-    drop = credential_headers(source) if source is not None and source is not model else frozenset()
+    drop = credential_headers(source) if source is not None and source is not model else _NONE
     key = None
-    if model.keys is not None:
+    keys = model.keys
+    if keys is not None:
         pool = pool_of(model)
         idx = pool.pick(now_ms, rng, tried_keys)
         if idx is None:
             return None
         key = (pool, idx)
-        name = model.keys.header
-        if not model.keys.forward_client_credential and name != "authorization" and client_auth:
-            drop |= {"authorization"}  # the client's credential stays here
-        drop -= {name}  # replaced below
+        name = keys.header
+        if client_auth and name != "authorization" and not keys.forward_client_credential:
+            drop = drop | _AUTH  # the client's credential stays here
+        if name in drop:
+            drop = drop - {name}  # replaced below
         headers.append(pool.credential(idx))
     if authority and model.authority:
         headers.append((":authority", model.authority))
-    body = with_model(doc, model.upstream_model) if rewrite else None
-    return Attempt(model, headers, drop, body, key)
+    return Attempt(model, headers, drop, with_model(doc, model.upstream_model) if rewrite else None, key)

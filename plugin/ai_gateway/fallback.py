@@ -109,7 +109,7 @@ class Fallback:
         if served.name != self.primary.name:
             headers.append(("x-ai-fallback-from", self.primary.name))
         headers.append(("x-ai-served-model", served.name))
-        body = self.reader.whole(self.stream, resp.header("content-type"), resp.body)
+        body = self.reader.whole_answer(resp.header("content-type"), resp.body)
         self.stream.send_local_response(status, body, headers)
         self.done(served, status)
 

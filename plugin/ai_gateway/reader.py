@@ -14,36 +14,36 @@ from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, 
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from proxywasm import HttpContext
+    from typing import Any
 
 
 class AnswerReader:
-    __slots__ = ("collector", "drop_usage", "first_byte_ns", "sse", "tapped")
+    """Mixed into the stream's HttpContext (``self`` is the stream): a separate object per request would cost a
+    few thousand VM instructions on every request for nothing but the indirection."""
 
-    def __init__(self, drop_usage: bool) -> None:
-        self.drop_usage = drop_usage  # the gateway asked for usage on the client's behalf: drop that event
-        self.sse: SseScanner | None = None
-        self.collector: JsonCollector | None = None
-        self.first_byte_ns = 0
-        self.tapped = False  # the body goes on untouched and the VM keeps its end
+    drop_usage = False  # the gateway asked for usage on the client's behalf: drop that event
+    sse: SseScanner | None = None
+    collector: JsonCollector | None = None
+    first_byte_ns = 0
+    tapped = False  # the body goes on untouched and the VM keeps its end
 
-    def start(self, ctx: HttpContext, content_type: str | None, tap: bool = True) -> None:
+    def start_answer(self: Any, content_type: str | None, tap: bool = True) -> None:
         """An answer begins (its response headers): SSE or JSON, tapped unless ``tap`` is False."""
         if "text/event-stream" in (content_type or ""):
             self.sse = SseScanner(self.drop_usage)
             if tap and not self.drop_usage:
-                ctx.tap_response_body(TAIL_KEEP)
+                self.tap_response_body(TAIL_KEEP)
                 self.tapped = True
         else:
             self.collector = JsonCollector()
             if tap:
-                ctx.tap_response_body(TAIL, MAX_JSON_BODY)
+                self.tap_response_body(TAIL, MAX_JSON_BODY)
                 self.tapped = True
 
-    def take_tap(self, ctx: HttpContext, ended: bool) -> None:
+    def take_tap(self: Any, ended: bool) -> None:
         """What the response tap kept goes to the scanner or collector, as if it had been fed chunk by chunk."""
         self.tapped = False
-        got = ctx.take_response_tap()
+        got = self.take_response_tap()
         if got is None:
             return
         if self.sse is not None:
@@ -53,29 +53,29 @@ class AnswerReader:
         elif self.collector is not None:
             self.collector.kept(got.data, got.size, got.trimmed)
 
-    def on_body(self, ctx: HttpContext, body_size: int, end_of_stream: bool) -> None:
+    def read_answer(self: Any, body_size: int, end_of_stream: bool) -> None:
         """A response body callback of a streamed answer."""
         if self.tapped:  # the end of a tapped body (its last chunk is in the tap)
-            self.take_tap(ctx, end_of_stream)
+            self.take_tap(end_of_stream)
             if end_of_stream:
                 return
             # not the end: the tap gave up (the host refused a read); this chunk and the next are read here
-        chunk = ctx.response_body.read() if body_size else b""
+        chunk = self.response_body.read() if body_size else b""
         sse = self.sse
         if sse is not None:
             if chunk and not self.first_byte_ns:
                 self.first_byte_ns = hc.now_ns()
             out = sse.feed(chunk, end_of_stream)
             if out is not chunk and out != chunk:
-                ctx.response_body.replace(out)
+                self.response_body.replace(out)
             if not end_of_stream and sse.idle:  # whole events without marks can pass without Python
-                ctx.skip_response_events(SKIP_MARKERS)
+                self.skip_response_events(SKIP_MARKERS)
         elif self.collector is not None:
             self.collector.feed(chunk)
 
-    def whole(self, ctx: HttpContext, content_type: str | None, body: bytes) -> bytes:
+    def whole_answer(self, content_type: str | None, body: bytes) -> bytes:
         """An answer that came whole (a callout); returns the body the client gets."""
-        self.start(ctx, content_type, tap=False)
+        self.start_answer(content_type, tap=False)
         if self.sse is not None:
             self.first_byte_ns = hc.now_ns()
             return self.sse.feed(body, end=True)
@@ -83,10 +83,10 @@ class AnswerReader:
         self.collector.feed(body)
         return body
 
-    def usage(self) -> Usage | None:
+    def answer_usage(self) -> Usage | None:
         return self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
 
     @property
-    def done(self) -> bool:
+    def answer_done(self) -> bool:
         """An SSE answer that reached its ``data: [DONE]``."""
         return self.sse is not None and self.sse.done

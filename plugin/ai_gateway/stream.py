@@ -10,7 +10,7 @@ from proxywasm import hostcalls as hc
 from proxywasm.properties import route_name
 
 from . import retries
-from .attempt import address, pool_of
+from .attempt import NO_KEYS, address, pool_of
 from .config import ATTEMPT_HEADER, Config, Model
 from .errors import JSON_HEADERS, GatewayError
 from .fallback import Fallback
@@ -34,7 +34,7 @@ def models_list(cfg: Config) -> bytes:
         {"id": n, "object": "model", "created": 0, "owned_by": "ai-gateway"} for n in names]}).encode()
 
 
-class GatewayStream(HttpContext):
+class GatewayStream(AnswerReader, HttpContext):
     model: Model | None = None  # set once the request is routed
     requested = ""
     fallback: Fallback | None = None
@@ -45,7 +45,6 @@ class GatewayStream(HttpContext):
     stream = False  # the client asked for SSE
     drop_usage = False  # the gateway asked for usage on the client's behalf
     status = 0
-    reader: AnswerReader | None = None  # reads the answer the client gets
     published = False
     key_idx: int | None = None  # index of the pool key this request went out with
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
@@ -132,8 +131,10 @@ class GatewayStream(HttpContext):
             h.set(picker.header, pick_endpoint(picker, model, doc, self.headers_in.get, self.started_ns // 1_000_000,
                                                cfg.metrics))
         now_ms = self.started_ns // 1_000_000
-        attempt = address(cfg, doc, model, now_ms, RNG, client_auth="authorization" in self.headers_in,
-                          rewrite=rewrite, authority=False)
+        # by position (keywords cost more per call): no source, the client's credential, no keys tried yet,
+        # rewrite, the route keeps the host
+        attempt = address(cfg, doc, model, now_ms, RNG, None, "authorization" in self.headers_in, NO_KEYS, rewrite,
+                          False)
         if attempt is None:
             raise GatewayError(503, f"no upstream API key is available for model `{model.name}`; retry later",
                                "no_available_key")
@@ -162,7 +163,6 @@ class GatewayStream(HttpContext):
         hd = self.response_headers.snapshot(_RESPONSE_HEADERS)  # one host call for the three read below
         status = hd.get(":status", "0")
         self.status = int(status) if status.isascii() and status.isdigit() else 0
-        reader = self.reader = AnswerReader(self.drop_usage)
         att = self.attempts
         if att is not None:  # Envoy retried: the attempt filter accounted each attempt's key
             model = self._answered(att, model)
@@ -179,11 +179,11 @@ class GatewayStream(HttpContext):
                                       f"{'retrying' if key_failed else 'falling back'}")
                 # The request headers as sent upstream: Envoy keeps the map readable for the stream's life.
                 self.fallback = Fallback(self, self.config, model, self.doc, self.request_headers.items(), RNG,
-                                         key_failed, reader, self._fallback_done, self.key_idx)
+                                         key_failed, self, self._fallback_done, self.key_idx)
                 self.fallback.start()
                 return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)
-        reader.start(self, hd.get("content-type"))
+        self.start_answer(hd.get("content-type"))
         if end_of_stream:
             self._publish()
         return Action.CONTINUE
@@ -193,7 +193,7 @@ class GatewayStream(HttpContext):
             return Action.PAUSE  # the failed upstream's body is held back while falling back
         if self.model is None or self.published:
             return Action.CONTINUE
-        self.reader.on_body(self, body_size, end_of_stream)
+        self.read_answer(body_size, end_of_stream)
         if end_of_stream:
             self._publish()
         return Action.CONTINUE
@@ -229,19 +229,18 @@ class GatewayStream(HttpContext):
             self._publish()
         elif self.fallback is not None:
             self.fallback.current = None  # the original response flows again
-            self.reader.start(self, self.response_headers.get("content-type"))
+            self.start_answer(self.response_headers.get("content-type"))
 
     # -- end --
 
     def on_log(self) -> None:
-        reader = self.reader
-        if reader is not None and reader.tapped:
-            reader.take_tap(self, False)
+        if self.tapped:
+            self.take_tap(False)
         if self.model is not None and not self.published:
             # The stream ended early: upstream cut off, client gone, reset. An SSE answer that reached its
             # "data: [DONE]" is whole even so: the official OpenAI client closes the connection right there,
             # often before the upstream's terminating chunk has arrived.
-            self._publish(complete=reader is not None and reader.done)
+            self._publish(complete=self.answer_done)
         # The stream and its Fallback refer to each other: unlinked here, both go when Envoy deletes the stream
         # instead of waiting (with the request's body and document) for a full garbage collection.
         self.fallback = None
@@ -254,13 +253,12 @@ class GatewayStream(HttpContext):
         if not cfg.metrics and cfg.ai_log == "off":
             return
         now = hc.now_ns()
-        reader = self.reader
-        first = reader.first_byte_ns if reader is not None else 0
+        first = self.first_byte_ns
         assert self.model is not None
         obs = Observation(
             model=self.requested, served=self.model.name, route=route_name(),
             cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, stream=self.stream,
-            usage=reader.usage() if reader is not None else None,
+            usage=self.answer_usage(),
             ttft_ms=(first - self.started_ns) // 1_000_000 if first else None,
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
             attempts=self.attempts.log_value() if self.attempts is not None and self.attempts.tried else "",

@@ -115,7 +115,13 @@ def test_fallback_counts_tokens_of_the_model_that_answered(make_host) -> None:
     assert s.local_response.body == b"".join(sse(chunk("x")))
     assert metric(h, "input_token", "gemma", "gemma-2-2b") == 11
     assert metric(h, "fallback_total", "gemma", "gemma-2-2b") == 1
-    assert json.loads(s.property("ai_log"))["fallback_from"] == "qwen2-1-5b"
+    log = json.loads(s.property("ai_log"))
+    assert log["fallback_from"] == "qwen2-1-5b"
+    assert log["attempts"] == [["qwen2-1-5b", 503], ["gemma-2-2b", 200]]  # every attempt, in order
+    assert metric(h, "attempt_failure_total") == 1  # on the failed model's labels
+    qwen = [n.rsplit(".", 1)[1] for n in h.metric_names if ".model.qwen2-1-5b." in n]
+    assert qwen == ["attempt_failure_total"]  # tokens and the request are charged once, to gemma
+    assert not any(n.endswith("attempt_failure_total") for n in h.metric_names if ".model.gemma-2-2b." in n)
 
 
 def test_truncated_stream_and_broken_json_record_what_is_known(make_host) -> None:

@@ -39,12 +39,14 @@ KEY_RETRY_BUDGET_MS = 60_000
 class Fallback:
     def __init__(self, stream: HttpContext, cfg: Config, primary: Model, doc: dict[str, Any],
                  request_headers: list[tuple[str, str]], rng: random.Random, key_retry: bool, reader: AnswerReader,
-                 done: Callable[[Model | None, int], None], key_idx: int | None = None) -> None:
+                 done: Callable[[Model | None, int], None], key_idx: int | None = None, status: int = 0) -> None:
         """``reader`` reads the answer the client gets; ``done(served, status)`` follows the end (served None:
-        every attempt failed, the primary's response goes on); ``key_idx``: the primary's key, not tried again."""
+        every attempt failed, the primary's response goes on); ``key_idx``: the primary's key, not tried again;
+        ``status``: the primary's answer."""
         policy = primary.fallback
         self.stream, self.cfg, self.primary, self.doc, self.rng = stream, cfg, primary, doc, rng
         self.reader, self.done = reader, done
+        self.tried: list[list[Any]] = [[primary.name, status]]  # [model, status] per attempt (0: no answer)
         self.request_headers = request_headers
         order = list(policy.models) if policy else []
         if policy and policy.mode == "RAND":
@@ -88,6 +90,7 @@ class Fallback:
                                       timeout_ms=max(1, (self.deadline_ns - now) // 1_000_000))
             except HostError as e:  # e.g. no such cluster: try the next one
                 hc.log(LogLevel.WARN, f"fallback to {model.name} via {model.cluster!r} failed: {e}")
+                self.tried.append([model.name, 0])
                 continue
             self.current = model
             return
@@ -95,6 +98,8 @@ class Fallback:
 
     def _on_answer(self, resp: CalloutResponse) -> None:
         status = resp.status
+        if self.current is not None:
+            self.tried.append([self.current.name, status])
         if self.key is not None:
             pool, idx = self.key
             pool.report(idx, status, hc.get_current_time_ns() // 1_000_000, resp.header("retry-after"))

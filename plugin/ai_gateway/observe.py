@@ -7,8 +7,9 @@ segments into Prometheus labels (see wasm-config/envoy/stats-tags.yaml):
 
 Counters: input_token, output_token, total_token, llm_service_duration (ms, sum),
 llm_duration_count, llm_first_token_duration (ms, sum), llm_stream_duration_count,
-request_total, error_total (5xx, no answer, or an answer cut off), fallback_total. Histograms (ms): llm_first_token_latency,
-llm_latency.
+request_total, error_total (5xx, no answer, or an answer cut off), fallback_total, attempt_failure_total (an
+upstream attempt on this model that failed and was followed by another: counted on the failed model's labels).
+Histograms (ms): llm_first_token_latency, llm_latency.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from proxywasm import LogLevel, MetricType
 from proxywasm import hostcalls as hc
 
 from .usage import Usage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@:|\-/]")
 MAX_LABEL = 64
@@ -99,7 +104,7 @@ METRICS = ((_COUNTER, "request_total"), (_COUNTER, "llm_duration_count"), (_COUN
             (_COUNTER, "input_token"), (_COUNTER, "output_token"), (_COUNTER, "total_token"),
             (_COUNTER, "error_total"), (_COUNTER, "fallback_total"), (_COUNTER, "llm_first_token_duration"),
             (_COUNTER, "llm_stream_duration_count"), (_HISTOGRAM, "llm_first_token_latency"),
-            (_HISTOGRAM, "llm_latency"))
+            (_HISTOGRAM, "llm_latency"), (_COUNTER, "attempt_failure_total"))
 _SERIES: dict[tuple[str, str, str, str], _Series] = {}
 MAX_SERIES = 10_000  # label sets cached per VM (consumers come from a header: bound what a client can grow)
 
@@ -141,6 +146,18 @@ def record_metrics(o: Observation) -> None:
         inc(ids[9] or mid(9), 1)
         rec(ids[10] or mid(10), o.ttft_ms)
     rec(ids[11] or mid(11), o.duration_ms)
+
+
+def attempts_json(tried: list[list[Any]]) -> str:
+    """The attempts of a request for the AI log: [["model", status], ...] (status 0: no response)."""
+    return "[" + ",".join(f"[{_str(m)},{s}]" for m, s in tried) + "]"
+
+
+def record_failed_attempts(o: Observation, failed: list[tuple[str, str]]) -> None:
+    """``attempt_failure_total`` for each (model, cluster) whose attempt failed before another was made."""
+    for model, cluster in failed:
+        s = _series(Observation(o.model, model, o.route, cluster, o.consumer, 0, o.stream, None, None, 0, ""))
+        hc._h.proxy_increment_metric(s.ids[12] or s.id(12), 1)
 
 
 def publish(o: Observation, metrics: bool, to_filter_state: bool, to_log: bool) -> None:

@@ -15,8 +15,6 @@ record when the answer comes (which model answered, ``x-ai-fallback-from``, the 
 
 from __future__ import annotations
 
-from json.encoder import encode_basestring_ascii as _str
-
 from proxywasm import Action, LogLevel
 from proxywasm import hostcalls as hc
 
@@ -53,9 +51,6 @@ class Attempts:
             return None, 0
         return self.cfg.models.get(self.tried[-1][0]), len(self.tried) - 1
 
-    def log_value(self) -> str:
-        """The attempts as JSON for the AI log: [["model", status], ...]."""
-        return "[" + ",".join(f"[{_str(m)},{s}]" for m, s in self.tried) + "]"
 
 
 def expect(ctx: HttpContext, first: Attempt, h: Any, fb: FallbackPolicy, doc: Any, rng: random.Random) -> Attempts:

@@ -14,7 +14,7 @@ from .attempt import NO_KEYS, address, pool_of
 from .config import ATTEMPT_HEADER, Config, Model
 from .errors import JSON_HEADERS, GatewayError
 from .fallback import Fallback
-from .observe import Observation, publish
+from .observe import Observation, attempts_json, publish, record_failed_attempts
 from .picker import route as pick_endpoint
 from .reader import AnswerReader
 from .request import duplicate_model, needs_usage, parse_body, with_usage_requested
@@ -179,7 +179,7 @@ class GatewayStream(AnswerReader, HttpContext):
                                       f"{'retrying' if key_failed else 'falling back'}")
                 # The request headers as sent upstream: Envoy keeps the map readable for the stream's life.
                 self.fallback = Fallback(self, self.config, model, self.doc, self.request_headers.items(), RNG,
-                                         key_failed, self, self._fallback_done, self.key_idx)
+                                         key_failed, self, self._fallback_done, self.key_idx, self.status)
                 self.fallback.start()
                 return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)
@@ -261,8 +261,13 @@ class GatewayStream(AnswerReader, HttpContext):
             usage=self.answer_usage(),
             ttft_ms=(first - self.started_ns) // 1_000_000 if first else None,
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
-            attempts=self.attempts.log_value() if self.attempts is not None and self.attempts.tried else "",
         )
+        tried = self.attempts.tried if self.attempts is not None else self.fallback.tried if self.fallback else None
+        if tried and len(tried) > 1:  # fallen back (Envoy retries or callouts): every attempt, in order
+            obs.attempts = attempts_json(tried)
+            if cfg.metrics:
+                models = cfg.models
+                record_failed_attempts(obs, [(m, models[m].cluster) for m, _ in tried[:-1] if m in models])
         publish(obs, cfg.metrics, cfg.ai_log in ("filter_state", "both"), cfg.ai_log in ("log", "both"))
 
     def _reject(self, err: GatewayError) -> Action:

@@ -58,6 +58,7 @@ def gateway_config() -> dict[str, Any]:
         "fallback": {"on_status": ["5xx"], "mode": "SEQ", "max_attempts": 3, "timeout_ms": FALLBACK_BUDGET_MS},
         "models": [{"name": m, "cluster": m, "fallback": {"models": FALLBACKS[m]}} for m in MODELS],
         "aliases": [{"name": ALIAS, "targets": [{"model": m, "weight": w} for m, w in ALIAS_TARGETS.items()]}],
+        "consumer_header": "x-mse-consumer",  # the soak's clients name themselves (no authentication in front)
     }
 
 

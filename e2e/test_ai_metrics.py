@@ -117,7 +117,8 @@ class Traffic:
 
 @pytest.fixture(scope="module")
 def traffic(ai_launch: Launch) -> Iterator[Traffic]:
-    with ai_launch() as stack:
+    # the clients name their consumer themselves: declared trusted here (no authentication in front)
+    with ai_launch(replace={'"aliases": [': '"consumer_header": "x-mse-consumer", "aliases": ['}) as stack:
         t = Traffic(stack)
         t.send(QWEN, "alpha beta", "alice")
         t.send(QWEN, "one two three four", "alice", chat=False)
@@ -220,11 +221,13 @@ def test_ai_log_lines(traffic: Traffic) -> None:
     lines = traffic.stack.wait_ai_log({s.tid for s in traffic.sent} | {"local-bad-json", "local-unknown"})
     for s in traffic.sent:
         doc = json.loads(lines[s.tid])
-        want_usage = s.tokens if s.status == 200 else (0, 0, 0)
+        want_usage = s.tokens if s.status == 200 else (None, None, None)  # unknown: null, not 0
         assert (doc["model"], doc["served_model"], doc["cluster"], doc["route"]) == \
             (s.requested, s.served, s.served, "by_model"), doc
         assert (doc["input_tokens"], doc["output_tokens"], doc["total_tokens"]) == want_usage, doc
         assert doc["usage_known"] == (s.status == 200), doc
+        assert doc["usage_source"] == ("server" if s.status == 200 else None), doc
+        assert (doc["complete"], doc["cancelled"]) == (True, False), doc  # the exhausted fallback's 503 too
         assert (doc["consumer"], doc["status"], doc["stream"]) == (s.consumer or "none", s.status, s.stream), doc
         assert doc["fallback_from"] == (QWEN if s.fallback else None), doc
         assert (doc["ttft_ms"] is not None) == (s.stream and s.status == 200), doc

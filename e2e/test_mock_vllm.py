@@ -193,6 +193,41 @@ def test_stream_wire_format(srv: MockServer) -> None:
             assert all("usage" not in d for d in docs) and len(docs) == 6
 
 
+def _dechunk(body: bytes) -> bytes:
+    payload, rest = b"", body
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return payload
+        payload, rest = payload + rest[:size], rest[size + 2:]
+
+
+def test_real_server_switches_no_usage_pings_and_newlines(srv: MockServer, client: openai.OpenAI) -> None:
+    """no_usage: no usage even when asked (stream and JSON); ping_ms: `: ping` comments while the TTFT passes;
+    sse_newline: CRLF or CR line ends, each event ending in a blank line of two."""
+    srv.set_fault(no_usage=True)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=chat_body()["messages"], stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks and all(c.usage is None and c.choices for c in chunks)
+    assert client.chat.completions.create(model=MODEL, messages=chat_body()["messages"]).usage is None
+    srv.clear_fault()
+    for newline, nl in (("crlf", b"\r\n"), ("cr", b"\r")):
+        _head, _, body = wire(srv.url, "/v1/chat/completions", chat_body(stream=True, max_tokens=2),
+                             {"x-mock-sse-newline": newline, "x-mock-ttft-ms": "250", "x-mock-ping-ms": "100"}
+                             ).partition(b"\r\n\r\n")
+        payload = _dechunk(body)
+        events = payload.split(nl + nl)
+        assert all(e.startswith(b": ping - ") for e in events[:2])  # 2 pings in 250 ms
+        assert len(events) == 2 + 3 + 2 and events[-2:] == [b"data: [DONE]", b""]  # role chunk, 2 tokens, [DONE]
+        stray = payload.replace(nl, b"")
+        assert b"\r" not in stray and b"\n" not in stray  # only the chosen line end
+        assert [json.loads(e.removeprefix(b"data: "))["choices"][0]["delta"].get("content") for e in events[2:5]] \
+            == ["", ECHO.split()[0], " " + ECHO.split()[1]]
+    with pytest.raises(ValueError, match="sse_newline"):
+        srv.set_fault(sse_newline="crcr")
+
+
 def test_completions_plain_and_stream(client: openai.OpenAI) -> None:
     r = client.completions.create(model=MODEL, prompt="one two three")
     assert r.id.startswith("cmpl-") and r.object == "text_completion" and r.model == MODEL

@@ -31,7 +31,7 @@ def with_(path: str, value: object) -> dict:
     (with_("models/0/fallback/models", ["nope"]), "fallback.models: unknown model 'nope'"),
     (with_("models/0/fallback/models", ["qwen2-1-5b"]), "must not contain the model itself"),
     (with_("models/0/fallback/mode", "ROUND"), "models[0].fallback.mode: must be one of SEQ, RAND"),
-    (with_("models/0/fallback/on_status", ["6xx"]), "models[0].fallback.on_status[0]: must be an HTTP status"),
+    (with_("models/0/fallback/on_status", ["6xx"]), "models[0].fallback.on_status[0]: must be an error status"),
     (with_("models/0/fallback/max_attempts", 0), "models[0].fallback.max_attempts: must be between 2 and 10"),
     (with_("models/0/mirror", {"model": "x"}), "mirror.model: unknown model 'x'"),
     (with_("models/0/mirror", {"model": "llama-3", "percent": 150}), "models[0].mirror.percent: must be between"),

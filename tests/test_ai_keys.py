@@ -180,7 +180,7 @@ def test_key_metrics_use_fingerprints(make_host) -> None:
     ({"keys": []}, "api_keys.keys: must be a non-empty list"),
     ({"keys": ["a", "a"]}, "api_keys.keys: has duplicates"),
     ({"keys": ["a"], "selection": "lru"}, "api_keys.selection: must be one of round_robin, random"),
-    ({"keys": ["a"], "eject_on": ["x"]}, "api_keys.eject_on: must be a list of HTTP statuses"),
+    ({"keys": ["a"], "eject_on": ["x"]}, "api_keys.eject_on: must be a list of error statuses"),
     ({"keys": ["a"], "when_all_out": "wait"}, "api_keys.when_all_out: must be one of fail, soonest"),
 ])
 def test_pool_config_errors(pool: dict, message: str) -> None:

@@ -59,6 +59,37 @@ def test_truncated_or_usageless_stream_is_passed_on_unchanged(words, cuts, cut_a
         assert sc.usage is None
 
 
+# Blank lines that end an event (WHATWG: two line ends, each LF, CRLF or CR); the data line ends with the first half.
+FRAMINGS = [b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r\n", b"\r\n\n"]
+
+
+def framed_stream(words: list[str], usage: tuple[int, int], ends: list[bytes]) -> tuple[bytes, bytes]:
+    """(stream, stream without its usage-only event): a `: ping`, a role-only delta, one event per word, usage,
+    [DONE]; event i ends with ends[i % len(ends)]."""
+    role = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}], "usage": None}
+    events = [b": ping", b"data: " + json.dumps(role).encode()]
+    events += [b"data: " + json.dumps({"choices": [{"index": 0, "delta": {"content": w}}], "usage": None},
+                                      ensure_ascii=False).encode() for w in words]
+    u = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+    events += [b"data: " + json.dumps({"choices": [], "usage": u}).encode(), b"data: [DONE]"]
+    framed = [e + ends[i % len(ends)] for i, e in enumerate(events)]
+    return b"".join(framed), b"".join(framed[:-2] + framed[-1:])
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=words, cuts=cuts, ends=st.lists(st.sampled_from(FRAMINGS), min_size=1, max_size=4))
+def test_any_framing_split_anywhere_gives_same_usage_and_bytes(words, cuts, ends) -> None:
+    """LF LF, CRLF CRLF, CR CR and mixes, per event, the stream cut anywhere: the usage, the events dropped and the
+    bytes passed on are those of the whole stream (and the skimming scanner agrees with the reference)."""
+    full, stripped = framed_stream(words, (7, len(words)), ends)
+    for drop, want in ((False, full), (True, stripped)):
+        for skim in (True, False):
+            sc = SseScanner(drop)
+            sc.skim = skim
+            assert feed_split(sc, full, cuts) == want
+            assert (sc.usage, sc.done) == (Usage(7, len(words), 7 + len(words)), True)
+
+
 def test_garbage_and_invalid_utf8_never_raise() -> None:
     junk = b'data: {"usage": {"prompt_tokens": \xff\xfe}\n\ndata: {"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n'
     for drop in (False, True):

@@ -9,17 +9,17 @@ import pytest
 import yaml
 
 from bench import measure as m
-from bench.ai import run
+from bench.ai import litellm, report, run, systems
 
 UPSTREAM = "http://127.0.0.1:18101/v1"
 
 
 def test_litellm_config_is_b_equivalent() -> None:
-    cfg = yaml.safe_load(run.litellm_config_yaml(UPSTREAM))
+    cfg = yaml.safe_load(litellm.litellm_config_yaml(UPSTREAM))
     models = cfg["model_list"]
     pool = [d for d in models if d["model_name"] == "bench-model"]
     # the key pool: one deployment per key of b's pool, same upstream model and URL
-    assert sorted(d["litellm_params"]["api_key"] for d in pool) == sorted(run.PLUGIN_CONFIG["models"][0]["api_keys"]["keys"])
+    assert sorted(d["litellm_params"]["api_key"] for d in pool) == sorted(systems.PLUGIN_CONFIG["models"][0]["api_keys"]["keys"])
     assert len(pool) == 3
     for d in models:
         assert d["litellm_params"]["api_base"] == UPSTREAM
@@ -35,17 +35,17 @@ def test_litellm_config_is_b_equivalent() -> None:
     assert cfg["litellm_settings"]["telemetry"] is False
     assert cfg["general_settings"]["forward_client_headers_to_llm_api"] is True
     assert "database_url" not in json.dumps(cfg).lower() and "master_key" not in cfg["general_settings"]
-    assert run.LITELLM_ENV["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
+    assert litellm.LITELLM_ENV["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
 
 
 def test_litellm_is_pinned() -> None:
-    lines = [x for x in run.LITELLM_REQUIREMENTS.read_text().splitlines() if x and not x.startswith("#")]
-    assert run.litellm_version_pinned() not in {"1.82.7", "1.82.8", "1.107.0"}  # withdrawn compromised releases
+    lines = [x for x in litellm.LITELLM_REQUIREMENTS.read_text().splitlines() if x and not x.startswith("#")]
+    assert litellm.litellm_version_pinned() not in {"1.82.7", "1.82.8", "1.107.0"}  # withdrawn compromised releases
     assert all("==" in x for x in lines), [x for x in lines if "==" not in x]
 
 
 def test_mock_upstream_config() -> None:
-    cfg = json.loads(run.envoy_config("mock", 19000, 0, 18101))
+    cfg = json.loads(systems.envoy_config("mock", 19000, 0, 18101))
     [listener] = cfg["static_resources"]["listeners"]
     assert listener["address"]["socket_address"]["port_value"] == 18101
     assert "clusters" not in cfg["static_resources"]
@@ -73,10 +73,10 @@ def test_wrk_status_lines_and_errors() -> None:
     assert (res.rps, res.p50_ms, res.p99_ms, res.requests) == (42.0, 327.88, 1200.0, 210)
     assert res.statuses == {"200": 203, "502": 7}
     assert (res.non_2xx, res.socket_errors, res.timeouts, res.bad_bodies, res.errors) == (7, 4, 3, 2, 13)
-    text = run.errors_text(res.as_dict())
+    text = report.errors_text(res.as_dict())
     for part in ("7 non-2xx (502 x7)", "3 timeouts", "1 socket errors", "2 incomplete 2xx bodies"):
         assert part in text
-    assert run.has_errors({"wrk": res.as_dict()})
+    assert report.has_errors({"wrk": res.as_dict()})
     # without the status script (bench/run.py), the same fields default to nothing
     plain = m.parse_wrk(WRK_OUT.split("bench-statuses")[0], 5)
     assert plain.statuses == {} and plain.bad_bodies == 0
@@ -91,7 +91,7 @@ def test_targets_mark_results_built_on_errors() -> None:
          "environment": {"connections": 16}}
     r["a"]["W1"]["one_connection"] = cell(100, 0.5)["wrk"]
     r["b"]["W1"]["one_connection"] = cell(90, 1.2)["wrk"]
-    rows = {x["target"].split(" (")[0]: x for x in run.target_rows(r)}
+    rows = {x["target"].split(" (")[0]: x for x in report.target_rows(r)}
     assert rows["W1: b ≥ 70% of a's req/s"]["result"] == "PASS"
     assert rows["W1: p99 added by b ≤ 1 ms, one request in flight"]["result"] == "PASS"  # +0.7 ms
     assert rows["W1: p99 added by b ≤ 1 ms at 16 connections"]["result"] == "FAIL"  # +2.5 ms, queueing included

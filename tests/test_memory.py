@@ -58,6 +58,7 @@ GATEWAY_CONFIG: dict[str, Any] = {
          "targets": [{"model": "qwen2-1-5b", "weight": 1}, {"model": "llama-3", "weight": 1}]},
     ],
     "max_body_bytes": 4096,
+    "consumer_header": "x-mse-consumer",
 }
 
 

@@ -109,7 +109,8 @@ SKIP_CHUNKS = [
     b'data: {"usage":{"x":1}}\n\n',  # a usage object: Python
     b"data: {\"b\"",  # not the end of an event: Python
     b":2}\n\n",  # whole again: skipped
-    b"data: x\r\n\r\n", b"data: y\r\r", b"data: z\n\r\n",  # CRLF and CR ends skipped; \n\r\n is no event end
+    b"data: x\r\n\r\n", b"data: y\r\r", b"data: z\n\r\n",  # CRLF, CR and LF CRLF ends skipped
+    b"data: w\n\r",  # LF CR: the CR may start a CRLF, the end is not known yet: Python
     b"",  # nothing: skipped
     b'data: {"usage":' + b" " * 20 + b"null}\n\n",  # null beyond the 16 bytes looked at: a marker
     b"data: [DONE]\n\n",  # a marker
@@ -128,7 +129,7 @@ def test_skip_response_events(host) -> None:
     assert forwarded == b"".join(SKIP_CHUNKS[:-1])
     s.send_response_body(SKIP_CHUNKS[-1], end_of_stream=True)
     seen = json.loads(s.response_body[len(forwarded):])
-    want = [SKIP_CHUNKS[i] for i in (2, 3, 7, 9, 10, 11)]
+    want = [SKIP_CHUNKS[i] for i in (2, 3, 8, 10, 11, 12)]
     assert [c.encode("latin-1") for c in seen] == want
 
 
@@ -183,6 +184,55 @@ def test_skip_response_events_agrees_with_its_rule(host, chunks: list[bytes]) ->
     seen = [c.encode("latin-1") for c in json.loads(s.response_body[len(forwarded):])]
     want = [c for c in chunks if c and not (_ends_event(c) and not _marked(c, markers))] + [b"end"]
     assert seen == want
+
+
+_COUNT_BYTES = [b"data: ", b'{"content":', b'"content"', b'"text" :\t', b'"hi"', b'""', b'"a\\"b"', b"\\", b'"',
+                b"null", b"\n", b"\r", b"\r\n", b"x", b"}", b": ping", b'"reasoning_content":"\xc3\xa9"']
+
+
+def _count_reference(body: bytes, keys: tuple[bytes, ...]) -> list:
+    """What a counting tap reports: count_strings over each whole line (and the last, unended one)."""
+    import re
+
+    from proxywasm.taps import count_strings
+
+    n = size = 0
+    for line in re.split(rb"(?<=[\r\n])", body):
+        a, b = count_strings(line, keys)
+        n, size = n + a, size + b
+    return [n, size, n > 0]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.lists(st.sampled_from(_COUNT_BYTES), max_size=8).map(b"".join), min_size=1, max_size=8),
+       op=st.sampled_from(["count", "tap", "skip"]))
+def test_counting_tap_agrees_with_its_rule(host, chunks: list[bytes], op: str) -> None:
+    """count_response_strings, alone or with a tap or skipping, on random chunks: the counts (and whether a first
+    one was timed) are count_strings over the body's whole lines, on both hosts (C inside the VM), however cut."""
+    keys = (b"content", b"text", b"reasoning_content")
+    s, _ = send(host, op, **{"x-count-keys": "content,text,reasoning_content", "x-keep": "64"})
+    s.send_response_headers({":status": "200"})
+    for c in chunks:
+        s.send_response_body(c, end_of_stream=False)
+    forwarded = s.response_body
+    s.send_response_body(b"end", end_of_stream=True)
+    report = json.loads(s.response_body[len(forwarded):])
+    counted = {"count": lambda r: r["count"], "tap": lambda r: r["count"], "skip": lambda r: json.loads(r[-1])}[op]
+    assert counted(report) == _count_reference(b"".join(chunks) + b"end", keys)
+    if op == "count":
+        assert report["calls"] == len(chunks) + 1  # counting alone: Python still sees every chunk
+
+
+def test_count_strings_rule() -> None:
+    from proxywasm.taps import count_strings
+
+    keys = (b"content", b"text")
+    assert count_strings(b'{"role":"assistant","content":""}', keys) == (0, 0)  # empty: no output
+    assert count_strings(b'{"content":null,"text": "ab"}', keys) == (1, 2)
+    assert count_strings(b'{"content":"say \\"content\\":\\"x\\""}', keys) == (1, len(rb'say \"content\":\"x\"'))  # quoted text is text
+    assert count_strings(b'{"content":"a\\\\"}{"content" : "b"}', keys) == (2, 4)  # an escaped backslash ends
+    assert count_strings(b'{"reasoning_content":"a","contents":"b","content":["c"]}', keys) == (0, 0)
+    assert count_strings(b'{"content":"unclosed', keys) == (0, 0)
 
 
 def test_response_tap_of_a_reset_stream(host) -> None:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ai/floor.py [--workloads W1,W2] [--seconds 5]     (just bench-floor)
 
-Builds three Python plugins from bench/ai/floor/ and runs each as system b of bench/ai/run.py (same Envoy, mock,
+Builds three Python plugins from bench/ai/floor_plugins/ and runs each as system b of bench/ai/run.py (same Envoy, mock,
 wrk and pinning), next to a (Envoy alone) and the real ai-gateway:
 
 - noop: overrides no stream callback (Envoy still creates and deletes a context per stream);
@@ -31,7 +31,7 @@ for _p in (REPO, REPO / "plugin", REPO / "build"):
         sys.path.insert(0, str(_p))
 
 from bench import measure as m  # noqa: E402
-from bench.ai import instructions, run  # noqa: E402
+from bench.ai import instructions, run, systems  # noqa: E402
 
 FLOORS = {
     "noop": "Python plugin overriding no stream callback",
@@ -47,11 +47,11 @@ def build(name: str) -> Path:
         from pwbuild.toolchain import Toolchain
 
         cmd = Toolchain.locate().zig("cc", "--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-s",
-                                     str(Path(__file__).parent / "floor" / "native_minimal.c"), "-o", str(out))
+                                     str(Path(__file__).parent / "floor_plugins" / "native_minimal.c"), "-o", str(out))
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         return out
     subprocess.run([sys.executable, str(REPO / "build" / "pwbuild"), f"floor_{name}", "-o", str(out),
-                    "--path", str(Path(__file__).parent / "floor")], check=True, stdout=subprocess.DEVNULL)
+                    "--path", str(Path(__file__).parent / "floor_plugins")], check=True, stdout=subprocess.DEVNULL)
     return out
 
 
@@ -63,16 +63,16 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     workloads = [w.strip().upper() for w in a.workloads.split(",") if w.strip()]
     args = run.parse_args(["--only", "a", *workloads, "--seconds", str(a.seconds)])
-    modules = {name: build(name) for name in FLOORS} | {"ai-gateway": run.MODULE}
+    modules = {name: build(name) for name in FLOORS} | {"ai-gateway": systems.MODULE}
     ncpu = os.cpu_count() or 1
     cpus, wrk_cpus = ({0}, {1}) if ncpu >= 2 else (None, None)
     r: dict = {"when": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "workloads": workloads,
                "loadavg_1m_at_start": os.getloadavg()[0], "systems": {}}
-    run.log("system a")
+    systems.log("system a")
     r["systems"]["a"] = run.measure("a", args, cpus, wrk_cpus)
     for name, module in modules.items():
-        run.MODULE = module
-        run.log(f"system b with {module.name}")
+        args.module = module
+        systems.log(f"system b with {module.name}")
         cell = run.measure("b", args, cpus, wrk_cpus)
         fuel = instructions.measure(module, workloads, n=30)
         for wl in workloads:

@@ -18,7 +18,7 @@ for _p in (REPO, REPO / "plugin", REPO / "build"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from bench.ai.run import PLUGIN_CONFIG, canned_json, canned_sse  # noqa: E402
+from bench.ai.systems import PLUGIN_CONFIG, canned_json, canned_sse  # noqa: E402
 from proxywasm.testing.wasm_fast import FastWasmHost  # noqa: E402  (raw wasmtime calls)
 
 FUEL = 10**15

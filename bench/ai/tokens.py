@@ -35,7 +35,7 @@ for _p in (REPO, REPO / "plugin", REPO / "build"):
         sys.path.insert(0, str(_p))
 
 from bench import measure as m  # noqa: E402
-from bench.ai import run  # noqa: E402
+from bench.ai import run, systems  # noqa: E402
 from e2e.envoy import Envoy, free_port  # noqa: E402
 from e2e.mock_vllm.process import spawn  # noqa: E402
 
@@ -50,7 +50,7 @@ CASES = {"a": ("a", True), "b/passthrough": ("b", True), "b/rewritten": ("b", Fa
 
 def envoy_yaml(system: str, admin: int, listen: int, upstream: int) -> str:
     """bench/ai/run.py's config for ``system`` with its cluster ``llm`` on the mock, without the canned listener."""
-    cfg = json.loads(run.envoy_config(system, admin, listen, free_port()))
+    cfg = json.loads(systems.envoy_config(system, admin, listen, free_port()))
     cfg["static_resources"]["listeners"] = cfg["static_resources"]["listeners"][:1]
     for c in cfg["static_resources"]["clusters"]:
         for ep in c["load_assignment"]["endpoints"][0]["lb_endpoints"]:
@@ -71,7 +71,7 @@ def one_run(system: str, usage: bool, mock_port: int, a: argparse.Namespace) -> 
             tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
         pid = envoy.proc.pid  # type: ignore[union-attr]
         m.pin(pid, {0})
-        lua.write(body + "\n" + run.STATUS_LUA.read_text())
+        lua.write(body + "\n" + systems.STATUS_LUA.read_text())
         lua.flush()
         url = f"http://127.0.0.1:{listen}"
         run.run_wrk(url, Path(lua.name), 1, a.connections, {1})

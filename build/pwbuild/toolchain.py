@@ -46,14 +46,6 @@ class Toolchain:
         return [lib / "libpython3.11.a", lib / "libmpdec.a", lib / "libexpat.a"]
 
     @cached_property
-    def builtin_modules(self) -> frozenset[str]:
-        """Modules compiled into libpython (from its config.c inittab)."""
-        import re
-
-        cfg = self.stdlib / "config-3.11-wasm32-wasi" / "config.c"
-        return frozenset(re.findall(r'\{"([A-Za-z0-9_.]+)"', cfg.read_text()))
-
-    @cached_property
     def zig_dir(self) -> Path:
         import ziglang  # type: ignore[import-not-found]
 

@@ -81,6 +81,7 @@ static int32_t pw_call_export(int idx, const int32_t *v, int n, int32_t dflt);
 static PyObject *pw_tap_start(PyObject *self, PyObject *const *args, Py_ssize_t nargs); /* tap.c */
 static PyObject *pw_tap_take(PyObject *self, PyObject *arg);
 static PyObject *pw_tap_skip(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *pw_tap_count_keys(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 #define PW_NATIVE_HELPERS                                            \
   {"unpack_pairs", (PyCFunction)pw_unpack_pairs, METH_O, NULL},      \
@@ -90,7 +91,8 @@ static PyObject *pw_tap_skip(PyObject *self, PyObject *const *args, Py_ssize_t n
   {"json_index", (PyCFunction)pw_json_index, METH_O, NULL},      \
   {"tap_start", (PyCFunction)(void (*)(void))pw_tap_start, METH_FASTCALL, NULL}, \
   {"tap_take", (PyCFunction)pw_tap_take, METH_O, NULL},      \
-  {"tap_skip", (PyCFunction)(void (*)(void))pw_tap_skip, METH_FASTCALL, NULL},
+  {"tap_skip", (PyCFunction)(void (*)(void))pw_tap_skip, METH_FASTCALL, NULL}, \
+  {"tap_count", (PyCFunction)(void (*)(void))pw_tap_count_keys, METH_FASTCALL, NULL},
 
 #include "abi_glue.c"
 

@@ -11,6 +11,14 @@
  * Python as usual and disarm it (the plugin arms it again when it holds nothing back). A plugin rewriting a few
  * events of a stream (the gateway's usage-only event) then sees those only.
  *
+ * A tap can also count (tap_count, alone or with either of the above): in every response chunk from then on,
+ * whether Python sees it or not, the JSON members named by the plugin's keys whose value is a non-empty string,
+ * their string bytes (as sent, escapes included) and the time of the first chunk that completed a line holding
+ * one. Only whole lines are looked at (a member never spans lines; a line's end is LF or CR), the last line of a
+ * chunk is held until its end comes, so a chunk boundary anywhere changes nothing. The gateway counts generated
+ * output this way (content, reasoning, tool-call arguments): the true time to the first token, and a token
+ * estimate for servers that send no usage.
+ *
  * Taps live in an open-addressing table keyed by context id (linear probing, deletion by backward shift), freed
  * when the stream's context is deleted or the plugin takes the tap. proxywasm/taps.py has the same rules in
  * Python for the in-process test host. */
@@ -28,7 +36,18 @@ typedef struct {
     char needle[32], unless[16];
     uint32_t nlen, ulen;
   } marks[4];
+  int nkeys; /* counting (tap_count): keys as they appear in JSON, quotes included */
+  struct {
+    char name[32];
+    uint32_t len;
+  } keys[6];
+  char *line; /* the chunk's last line, not ended yet */
+  uint32_t line_len, line_cap;
+  uint64_t strings, string_bytes;
+  int64_t first_string_ns;
 } pw_tap;
+
+#define PW_MAX_LINE (1u << 16) /* a longer line is not counted */
 
 static pw_tap *pw_taps;
 static uint32_t pw_taps_cap, pw_taps_used; /* cap: 0 or a power of two */
@@ -63,6 +82,7 @@ static void pw_tap_remove(int32_t id) {
   pw_tap *t = pw_tap_find(id);
   if (!t) return;
   free(t->buf);
+  free(t->line);
   uint32_t i = (uint32_t)(t - pw_taps), mask = pw_taps_cap - 1;
   pw_taps_used--;
   /* Backward shift: move later entries of the run into the hole when their home slot allows it. */
@@ -90,14 +110,16 @@ static int pw_tap_append(pw_tap *t, const char *p, uint32_t n) {
   return 0;
 }
 
-/* Keep what the rules say of the current response chunk (`size` bytes); -1 when the host or memory failed. */
-static int pw_tap_feed(pw_tap *t, uint32_t size) {
+static int64_t pw_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts); /* the clock of proxywasm.hostcalls.now_ns */
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Keep what the rules say of the current response chunk, p[0:size] (the rules of proxywasm.taps._Tap.feed). */
+static int pw_tap_feed(pw_tap *t, const char *p, uint32_t size) {
   if (!size) return 0;
-  if (!t->total) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts); /* the clock of proxywasm.hostcalls.now_ns */
-    t->first_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-  }
+  if (!t->total) t->first_ns = pw_now_ns();
   t->total += size;
   uint32_t start = 0;
   if (t->total > t->whole_upto) { /* the body's end only: of this chunk, at most its last `keep` bytes */
@@ -113,12 +135,74 @@ static int pw_tap_feed(pw_tap *t, uint32_t size) {
       t->trimmed = 1;
     }
   }
-  char *p = NULL;
-  size_t n = 0;
-  int32_t st = proxy_get_buffer_bytes(1 /* HTTP_RESPONSE_BODY */, (int32_t)start, (int32_t)(size - start), &p, &n);
-  int r = st == 0 ? pw_tap_append(t, p ? p : "", (uint32_t)n) : -1;
-  free(p);
-  return r;
+  return pw_tap_append(t, p + start, size - start);
+}
+
+/* The counted members in p[0:n] (whole lines): the rules of proxywasm.taps.count_strings. */
+static void pw_count_strings(pw_tap *t, const char *p, size_t n) {
+  const char *end = p + n, *q = p;
+  while (q < end && (q = memchr(q, '"', (size_t)(end - q)))) {
+    int k = 0;
+    for (; k < t->nkeys; k++)
+      if ((size_t)(end - q) > t->keys[k].len && !memcmp(q, t->keys[k].name, t->keys[k].len)) break;
+    if (k == t->nkeys) {
+      q++;
+      continue;
+    }
+    q += t->keys[k].len;
+    while (q < end && (*q == ' ' || *q == '\t' || *q == ':')) q++;
+    if (q >= end || *q != '"') continue;
+    const char *open = ++q;
+    for (;;) { /* the closing quote: one not escaped (an even number of backslashes before it) */
+      q = memchr(q, '"', (size_t)(end - q));
+      if (!q) return; /* not closed on its line */
+      const char *b = q;
+      while (b > open && b[-1] == '\\') b--;
+      if (!((q - b) & 1)) break;
+      q++;
+    }
+    if (q > open) {
+      t->strings++;
+      t->string_bytes += (uint64_t)(q - open);
+    }
+    q++;
+  }
+}
+
+static int pw_line_add(pw_tap *t, const char *p, uint32_t n) {
+  if (t->line_len + n > PW_MAX_LINE) return -1;
+  if (t->line_len + n > t->line_cap) {
+    uint32_t cap = t->line_cap ? t->line_cap : 256;
+    while (cap < t->line_len + n) cap *= 2;
+    char *b = realloc(t->line, cap);
+    if (!b) return -1;
+    t->line = b;
+    t->line_cap = cap;
+  }
+  memcpy(t->line + t->line_len, p, n);
+  t->line_len += n;
+  return 0;
+}
+
+/* Count the whole lines the chunk p[0:n] completes; hold its last line until its end comes (or the body's). */
+static void pw_tap_count(pw_tap *t, const char *p, uint32_t n, int eos) {
+  uint64_t before = t->strings;
+  uint32_t cut = n;
+  while (cut && p[cut - 1] != '\n' && p[cut - 1] != '\r') cut--;
+  if (cut) {
+    if (t->line_len) { /* the held line ends in this chunk */
+      if (pw_line_add(t, p, cut) == 0) pw_count_strings(t, t->line, t->line_len);
+      t->line_len = 0;
+    } else {
+      pw_count_strings(t, p, cut);
+    }
+  }
+  if (cut < n && pw_line_add(t, p + cut, n - cut) < 0) t->line_len = 0; /* too long: not counted */
+  if (eos && t->line_len) {
+    pw_count_strings(t, t->line, t->line_len);
+    t->line_len = 0;
+  }
+  if (t->strings != before && !t->first_string_ns) t->first_string_ns = pw_now_ns();
 }
 
 /* Whether the chunk holds a marker: its needle, unless the 16 bytes after it, past spaces, tabs, line ends and
@@ -139,36 +223,48 @@ static int pw_tap_marked(const pw_tap *t, const char *p, size_t n) {
 
 static int pw_ends_event(const char *p, size_t n) { /* as ai_gateway.usage._EVENT_END */
   return (n >= 2 && ((p[n - 2] == '\n' && p[n - 1] == '\n') || (p[n - 2] == '\r' && p[n - 1] == '\r'))) ||
-         (n >= 4 && !memcmp(p + n - 4, "\r\n\r\n", 4));
+         (n >= 3 && !memcmp(p + n - 3, "\n\r\n", 3)) || (n >= 4 && !memcmp(p + n - 4, "\r\n\r\n", 4));
 }
 
-/* Skipping events: True when the chunk goes on without Python. */
-static int pw_tap_skips(pw_tap *t, uint32_t size, int eos) {
+/* Skipping events: True when the chunk p[0:size] goes on without Python (p NULL: it could not be read). */
+static int pw_tap_skips(pw_tap *t, const char *p, uint32_t size, int eos) {
   if (!size && !eos) return 1;
   int armed = t->armed;
   t->armed = 0;
   if (!armed || eos) return 0;
-  char *p = NULL;
-  size_t n = 0;
-  int skip = proxy_get_buffer_bytes(1 /* HTTP_RESPONSE_BODY */, 0, (int32_t)size, &p, &n) == 0 && n == size &&
-             pw_ends_event(p, n) && !pw_tap_marked(t, p, n);
-  free(p);
+  int skip = p && pw_ends_event(p, size) && !pw_tap_marked(t, p, size);
   t->armed = skip;
   t->total += size;
   return skip;
 }
 
-/* On a response body callback: True when the tap took the chunk and Python need not be called. */
+/* On a response body callback: True when the tap took the chunk and Python need not be called. The chunk is read
+ * once (one host call), when a rule needs it. */
 static int pw_tap_handles(int32_t id, uint32_t size, int eos) {
   pw_tap *t = pw_tap_find(id);
   if (!t) return 0;
-  if (t->skip) return pw_tap_skips(t, size, eos);
-  if (pw_tap_feed(t, size) < 0) {
+  int feeds = !t->skip && t->keep;
+  char *p = NULL;
+  size_t n = 0;
+  int read_ok = 1;
+  if (size && (t->nkeys || feeds || (t->skip && t->armed && !eos))) {
+    read_ok = proxy_get_buffer_bytes(1 /* HTTP_RESPONSE_BODY */, 0, (int32_t)size, &p, &n) == 0 && n == size;
+  }
+  if (t->nkeys && (read_ok || eos)) pw_tap_count(t, read_ok && p ? p : "", read_ok ? size : 0, eos);
+  int r;
+  if (t->skip) {
+    r = pw_tap_skips(t, read_ok ? p : NULL, size, eos);
+  } else if (!feeds) {
+    r = 0; /* counting only: Python sees every chunk */
+  } else if (!read_ok || pw_tap_feed(t, p ? p : "", size) < 0) {
     pw_log_error("python: response tap: cannot read the body chunk; the tap is dropped");
     pw_tap_remove(id); /* the plugin sees every chunk again, from the next one on */
-    return 0;
+    r = 0;
+  } else {
+    r = !eos;
   }
-  return !eos;
+  free(p);
+  return r;
 }
 
 static pw_tap *pw_tap_get(int32_t id) { /* the stream's tap, made if need be; NULL: out of memory */
@@ -228,14 +324,46 @@ static PyObject *pw_tap_skip(PyObject *self, PyObject *const *args, Py_ssize_t n
   Py_RETURN_NONE;
 }
 
-/* tap_take(context_id) -> (data, total, first_ns, trimmed) or None; the tap is gone afterwards. */
+/* tap_count(context_id, keys): count the members named by keys (at most 6 bytes objects of 1..29 bytes, without
+ * quotes) whose value is a non-empty string, from the next chunk on (see the top). */
+static PyObject *pw_tap_count_keys(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+  if (nargs != 2) return pw_arg_count("tap_count", 2, nargs);
+  long id = PyLong_AsLong(args[0]);
+  if (id == -1 && PyErr_Occurred()) return NULL;
+  PyObject *keys = args[1];
+  if (id <= 0 || !PyTuple_Check(keys) || PyTuple_GET_SIZE(keys) > 6 || !PyTuple_GET_SIZE(keys))
+    return PyErr_Format(PyExc_ValueError, "tap_count: bad arguments");
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys); i++) {
+    PyObject *k = PyTuple_GET_ITEM(keys, i);
+    if (!PyBytes_Check(k) || PyBytes_GET_SIZE(k) < 1 || PyBytes_GET_SIZE(k) > 29)
+      return PyErr_Format(PyExc_ValueError, "tap_count: keys must be bytes of 1..29 bytes");
+  }
+  pw_tap *t = pw_tap_get((int32_t)id);
+  if (!t) return PyErr_NoMemory();
+  t->nkeys = 0;
+  for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys); i++) {
+    PyObject *k = PyTuple_GET_ITEM(keys, i);
+    uint32_t len = (uint32_t)PyBytes_GET_SIZE(k);
+    t->keys[i].name[0] = '"';
+    memcpy(t->keys[i].name + 1, PyBytes_AS_STRING(k), len);
+    t->keys[i].name[len + 1] = '"';
+    t->keys[i].len = len + 2;
+    t->nkeys++;
+  }
+  Py_RETURN_NONE;
+}
+
+/* tap_take(context_id) -> (data, total, first_ns, trimmed, strings, string_bytes, first_string_ns) or None; the tap
+ * is gone afterwards. */
 static PyObject *pw_tap_take(PyObject *self, PyObject *arg) {
   long id = PyLong_AsLong(arg);
   if (id == -1 && PyErr_Occurred()) return NULL;
   pw_tap *t = pw_tap_find((int32_t)id);
   if (!t) Py_RETURN_NONE;
-  PyObject *r = Py_BuildValue("(y#KLO)", t->buf ? t->buf : "", (Py_ssize_t)t->len, (unsigned long long)t->total,
-                              (long long)t->first_ns, t->trimmed ? Py_True : Py_False);
+  PyObject *r = Py_BuildValue("(y#KLOKKL)", t->buf ? t->buf : "", (Py_ssize_t)t->len, (unsigned long long)t->total,
+                              (long long)t->first_ns, t->trimmed ? Py_True : Py_False,
+                              (unsigned long long)t->strings, (unsigned long long)t->string_bytes,
+                              (long long)t->first_string_ns);
   pw_tap_remove((int32_t)id);
   return r;
 }

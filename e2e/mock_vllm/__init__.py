@@ -59,10 +59,15 @@ Failure injection (applies to POST /v1/chat/completions and /v1/completions only
     ``drop_after_chunks`` (streaming: send N events, then close the TCP connection without the terminating chunk;
     non-streaming: send the headers and half the body, then close), ``drop`` (close without any response),
     ``reset`` (make those closes a TCP RST instead of a FIN), ``fail_count`` (the fault applies to the next N
-    completion requests only, then clears itself).
+    completion requests only, then clears itself). Real servers' ways: ``no_usage`` (ignore
+    ``stream_options.include_usage`` and send no ``usage`` at all, as older llama.cpp and some TGI builds do),
+    ``ping_ms`` (streaming: while ``ttft_ms`` passes, an SSE comment ``: ping - <time>`` every ``ping_ms``, as
+    sse-starlette servers do while a request is queued), ``sse_newline`` (``lf``, ``crlf`` or ``cr``: the line end
+    of every event, its blank line made of two).
     Per request, headers override the persistent fault: ``x-mock-status``, ``x-mock-message``,
     ``x-mock-retry-after``, ``x-mock-delay-ms``, ``x-mock-ttft-ms``, ``x-mock-token-delay-ms``,
-    ``x-mock-drop-after-chunks``, ``x-mock-drop`` (``1``/``true``), ``x-mock-reset``.
+    ``x-mock-drop-after-chunks``, ``x-mock-drop`` (``1``/``true``), ``x-mock-reset``, ``x-mock-no-usage``,
+    ``x-mock-ping-ms``, ``x-mock-sse-newline``.
 
 Recorded requests
     ``MockServer.requests`` (the last 1000, ``Recorded``: method, path, query, headers lowercased, body = parsed

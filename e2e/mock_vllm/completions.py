@@ -54,8 +54,8 @@ class Completions:
         _sleep_ms(fault.delay_ms if mock.engine else 0)
         with mock.admit(gen) as ticket:
             _sleep_ms(0 if mock.engine else fault.delay_ms)
-            if req.get("stream"):
-                include_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+            if req.get("stream"):  # a server that ignores include_usage (no_usage) sends none, even when asked
+                include_usage = bool((req.get("stream_options") or {}).get("include_usage")) and not fault.no_usage
                 return self._stream(mock, kind, gen, ticket, rid, created, model, include_usage, fault, token_delay,
                                     t0)
             ticket.wait(len(gen.tokens))
@@ -68,8 +68,9 @@ class Completions:
                 choice = {"index": 0, "text": gen.text, "logprobs": None, "finish_reason": gen.finish_reason,
                           "stop_reason": None}
             doc = {"id": rid, "object": "chat.completion" if kind == "chat" else "text_completion",
-                   "created": created, "model": model, "choices": [choice],
-                   "usage": {**gen.usage(), "prompt_tokens_details": None}}
+                   "created": created, "model": model, "choices": [choice]}
+            if not fault.no_usage:
+                doc["usage"] = {**gen.usage(), "prompt_tokens_details": None}
             data = _dumps(doc)
             mock.metrics.first_token(time.monotonic() - t0)
             if fault.drop_after_chunks is not None:
@@ -133,8 +134,19 @@ class Completions:
                     mock.metrics.first_token(time.monotonic() - t0)
 
         generated = 0
+        nl = fault.newline
         try:
-            _sleep_ms(fault.ttft_ms)
+            if fault.ping_ms:  # queued: SSE comments until the first token (sse-starlette's keep-alive)
+                waited = 0
+                while waited + fault.ping_ms <= fault.ttft_ms:
+                    _sleep_ms(fault.ping_ms)
+                    waited += fault.ping_ms
+                    ping = b": ping - %s%s%s" % (time.strftime("%Y-%m-%d %H:%M:%S").encode(), nl, nl)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(ping), ping))
+                    self.wfile.flush()
+                _sleep_ms(fault.ttft_ms - waited)
+            else:
+                _sleep_ms(fault.ttft_ms)
             for n, (doc, carried) in enumerate(events):
                 if fault.drop_after_chunks is not None and n >= fault.drop_after_chunks:
                     break
@@ -145,7 +157,8 @@ class Completions:
                 if not ticket.ready(need):
                     flush()
                     ticket.wait(need)
-                payload = b"data: [DONE]\n\n" if doc is None else b"data: " + _dumps(doc) + b"\n\n"
+                payload = b"data: [DONE]" if doc is None else b"data: " + _dumps(doc)
+                payload += nl + nl
                 pending.append(b"%x\r\n%s\r\n" % (len(payload), payload))
                 if not ticket.coalesce:
                     flush()

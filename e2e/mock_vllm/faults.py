@@ -21,6 +21,9 @@ class Fault:
     drop: bool = False
     reset: bool = False
     fail_count: int | None = None
+    no_usage: bool = False
+    ping_ms: int = 0
+    sse_newline: str = "lf"
 
     @classmethod
     def parse(cls, doc: Mapping[str, Any]) -> Fault:
@@ -33,8 +36,12 @@ class Fault:
         for key, value in doc.items():
             if value is None:
                 continue
-            if key in ("drop", "reset"):
+            if key in ("drop", "reset", "no_usage"):
                 out[key] = _as_bool(key, value)
+            elif key == "sse_newline":
+                if value not in SSE_NEWLINES:
+                    raise ValueError(f"fault 'sse_newline' must be one of {sorted(SSE_NEWLINES)}, got {value!r}")
+                out[key] = value
             elif key == "message":
                 out[key] = str(value)
             elif key == "retry_after":
@@ -48,12 +55,20 @@ class Fault:
         return cls(**out)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v not in (None, False, 0)}
+        return {k: v for k, v in asdict(self).items() if v not in (None, False, 0) and (k, v) != ("sse_newline", "lf")}
+
+    @property
+    def newline(self) -> bytes:
+        return SSE_NEWLINES[self.sse_newline]
+
+
+SSE_NEWLINES = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
 
 
 HEADER_FAULTS = {"x-mock-status": "status", "x-mock-message": "message", "x-mock-retry-after": "retry_after",
                  "x-mock-delay-ms": "delay_ms", "x-mock-ttft-ms": "ttft_ms", "x-mock-token-delay-ms": "token_delay_ms",
-                 "x-mock-drop-after-chunks": "drop_after_chunks", "x-mock-drop": "drop", "x-mock-reset": "reset"}
+                 "x-mock-drop-after-chunks": "drop_after_chunks", "x-mock-drop": "drop", "x-mock-reset": "reset",
+                 "x-mock-no-usage": "no_usage", "x-mock-ping-ms": "ping_ms", "x-mock-sse-newline": "sse_newline"}
 
 
 def _as_int(key: str, value: Any, lo: int, hi: int | None = None) -> int:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from proxywasm import RootContext, set_root_context
 from proxywasm import hostcalls as hc
 
-from . import config, picker
+from . import config, observe, picker
 from .probe import probe_keys, probe_period_ms
 from .stream import GatewayStream
 
@@ -26,9 +26,15 @@ class GatewayRoot(RootContext):
     probe_ms = 0  # key probes' period
     next_probe_ms = 0
     pickers: list = []  # every config's endpoint pickers (scraped on ticks)
+    # every config's routing, model and endpoint headers (no configuration: the defaults)
+    strip_headers: tuple = ("x-ai-attempt-ticket", "x-ai-model", "x-ai-upstream", "x-gateway-destination-endpoint")
+    other_strip: dict = {}  # id(config) -> the other configs' headers of that kind
 
     def on_config_loaded(self) -> None:
         configs = self.configs()
+        self.strip_headers = tuple(sorted({n for c in configs for n in c.strip_headers})) or GatewayRoot.strip_headers
+        self.other_strip = {id(c): tuple(n for n in self.strip_headers if n not in c.strip_headers) for c in configs}
+        observe.MAX_CONSUMERS = max([c.max_consumers for c in configs] or [observe.MAX_CONSUMERS])
         self.probe_ms = probe_period_ms(configs)
         self.pickers = [p for c in configs for p in c.pickers.values()]
         period = min(p for p in (self.probe_ms, picker.period_ms(self.pickers), 1 << 30) if p)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from proxywasm import ConfigError, Fields, factory, record
 
+from .fieldcheck import echo, header_name, header_value, token, url_path
 from .keys import KeyPoolConfig, parse_pool
+from .picker.config import DEFAULT_HEADER as PICKER_HEADER
 from .picker.config import Pools
 
 TYPE_CHECKING = False
@@ -37,12 +39,13 @@ class StatusSet:
         codes, classes = set(), set()
         for i, item in enumerate(raw):
             s = str(item).strip().lower()
-            if len(s) == 3 and s[0] in "12345" and s[1:] == "xx":
+            if len(s) == 3 and s[0] in "45" and s[1:] == "xx":
                 classes.add(int(s[0]))
-            elif s.isascii() and s.isdigit() and 100 <= int(s) <= 599:
+            elif s.isascii() and s.isdigit() and len(s) == 3 and 400 <= int(s) <= 599:
                 codes.add(int(s))
             else:
-                raise ConfigError(f"{f.path(key)}[{i}]: must be an HTTP status (429) or class (\"5xx\"), got {item!r}")
+                raise ConfigError(f"{f.path(key)}[{i}]: must be an error status (429, 400-599) or class "
+                                  f"(\"4xx\", \"5xx\"), got {echo(str(item))}")
         return cls(frozenset(codes), frozenset(classes))
 
 
@@ -53,7 +56,7 @@ class FallbackPolicy:
     mode: str  # SEQ: in order; RAND: random order
     max_attempts: int  # upstream attempts in all, the first one included
     timeout_ms: int  # total budget for the fallback attempts (callouts)
-    cluster: str = ""  # an Envoy aggregate cluster: attempts are Envoy retries (see attempt_filter.py)
+    cluster: str = ""  # an Envoy aggregate cluster: attempts are Envoy retries (see retries.py)
     first_byte_timeout_ms: int = 0  # per attempt, until response headers (Envoy retries); 0: none
     retry_headers: tuple = ()  # the request headers that give Envoy this policy (with ``cluster``)
 
@@ -106,6 +109,8 @@ class Config:
     pickers: dict = factory(dict)  # cluster -> picker.EndpointPicker (models[].endpoint_picker)
     picker_headers: tuple = ()  # their destination headers: never accepted from clients
     request_headers: tuple = ()  # every request header the gateway reads (bytes): only these are decoded
+    strip_headers: tuple = ()  # routing, model and endpoint headers: removed from every client request
+    max_consumers: int = 1000  # distinct consumer labels in metrics (process-wide); then "_other"
     attempt_filter: bool = False  # this instance is the upstream (per-attempt) filter, not the router-level one
 
     @property
@@ -123,20 +128,14 @@ def _fallback(f: Fields | None, defaults: Fields | None, own: str, keys: KeyPool
         raise ConfigError(f"{merged.path('models')}: must name at least one model")
     if own in models:
         raise ConfigError(f"{merged.path('models')}: must not contain the model itself ({own!r})")
-    mode = merged.choice("mode", ("SEQ", "RAND"), "SEQ")
+    if len(set(models)) != len(models):
+        raise ConfigError(f"{merged.path('models')}: has duplicates (each model is tried at most once)")
+    on_status, mode, max_attempts, timeout_ms, first_byte_timeout_ms = _policy(merged, len(models))
     cluster = merged.str("cluster", "")
     if cluster and mode != "SEQ":
         raise ConfigError(f"{merged.path('mode')}: must be SEQ with cluster (Envoy tries the aggregate "
                           "cluster's clusters in their order)")
-    policy = FallbackPolicy(
-        models=models,
-        on_status=StatusSet.parse(merged, "on_status", ("5xx",)),
-        mode=mode,
-        max_attempts=merged.int("max_attempts", len(models) + 1, min=2, max=10),
-        timeout_ms=merged.int("timeout_ms", 60_000, min=100, max=600_000),
-        cluster=cluster,
-        first_byte_timeout_ms=merged.int("first_byte_timeout_ms", 0, min=0, max=600_000),
-    )
+    policy = FallbackPolicy(models, on_status, mode, max_attempts, timeout_ms, cluster, first_byte_timeout_ms)
     if cluster:
         policy.retry_headers = retry_headers(policy, keys)  # still being built: set once, here
     merged.done()
@@ -165,6 +164,48 @@ def retry_headers(policy: FallbackPolicy, keys: KeyPoolConfig | None) -> tuple[t
     return tuple(out)
 
 
+def _policy(f: Fields, n_models: int) -> tuple[StatusSet, str, int, int, int]:
+    """on_status, mode, max_attempts, timeout_ms, first_byte_timeout_ms of a fallback (or of the top-level
+    defaults)."""
+    return (StatusSet.parse(f, "on_status", ("5xx",)), f.choice("mode", ("SEQ", "RAND"), "SEQ"),
+            f.int("max_attempts", n_models + 1, min=2, max=10), f.int("timeout_ms", 60_000, min=100, max=600_000),
+            f.int("first_byte_timeout_ms", 0, min=0, max=600_000))
+
+
+def _paths(f: Fields) -> frozenset:
+    paths = f.str_list("paths", DEFAULT_PATHS)
+    if not paths:
+        raise ConfigError(f"{f.path('paths')}: must list at least one path")
+    for i, p in enumerate(paths):
+        url_path(f"{f.path('paths')}[{i}]", p)
+        if p != "/" and (p.endswith("/") or "//" in p or "/./" in p + "/" or "/../" in p + "/"):
+            raise ConfigError(f"{f.path('paths')}[{i}]: must be a normalised path (no //, dot segments or trailing /),"
+                              f" got {echo(p)}")
+    return frozenset(paths)
+
+
+def _distinct_headers(f: Fields, models: dict[str, Model], route: str, model: str, consumer: str,
+                      pickers: dict) -> None:
+    """The headers the gateway sets (routing, endpoint, credentials) are distinct from each other and from the
+    consumer header: a key must never become a cluster name or a metric label."""
+    if route == "authorization" or model == "authorization":
+        raise ConfigError(f"{f.path('route_header' if route == 'authorization' else 'model_header')}: "
+                          "must not be authorization")
+    if route == model:
+        raise ConfigError(f"{f.path('model_header')}: must differ from route_header ({route!r})")
+    headers = {p.header for p in pickers.values()}
+    if consumer and consumer in (route, model, "authorization", *headers):
+        raise ConfigError(f"{f.path('consumer_header')}: must not be {consumer!r} (a routing or credential header)")
+    for i, m in enumerate(models.values()):
+        pool = m.keys
+        if pool is not None and pool.header in (route, model, consumer, *headers):
+            raise ConfigError(f"models[{i}].api_keys.header: must not be {pool.header!r} (a routing or consumer "
+                              "header)")
+        picker = pickers.get(m.cluster)
+        if picker is not None and picker.header in (route, model):
+            raise ConfigError(f"models[{i}].endpoint_picker.header: must differ from route_header and model_header")
+
+
 def parse(doc: dict[str, Any]) -> Config:
     f = Fields(doc)
     if f.bool("attempt_filter", False):
@@ -180,24 +221,32 @@ def parse(doc: dict[str, Any]) -> Config:
         for key in defaults.doc:
             if key not in ("on_status", "mode", "max_attempts", "timeout_ms", "first_byte_timeout_ms"):
                 raise ConfigError(f"{defaults.path(key)}: unknown field (set models per model)")
+        _policy(defaults, 1)  # checked even where no model uses them
     models: dict[str, Model] = {}
     pools = Pools()
+    where: dict[str, str] = {}  # model name -> "models[i]", for errors found after the loop
     for m in f.objs("models", []):
-        name = m.str("name")
+        name = header_value(m, "name", m.str("name"))  # sent upstream in model_header
         if name in models:
             raise ConfigError(f"{m.path('name')}: duplicate model {name!r}")
+        where[name] = m.where
         mirror_f = m.obj("mirror", None)
         mirror = None
         if mirror_f is not None:
             mirror = Mirror(mirror_f.str("model"), mirror_f.number("percent", 100, min=0, max=100))
+            if mirror.model == name:
+                raise ConfigError(f"{mirror_f.path('model')}: must not be the model itself ({name!r})")
             mirror_f.done()
         keys_f = m.obj("api_keys", None)
         keys = parse_pool(keys_f, name) if keys_f is not None else None
+        upstream_model = m.str("upstream_model", name)
+        if not upstream_model.strip():
+            raise ConfigError(f"{m.path('upstream_model')}: must not be empty")
         models[name] = Model(
             name=name,
-            cluster=m.str("cluster"),
-            upstream_model=m.str("upstream_model", name),
-            authority=m.str("authority", ""),
+            cluster=token(m, "cluster"),
+            upstream_model=upstream_model,
+            authority=token(m, "authority", ""),
             fallback=_fallback(m.obj("fallback", None), defaults, name, keys),
             mirror=mirror,
             keys=keys,
@@ -219,19 +268,20 @@ def parse(doc: dict[str, Any]) -> Config:
         total = sum(t.weight for t in targets)
         if total <= 0:
             raise ConfigError(f"{a.path('targets')}: needs at least one target with a positive weight")
-        aliases[name] = Alias(name, tuple(targets), total, a.str("sticky_header", "").lower())
+        aliases[name] = Alias(name, tuple(targets), total, header_name(a, "sticky_header", ""))
         a.done()
     for m in models.values():
         for fb in m.fallback.models if m.fallback else ():
             if fb not in models:
-                raise ConfigError(f"models[{m.name}].fallback.models: unknown model {fb!r}")
+                raise ConfigError(f"{where[m.name]}.fallback.models: unknown model {fb!r}")
         if m.mirror and m.mirror.model not in models:
-            raise ConfigError(f"models[{m.name}].mirror.model: unknown model {m.mirror.model!r}")
+            raise ConfigError(f"{where[m.name]}.mirror.model: unknown model {m.mirror.model!r}")
     pickers = pools.finish()
-    route_header = f.str("route_header", "x-ai-upstream").lower()
-    model_header = f.str("model_header", "x-ai-model").lower()
-    consumer_header = f.str("consumer_header", "x-mse-consumer").lower()
-    picker_headers = tuple({p.header for p in pickers.values()})
+    route_header = header_name(f, "route_header", "x-ai-upstream")
+    model_header = header_name(f, "model_header", "x-ai-model")
+    consumer_header = header_name(f, "consumer_header", "")  # "" = no header is trusted to name the consumer
+    picker_headers = tuple(sorted({p.header for p in pickers.values()}))
+    _distinct_headers(f, models, route_header, model_header, consumer_header, pickers)
     read = {":method", ":path", "content-type", "content-length", "authorization", consumer_header, route_header,
             model_header, ATTEMPT_HEADER, *picker_headers, *(a.sticky_header for a in aliases.values()),
             *(p.criticality_header for p in pickers.values())}
@@ -241,7 +291,7 @@ def parse(doc: dict[str, Any]) -> Config:
         route_header=route_header,
         model_header=model_header,
         max_body_bytes=f.int("max_body_bytes", 10 * 1024 * 1024, min=1024, max=1 << 30),
-        paths=frozenset(f.str_list("paths", DEFAULT_PATHS)),
+        paths=_paths(f),
         models_endpoint=f.bool("models_endpoint", True),
         consumer_header=consumer_header,
         inject_stream_usage=f.bool("inject_stream_usage", True),
@@ -250,7 +300,10 @@ def parse(doc: dict[str, Any]) -> Config:
         metrics=f.bool("metrics", True),
         pickers=pickers,
         picker_headers=picker_headers,
-        request_headers=tuple(sorted(n.encode() for n in read if n)),
+        request_headers=tuple(sorted(n.encode() for n in {*read, PICKER_HEADER} if n)),
+        # the endpoint picker's standard header even without a picker: an ORIGINAL_DST cluster may read it
+        strip_headers=tuple(sorted({route_header, model_header, PICKER_HEADER, ATTEMPT_HEADER, *picker_headers})),
+        max_consumers=f.int("max_consumers", 1000, min=1, max=100_000),
     )
     f.done()
     return cfg

@@ -5,6 +5,12 @@ from __future__ import annotations
 import json
 
 JSON_HEADERS = (("content-type", "application/json"),)
+MAX_ECHO = 256  # characters of client input an error message repeats
+
+
+def shown(value: str) -> str:
+    """Client input as an error message repeats it: at most MAX_ECHO characters."""
+    return value if len(value) <= MAX_ECHO else value[:MAX_ECHO] + "..."
 
 
 def error_body(status: int, message: str, code: str, param: str | None = None) -> bytes:

@@ -4,9 +4,10 @@ Used where Envoy retries cannot be (no ``fallback.cluster``: no aggregate cluste
 retry on the same model); retries.py is the streaming path. The failed upstream response is held (its
 headers paused); each attempt is an HTTP callout addressed by ``attempt.address``. The plan: first, if the failure was
 the API key's (401/403/429), the same model once more with another healthy key; then the
-fallback models. The first answer that is not a trigger is sent to the client as a local
-reply; if every attempt fails, the held original response continues to the client.
-Attempts are bounded by ``max_attempts`` and ``timeout_ms`` and never repeat a model.
+fallback models, each of which also gets one more try with another key when its key fails. The first answer
+that is not a trigger is sent to the client as a local reply; if every attempt fails, the held original
+response continues to the client. Attempts are bounded by ``max_attempts`` and ``timeout_ms`` and repeat a
+model only for its one key retry.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class Fallback:
         self.current: Model | None = None
         self.key: tuple[KeyPool, int] | None = None
         self.tried_keys = {primary.name: {key_idx}} if key_idx is not None else {}
+        self.key_retried = {primary.name} if key_retry else set()  # models already given a second key
 
     def start(self) -> None:
         self._next()
@@ -103,6 +105,15 @@ class Fallback:
         if self.key is not None:
             pool, idx = self.key
             pool.report(idx, status, hc.get_current_time_ns() // 1_000_000, resp.header("retry-after"))
+            model = self.current
+            if status in pool.cfg.eject_on and model is not None and model.name not in self.key_retried:
+                # The key failed, not the model: once more with another of its keys, as on the direct path.
+                hc.log(LogLevel.INFO, f"attempt on {model.name} answered {status}: retrying with another key")
+                self.key_retried.add(model.name)
+                self.order.insert(0, model.name)
+                self.max_attempts += 1
+                self._next()
+                return
         if status == 0 or status in self.triggers or status in self.key_triggers:
             hc.log(LogLevel.INFO, f"attempt on {self.current.name if self.current else '?'} "
                                   f"answered {status or 'nothing'}")

@@ -18,13 +18,14 @@ from _sha256 import sha256  # built into the WASI CPython; hashlib would import 
 from proxywasm import Counter, Gauge, LogLevel, MetricCache, record, shared
 from proxywasm import hostcalls as hc
 
+from .fieldcheck import has_control, header_name, header_value, url_path
 from .lease import take_lease
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import random
 
-_REC = struct.Struct("<QII")  # out_until_ms, consecutive 5xx, ejections
+_REC = struct.Struct("<QIII")  # out_until_ms, consecutive 5xx, ejections, held (1: out by the provider's Retry-After)
 MAX_RETRY_AFTER_S = 86_400  # up to a day, as cooldown_ms
 _COUNTERS = MetricCache(Counter)
 _GAUGES = MetricCache(Gauge)
@@ -61,7 +62,7 @@ class KeyPoolConfig:
 
 def _decode(raw: bytes | None, n: int) -> list[list[int]]:
     if raw is None or len(raw) != _REC.size * n:
-        return [[0, 0, 0] for _ in range(n)]  # new pool, or the key list changed
+        return [[0, 0, 0, 0] for _ in range(n)]  # new pool, or the key list changed
     return [list(_REC.unpack_from(raw, i * _REC.size)) for i in range(n)]
 
 
@@ -141,7 +142,7 @@ class KeyPool:
             cur = _decode(raw, len(self.cfg.keys))
             for i in back:
                 if 0 < cur[i][0] <= now_ms:
-                    cur[i][0] = 0
+                    cur[i][0] = cur[i][3] = 0
                     cleared.append(i)
             return _encode(cur)
 
@@ -156,12 +157,13 @@ class KeyPool:
     def report(self, idx: int, status: int, now_ms: int, retry_after: str | None = None) -> bool:
         """Account an answer got with key ``idx``; True if the key was taken out by it."""
         cfg = self.cfg
-        eject_ms = 0
+        eject_ms = held = 0
         if status in cfg.eject_on:
             eject_ms = cfg.cooldown_ms
             secs = (retry_after or "").strip()
             if status == 429 and secs.isascii() and secs.isdigit():  # honour the provider's Retry-After (<= a day)
                 eject_ms = (min(int(secs), MAX_RETRY_AFTER_S) if len(secs) <= 9 else MAX_RETRY_AFTER_S) * 1000
+                held = 1  # the provider said when: no probe puts the key back earlier
         is_5xx = status >= 500 or status == 0
         if is_5xx or eject_ms:
             _COUNTERS(self._metric(idx, "failures")).increment()
@@ -178,7 +180,7 @@ class KeyPool:
                 rec[1] = 0
             out = eject_ms or (cfg.cooldown_ms if cfg.consecutive_5xx and rec[1] >= cfg.consecutive_5xx else 0)
             if out and rec[0] <= now_ms:
-                rec[0], rec[1], rec[2] = now_ms + out, 0, rec[2] + 1
+                rec[0], rec[1], rec[2], rec[3] = now_ms + out, 0, rec[2] + 1, held
                 ejected = True
             return _encode(recs)
 
@@ -197,16 +199,23 @@ class KeyPool:
                                   f"after status {status}")
         return ejected
 
-    def restore(self, idx: int) -> None:
-        """Put a key back (a probe succeeded)."""
+    def restore(self, idx: int) -> bool:
+        """Put a key back (a probe succeeded), unless the provider's Retry-After still holds it; True if back."""
+        restored = False
+
         def update(raw: bytes | None) -> bytes:
+            nonlocal restored
             recs = _decode(raw, len(self.cfg.keys))
-            recs[idx][0] = recs[idx][1] = 0
+            restored = not recs[idx][3]  # out until the provider's Retry-After: not the probe's to end
+            if restored:
+                recs[idx][0] = recs[idx][1] = 0
             return _encode(recs)
 
         shared.update(self.key, update)
-        _GAUGES(self._metric(idx, "available")).set(1)
-        hc.log(LogLevel.INFO, f"key {self.cfg.fingerprints[idx]} of {self.model} back in rotation")
+        if restored:
+            _GAUGES(self._metric(idx, "available")).set(1)
+            hc.log(LogLevel.INFO, f"key {self.cfg.fingerprints[idx]} of {self.model} back in rotation")
+        return restored
 
     def take_probe_lease(self, owner: int, now_ms: int) -> bool:
         """One worker probes per interval: a lease in shared data, taken by CAS."""
@@ -214,28 +223,59 @@ class KeyPool:
         return take_lease(self.lease_key, owner, now_ms, self.cfg.probe.interval_ms)
 
 
+def _key(where: str, raw: str) -> str:
+    """One key as configured: a single trailing newline (from a secret file) is removed; the key is never echoed."""
+    from proxywasm import ConfigError
+
+    key = raw[:-2] if raw.endswith("\r\n") else raw[:-1] if raw.endswith("\n") else raw
+    if not key:
+        raise ConfigError(f"{where}: must not be empty")
+    if has_control(key):
+        raise ConfigError(f"{where}: must not contain control characters (CR, LF, NUL, ...; only one trailing "
+                          "newline is removed)")
+    if key != key.strip():
+        raise ConfigError(f"{where}: must not begin or end with spaces")
+    return key
+
+
+def _env(f: object, i: int, name: str) -> str:
+    """A key from the VM's environment (Envoy: vm_config.environment_variables; Higress: vmConfig.env)."""
+    import os
+
+    from proxywasm import ConfigError
+
+    value = os.environ.get(name) if name else None
+    if value is None:
+        raise ConfigError(f"{f.path('keys_env')}[{i}]: environment variable {name!r} is not set in the Wasm VM "
+                          "(Envoy: vm_config.environment_variables.host_env_keys; Higress: vmConfig.env)")
+    return value
+
+
 def parse_pool(f: object, model: str) -> KeyPoolConfig:
     """Parse ``models[].api_keys`` (``f`` is a proxywasm.Fields)."""
     from proxywasm import ConfigError
 
-    keys = f.str_list("keys")
-    if not keys or any(not k for k in keys):
-        raise ConfigError(f"{f.path('keys')}: must be a non-empty list of non-empty keys")
+    keys = tuple(_key(f"{f.path('keys')}[{i}]", k) for i, k in enumerate(f.str_list("keys", ())))
+    keys += tuple(_key(f"{f.path('keys_env')}[{i}]", _env(f, i, name)) for i, name in enumerate(f.str_list("keys_env", ())))
+    if not keys:
+        raise ConfigError(f"{f.path('keys')}: must be a non-empty list of non-empty keys (or name them in keys_env)")
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{f.path('keys')}: has duplicates")
-    header = f.str("header", "authorization").lower()
+    header = header_name(f, "header", "authorization")
     probe_f = f.obj("probe", None)
     probe = None
     if probe_f is not None:
-        probe = Probe(probe_f.str("path", "/v1/models"), probe_f.int("interval_ms", 10_000, min=100, max=3_600_000),
+        probe = Probe(url_path(probe_f.path("path"), probe_f.str("path", "/v1/models")),
+                      probe_f.int("interval_ms", 10_000, min=100, max=3_600_000),
                       probe_f.int("timeout_ms", 3000, min=10, max=60_000))
         probe_f.done()
     eject = f.raw("eject_on", [401, 403, 429])
-    if not isinstance(eject, list) or not all(isinstance(s, int) and 100 <= s <= 599 for s in eject):
-        raise ConfigError(f"{f.path('eject_on')}: must be a list of HTTP statuses")
+    if not isinstance(eject, list) or not all(type(s) is int and 400 <= s <= 599 for s in eject):
+        raise ConfigError(f"{f.path('eject_on')}: must be a list of error statuses (400-599)")
+    prefix = f.str("prefix", "Bearer " if header == "authorization" else "", nonempty=False)
     cfg = KeyPoolConfig(
         keys=keys, fingerprints=tuple(fingerprint(k) for k in keys), header=header,
-        prefix=f.str("prefix", "Bearer " if header == "authorization" else "", nonempty=False),
+        prefix=header_value(f, "prefix", prefix),
         selection=f.choice("selection", ("round_robin", "random"), "round_robin"),
         eject_on=frozenset(eject), consecutive_5xx=f.int("consecutive_5xx", 3, min=0, max=1000),
         cooldown_ms=f.int("cooldown_ms", 30_000, min=1, max=86_400_000),

@@ -7,9 +7,12 @@ segments into Prometheus labels (see wasm-config/envoy/stats-tags.yaml):
 
 Counters: input_token, output_token, total_token, llm_service_duration (ms, sum),
 llm_duration_count, llm_first_token_duration (ms, sum), llm_stream_duration_count,
-request_total, error_total (5xx, no answer, or an answer cut off), fallback_total, attempt_failure_total (an
-upstream attempt on this model that failed and was followed by another: counted on the failed model's labels).
-Histograms (ms): llm_first_token_latency, llm_latency.
+request_total, error_total (5xx, no answer, or an answer cut off, unless the client left), cancelled_total (the client
+left before the answer's end), usage_estimated_total (served answers whose usage the server did not report: their
+tokens are estimated, see estimate.py), fallback_total, attempt_failure_total (an upstream attempt on this model
+that failed and was followed by another: counted on the failed model's labels). Histograms (ms):
+llm_first_token_latency, llm_latency.
+TTFT (llm_first_token_*, the AI log's ttft_ms) is the time to the first event carrying generated output.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from __future__ import annotations
 import re
 from json.encoder import encode_basestring_ascii
 
-from proxywasm import LogLevel, MetricType
+from proxywasm import LogLevel, MetricType, shared
 from proxywasm import hostcalls as hc
+from proxywasm.properties import response_code_details, response_flags
 
 from .usage import Usage
 
@@ -32,20 +36,64 @@ _str = encode_basestring_ascii  # a JSON string literal, in C
 
 
 def label(value: str) -> str:
-    """A stat-name segment: bounded, no spaces or control characters ('.' is kept for model names)."""
+    """A stat-name segment from the configuration: bounded, no spaces or control characters ('.' is kept for
+    model and cluster names, which the operator chooses)."""
     return _UNSAFE.sub("_", value)[:MAX_LABEL] or "none"
+
+
+# -- the consumer label: a client-influenced value, so sanitised to the label alphabet and bounded --
+
+_CONSUMER_UNSAFE = re.compile(r"[^A-Za-z0-9_@:|\-]")  # no '.': it would forge name segments
+CONSUMER_OTHER = "_other"  # every consumer beyond MAX_CONSUMERS distinct ones
+MAX_CONSUMERS = 1000  # set from the configuration (max_consumers)
+_ADMITTED_KEY = "aigw.consumers.n"  # shared data: how many labels this Envoy process admitted
+_CONSUMERS: dict[str, str] = {}  # consumer -> its label, as this VM decided
+
+
+def consumer_label(consumer: str) -> str:
+    """The consumer's metric label: ``none`` without one; its sanitised name while fewer than MAX_CONSUMERS
+    distinct labels exist in this Envoy process (shared data, all workers), else ``_other``. Envoy never frees
+    a stat, so this bounds what clients (or a flood of consumers) can make Envoy keep."""
+    got = _CONSUMERS.get(consumer)
+    if got is not None:
+        return got
+    name = _CONSUMER_UNSAFE.sub("_", consumer)[:MAX_LABEL] or "none"
+    if name != "none" and name != CONSUMER_OTHER and not _admit(name):
+        name = CONSUMER_OTHER
+    if len(_CONSUMERS) >= 2 * MAX_CONSUMERS:
+        _CONSUMERS.clear()
+    _CONSUMERS[consumer] = name
+    return name
+
+
+def _admit(name: str) -> bool:
+    key = "aigw.consumer." + name
+    if shared.get(key)[0] is not None:
+        return True  # admitted by this or another worker
+    admitted = False
+
+    def take(raw: bytes | None) -> bytes:
+        nonlocal admitted
+        n = int(raw or b"0")
+        admitted = n < MAX_CONSUMERS
+        return str(n + admitted).encode()
+
+    shared.update(_ADMITTED_KEY, take)
+    if admitted:
+        shared.set(key, b"1")
+    return admitted
 
 
 class Observation:
     """One answered request, as metrics and the AI log see it (a plain class, not a record: one is made per
     request, and a record's generic keyword __init__ costs microseconds inside V8)."""
 
-    __slots__ = ("attempts", "cluster", "complete", "consumer", "duration_ms", "fallback_from", "model", "route", "served",
-                 "status", "stream", "ttft_ms", "usage")
+    __slots__ = ("attempts", "cancelled", "cluster", "complete", "consumer", "duration_ms", "estimated",
+                 "fallback_from", "model", "route", "served", "status", "stream", "ttft_ms", "usage")
 
     def __init__(self, model: str, served: str, route: str, cluster: str, consumer: str, status: int, stream: bool,
                  usage: Usage | None, ttft_ms: int | None, duration_ms: int, fallback_from: str,
-                 complete: bool = True, attempts: str = "") -> None:
+                 complete: bool = True, estimated: bool = False, cancelled: bool = False) -> None:
         self.model = model  # as requested by the client (model or alias)
         self.served = served  # the model that answered
         self.route, self.cluster, self.consumer = route, cluster, consumer
@@ -53,12 +101,18 @@ class Observation:
         self.ttft_ms, self.duration_ms = ttft_ms, duration_ms
         self.fallback_from = fallback_from  # "" when no fallback happened
         self.complete = complete  # False: the response never reached its end (cut off, reset, client gone)
-        self.attempts = attempts  # JSON [["model", status], ...] when Envoy retried the request, else ""
+        self.estimated = estimated  # usage is the gateway's estimate (the server reported none)
+        self.cancelled = cancelled  # the client left before the end (not an upstream failure)
+        self.attempts = ""  # JSON [["model", status], ...] after a fallback (more than one attempt), else ""
 
     def log_record(self) -> str:
         """The AI log line (JSON). Assembled by hand: the JSON encoder costs ~5x more inside the VM."""
         u = self.usage
-        inp, out, total = (u.input, u.output, u.total) if u is not None else (0, 0, 0)
+        if u is None:
+            inp = out = total = source = "null"
+        else:
+            inp, out, total = str(u.input), str(u.output), str(u.total)
+            source = '"estimated"' if self.estimated else '"server"'
         key = (self.model, self.served, self.route, self.cluster, self.consumer)
         head = _HEADS.get(key)
         if head is None:
@@ -68,15 +122,16 @@ class Observation:
                                   f'"route":{_str(self.route)},"cluster":{_str(self.cluster)},'
                                   f'"consumer":{_str(self.consumer)},')
         ttft = self.ttft_ms
-        return _LINE % (head, self.status, _BOOL[self.stream], inp, out, total, _BOOL[u is not None],
-                        "null" if ttft is None else str(int(ttft)), self.duration_ms,
-                        _str(self.fallback_from) if self.fallback_from else "null", _BOOL[bool(self.complete)],
-                        self.attempts or "null")
+        return _LINE % (head, self.status, _BOOL[self.stream], inp, out, total, source,
+                        _BOOL[u is not None and not self.estimated], "null" if ttft is None else str(int(ttft)),
+                        self.duration_ms, _str(self.fallback_from) if self.fallback_from else "null",
+                        _BOOL[bool(self.complete)], _BOOL[bool(self.cancelled)], self.attempts or "null")
 
 
 # One %-format (in C) instead of an f-string of a dozen parts: the AI log line is made per request.
-_LINE = ('%s"status":%d,"stream":%s,"input_tokens":%d,"output_tokens":%d,"total_tokens":%d,"usage_known":%s,'
-         '"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s,"attempts":%s}')
+_LINE = ('%s"status":%d,"stream":%s,"input_tokens":%s,"output_tokens":%s,"total_tokens":%s,"usage_source":%s,'
+         '"usage_known":%s,"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s,"cancelled":%s,'
+         '"attempts":%s}')
 _HEADS: dict[tuple[str, str, str, str, str], str] = {}  # the AI log's label part, per label set
 _BOOL = {True: "true", False: "false"}
 
@@ -104,19 +159,22 @@ METRICS = ((_COUNTER, "request_total"), (_COUNTER, "llm_duration_count"), (_COUN
             (_COUNTER, "input_token"), (_COUNTER, "output_token"), (_COUNTER, "total_token"),
             (_COUNTER, "error_total"), (_COUNTER, "fallback_total"), (_COUNTER, "llm_first_token_duration"),
             (_COUNTER, "llm_stream_duration_count"), (_HISTOGRAM, "llm_first_token_latency"),
-            (_HISTOGRAM, "llm_latency"), (_COUNTER, "attempt_failure_total"))
+            (_HISTOGRAM, "llm_latency"), (_COUNTER, "usage_estimated_total"), (_COUNTER, "cancelled_total"),
+            (_COUNTER, "attempt_failure_total"))
+_ATTEMPT_FAILURE = len(METRICS) - 1
 _SERIES: dict[tuple[str, str, str, str], _Series] = {}
-MAX_SERIES = 10_000  # label sets cached per VM (consumers come from a header: bound what a client can grow)
+MAX_SERIES = 10_000  # label sets cached per VM
 
 
 def _series(o: Observation) -> _Series:
-    key = (o.route, o.cluster, o.served, o.consumer)
+    consumer = consumer_label(o.consumer)
+    key = (o.route, o.cluster, o.served, consumer)
     s = _SERIES.get(key)
     if s is None:
         if len(_SERIES) >= MAX_SERIES:
             _SERIES.clear()
         s = _SERIES[key] = _Series(f"route.{label(o.route)}.upstream.{label(o.cluster)}.model.{label(o.served)}"
-                                   f".consumer.{label(o.consumer)}.metric.")
+                                   f".consumer.{consumer}.metric.")
     return s
 
 
@@ -135,8 +193,12 @@ def record_metrics(o: Observation) -> None:
             m = ids[i] or mid(i)
             if n:
                 inc(m, n)
-    if o.status >= 500 or o.status == 0 or not o.complete:
+    if o.cancelled:
+        inc(ids[13] or mid(13), 1)
+    elif o.status >= 500 or o.status == 0 or not o.complete:
         inc(ids[6] or mid(6), 1)
+    if o.estimated:
+        inc(ids[12] or mid(12), 1)
     if o.fallback_from:
         inc(ids[7] or mid(7), 1)
     if o.ttft_ms is not None:
@@ -157,7 +219,7 @@ def record_failed_attempts(o: Observation, failed: list[tuple[str, str]]) -> Non
     """``attempt_failure_total`` for each (model, cluster) whose attempt failed before another was made."""
     for model, cluster in failed:
         s = _series(Observation(o.model, model, o.route, cluster, o.consumer, 0, o.stream, None, None, 0, ""))
-        hc._h.proxy_increment_metric(s.ids[12] or s.id(12), 1)
+        hc._h.proxy_increment_metric(s.ids[_ATTEMPT_FAILURE] or s.id(_ATTEMPT_FAILURE), 1)
 
 
 def publish(o: Observation, metrics: bool, to_filter_state: bool, to_log: bool) -> None:
@@ -170,3 +232,12 @@ def publish(o: Observation, metrics: bool, to_filter_state: bool, to_log: bool) 
             hc.log(LogLevel.INFO, "ai_log " + line)
     if metrics:
         record_metrics(o)
+
+
+DOWNSTREAM_TERMINATION = 0x4000  # Envoy's legacy response flag DC (downstream connection termination)
+
+
+def client_cancelled() -> bool:
+    """On a stream that ended early: whether the client left (Envoy's DC flag, or a downstream reason in the
+    response code details), rather than the upstream or Envoy failing."""
+    return bool(response_flags() & DOWNSTREAM_TERMINATION) or response_code_details().startswith("downstream_")

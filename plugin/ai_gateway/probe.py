@@ -1,5 +1,6 @@
 """Active probes of ejected API keys: on a tick, one worker (by lease) asks the upstream
-with each ejected key; a 2xx answer puts the key back before its cooldown ends."""
+with each ejected key; a 2xx answer puts the key back before its cooldown ends. A key the
+provider took out with a 429 and ``Retry-After`` is not probed: it comes back when that time is up."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def probe_keys(root: RootContext, configs: list[Config]) -> None:
             if not pool.take_probe_lease(VM_TOKEN, now_ms):
                 continue  # another worker probes this round
             for idx, rec in enumerate(pool.state()):
-                if rec[0] > now_ms:
+                if rec[0] > now_ms and not rec[3]:  # a provider's Retry-After beats the probe
                     _probe(root, model, idx)
 
 

@@ -19,6 +19,12 @@ _ENCODE_UTF8 = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encod
 _ENCODE_ASCII = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def json_media_type(content_type: str) -> bool:
+    """``application/json`` or any ``*/*+json`` / ``*/json`` type, parameters allowed (as FastAPI accepts)."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media.endswith(("/json", "+json")) and "/" in media
+
+
 class RequestDoc(JsonObject):
     """A request body known to be a JSON object (``model`` and ``stream`` are read without building it)."""
 

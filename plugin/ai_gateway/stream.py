@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 from proxywasm import Action, HttpContext, LogLevel
@@ -11,27 +10,25 @@ from proxywasm.properties import route_name
 
 from . import retries
 from .attempt import NO_KEYS, address, pool_of
-from .config import ATTEMPT_HEADER, Config, Model
-from .errors import JSON_HEADERS, GatewayError
+from .catalog import MODELS_PATH, is_model_path, model_object, models_list
+from .config import Config, Model
+from .errors import JSON_HEADERS, GatewayError, shown
 from .fallback import Fallback
-from .observe import Observation, attempts_json, publish, record_failed_attempts
+from .observe import Observation, attempts_json, client_cancelled, publish, record_failed_attempts
+from .paths import normalize
 from .picker import route as pick_endpoint
 from .reader import AnswerReader
-from .request import duplicate_model, needs_usage, parse_body, with_usage_requested
+from .request import duplicate_model, json_media_type, needs_usage, parse_body, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
 
 RNG = random.Random()  # seeded from the host's random_get, per VM
+_RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")
 _warned_no_filter = [False]
 
 
 def _key_statuses(model: Model) -> frozenset:
     return model.keys.eject_on if model.keys else frozenset()
-_RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")
-def models_list(cfg: Config) -> bytes:
-    names = [*cfg.models, *cfg.aliases]
-    return json.dumps({"object": "list", "data": [
-        {"id": n, "object": "model", "created": 0, "owned_by": "ai-gateway"} for n in names]}).encode()
 
 
 class GatewayStream(AnswerReader, HttpContext):
@@ -45,6 +42,7 @@ class GatewayStream(AnswerReader, HttpContext):
     stream = False  # the client asked for SSE
     drop_usage = False  # the gateway asked for usage on the client's behalf
     status = 0
+    body = b""  # the request as the client sent it (an input estimate reads it, when the server reports no usage)
     published = False
     key_idx: int | None = None  # index of the pool key this request went out with
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
@@ -56,36 +54,44 @@ class GatewayStream(AnswerReader, HttpContext):
     def on_request_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         cfg: Config | None = self.config
         h = self.request_headers
+        root = self.root
         if cfg is None or not cfg.enabled:
             if cfg is not None and cfg.attempt_filter:  # this instance is the upstream (per-attempt) filter
                 return retries.on_attempt_headers(self)
-            # Off for this stream, yet the routing headers stay the gateway's: a client must not pick a cluster.
-            for c in (cfg,) if cfg is not None else self.root.configs():
-                h.remove(c.route_header)
-                h.remove(c.model_header)
-            h.remove(ATTEMPT_HEADER)
+            # Off for this stream, yet the routing, model and endpoint headers of every configuration stay the
+            # gateway's: a client must not pick a cluster or an address.
+            for name in root.strip_headers:
+                h.remove(name)
             return Action.CONTINUE
         hd = h.snapshot(cfg.request_headers)  # one host call for the headers read below and later
-        # Only the gateway may choose upstreams: a client cannot route by sending these itself.
-        if cfg.route_header in hd:
-            h.remove(cfg.route_header)
-        if cfg.model_header in hd:
-            h.remove(cfg.model_header)
-        if ATTEMPT_HEADER in hd:
-            h.remove(ATTEMPT_HEADER)
-        for name in cfg.picker_headers:  # nor a model server pod (models[].endpoint_picker)
+        # Only the gateway may choose upstreams: a client cannot route (cluster, model, pod) by sending these.
+        for name in cfg.strip_headers:
             if name in hd:
                 h.remove(name)
+        for name in root.other_strip.get(id(cfg), ()):  # those of the other configurations (_rules_)
+            h.remove(name)
         method = hd.get(":method")
-        path = hd.get(":path", "").split("?", 1)[0]
-        if path == "/v1/models" and method == "GET" and cfg.models_endpoint:
-            self.send_local_response(200, models_list(cfg), JSON_HEADERS)
-            return Action.PAUSE
+        raw, _, query = hd.get(":path", "").partition("?")
+        path = normalize(raw)
+        if method == "GET" and cfg.models_endpoint and path.startswith(MODELS_PATH):
+            if path == MODELS_PATH:
+                self.send_local_response(200, models_list(cfg), JSON_HEADERS)
+                return Action.PAUSE
+            if is_model_path(path):
+                try:
+                    self.send_local_response(200, model_object(cfg, path), JSON_HEADERS)
+                except GatewayError as e:
+                    return self._reject(e)
+                return Action.PAUSE
         if method != "POST" or path not in cfg.paths:
             return Action.CONTINUE
-        ctype = hd.get("content-type", "").lower()
-        if ctype and "json" not in ctype:
-            return Action.CONTINUE  # not ours to judge: pass through untouched
+        if path != raw:  # the upstream gets the path the gateway judged (paths.py)
+            h.set(":path", path + "?" + query if query else path)
+        ctype = hd.get("content-type")
+        if ctype and ctype != "application/json" and not json_media_type(ctype):
+            return self._reject(GatewayError(
+                415, f"Content-Type must be application/json for {path}, got {shown(ctype)!r}",
+                "unsupported_content_type"))
         if end_of_stream:
             return self._reject(GatewayError(400, "request body is required", "missing_body"))
         length = hd.get("content-length", "").lstrip("0")
@@ -93,7 +99,8 @@ class GatewayStream(AnswerReader, HttpContext):
             return self._reject(self._too_large(cfg))
         self.active = True
         self.started_ns = hc.now_ns()
-        self.consumer = hd.get(cfg.consumer_header, "")
+        if cfg.consumer_header:  # declared trusted by the operator (set by an authentication in front)
+            self.set_consumer(hd.get(cfg.consumer_header, ""))
         self.headers_in = hd
         return Action.PAUSE  # hold the headers until the body names the model
 
@@ -113,19 +120,24 @@ class GatewayStream(AnswerReader, HttpContext):
             return self._reject(e)
         return Action.CONTINUE
 
+    def set_consumer(self, name: str) -> None:
+        """The one place that names the stream's consumer (metrics, AI log): the trusted consumer header, or the
+        gateway's own authentication. Metric labels are bounded and sanitised in observe.consumer_label."""
+        self.consumer = name
+
     def _route(self, cfg: Config, body: bytes) -> None:
         doc, requested = parse_body(body)
         h = self.request_headers
         model = resolve(cfg, requested, self.headers_in.get, RNG)
         if model is None:
-            raise GatewayError(404, f"The model `{requested}` does not exist.", "model_not_found", "model")
+            raise GatewayError(404, f"The model `{shown(requested)}` does not exist.", "model_not_found", "model")
         rewrite = model.upstream_model != requested or duplicate_model(doc)  # one "model" goes upstream
         self.stream = doc.get("stream") is True
         if cfg.inject_stream_usage and needs_usage(doc):
             doc = with_usage_requested(doc)  # usage metrics need the final usage chunk
             self.drop_usage = cfg.strip_injected_usage
             rewrite = True
-        self.model, self.requested, self.doc = model, requested, doc
+        self.model, self.requested, self.doc, self.body = model, requested, doc, body
         picker = cfg.pickers.get(model.cluster) if cfg.pickers else None
         if picker is not None:  # the least loaded pod, or 429 for a sheddable request when all are saturated
             h.set(picker.header, pick_endpoint(picker, model, doc, self.headers_in.get, self.started_ns // 1_000_000,
@@ -189,6 +201,8 @@ class GatewayStream(AnswerReader, HttpContext):
         return Action.CONTINUE
 
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
+        if end_of_stream:
+            self.ended = True
         if self.fallback is not None and self.fallback.current is not None:
             return Action.PAUSE  # the failed upstream's body is held back while falling back
         if self.model is None or self.published:
@@ -234,33 +248,35 @@ class GatewayStream(AnswerReader, HttpContext):
     # -- end --
 
     def on_log(self) -> None:
-        if self.tapped:
+        if self.tapped or self.counting:
             self.take_tap(False)
         if self.model is not None and not self.published:
             # The stream ended early: upstream cut off, client gone, reset. An SSE answer that reached its
             # "data: [DONE]" is whole even so: the official OpenAI client closes the connection right there,
             # often before the upstream's terminating chunk has arrived.
-            self._publish(complete=self.answer_done)
+            # A fallback that failed everywhere lets the primary's error through after its end was seen.
+            complete = self.answer_done
+            self._publish(complete, not complete and client_cancelled())
         # The stream and its Fallback refer to each other: unlinked here, both go when Envoy deletes the stream
         # instead of waiting (with the request's body and document) for a full garbage collection.
         self.fallback = None
         if self.attempts is not None:
             retries.forget(self.attempts)
 
-    def _publish(self, complete: bool = True) -> None:
+    def _publish(self, complete: bool = True, cancelled: bool = False) -> None:
         self.published = True
         cfg: Config = self.config
         if not cfg.metrics and cfg.ai_log == "off":
             return
         now = hc.now_ns()
-        first = self.first_byte_ns
+        usage, estimated = self.answer_usage()
         assert self.model is not None
         obs = Observation(
             model=self.requested, served=self.model.name, route=route_name(),
             cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, stream=self.stream,
-            usage=self.answer_usage(),
-            ttft_ms=(first - self.started_ns) // 1_000_000 if first else None,
+            usage=usage, ttft_ms=(self.first_out_ns - self.started_ns) // 1_000_000 if self.first_out_ns else None,
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
+            estimated=estimated, cancelled=cancelled,
         )
         tried = self.attempts.tried if self.attempts is not None else self.fallback.tried if self.fallback else None
         if tried and len(tried) > 1:  # fallen back (Envoy retries or callouts): every attempt, in order

@@ -21,7 +21,10 @@ TAIL_KEEP = 1 << 16  # an SSE stream passed through keeps its last 64 KiB for re
 SETTLE_WINDOW = 4096  # ... and reads its last 4 KiB first
 _USAGE_RE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
 _FIELD_RE = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d{1,12})')
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+# An event ends at a blank line: two line ends, each LF, CRLF or CR (WHATWG event streams), so LF LF, CRLF CRLF,
+# CR CR and the mixed LF CRLF (CRLF LF holds LF LF; CR CRLF holds CR CR). LF then a bare CR is not taken for one:
+# whether that CR starts a CRLF is known only from the next byte, which a chunk may not hold yet.
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\r\n|\n\n|\r\r")
 _USUAL_END = b"\n\ndata: [DONE]\n\n"
 # "usage": {object, at most one level of nested objects}, then only scalar members and the closing "}"
 _USAGE_LAST = re.compile(rb'"usage"\s*:\s*(\{[^{}\[\]]*(?:\{[^{}\[\]]*\}[^{}\[\]]*)*\})[^{}\[\]]*\}\s*\Z')
@@ -156,6 +159,10 @@ class JsonCollector:
     def usage(self) -> Usage | None:
         return usage_from_json(b"".join(self.parts)) if self.parts else usage_from_tail(self.tail)
 
+    def body(self) -> bytes:
+        """The body kept: all of it, or (beyond MAX_JSON_BODY) its end."""
+        return b"".join(self.parts) if self.parts else self.tail
+
 
 def _data(event: bytes) -> bytes:
     """The data payload of one SSE event (multi-line data joined with newlines)."""
@@ -191,7 +198,7 @@ def _last_event_end(data: bytearray | bytes, start: int, stop: int) -> int:
     """
     for lo in (stop - 512, stop - 4096, start):
         lo = max(lo, start)
-        seps = (b"\n\n", b"\r\r", b"\r\n\r\n") if data.find(b"\r", lo, stop) >= 0 else (b"\n\n",)
+        seps = (b"\n\n", b"\r\r", b"\r\n\r\n", b"\n\r\n") if data.find(b"\r", lo, stop) >= 0 else (b"\n\n",)
         end = 0
         for sep in seps:
             i = data.rfind(sep, lo, stop)

@@ -3,8 +3,8 @@
 This table feeds three consumers, so they cannot drift apart:
   * build/pwbuild/shimgen.py generates the C glue (imports offered to Python as
     the native module ``_proxywasm``; exports that call the Python dispatcher);
-  * proxywasm.testing.wasmhost marshals wasm memory <-> Python for each import;
-  * proxywasm.testing.fakehost checks that the in-process host offers every import.
+  * proxywasm.testing.wasm (and wasm_fast) marshal wasm memory <-> Python for each import;
+  * proxywasm.testing.state implements every import for both test hosts (the in-process one and wasmtime).
 
 Parameter kinds of imports:
   ``i32`` / ``i64``  integer passed by value

@@ -222,6 +222,12 @@ class HttpContext(_Context, _Generic):
         and the end of the body, reach it as usual and disarm skipping until this is called again."""
         taps.skip_events(self.context_id, markers)
 
+    def count_response_strings(self, keys: tuple[bytes, ...]) -> None:
+        """Count, in every response chunk from the next on (whether on_response_body sees it or not), the JSON
+        members named by one of ``keys`` (1..6, without quotes) whose value is a non-empty string, their bytes,
+        and when the first came; ``take_response_tap()`` reports them. See proxywasm.taps."""
+        taps.count_keys(self.context_id, keys)
+
     def take_response_tap(self) -> taps.Tapped | None:
         """What the response tap kept (None without one); the tap is gone afterwards."""
         return taps.take(self.context_id)
@@ -237,10 +243,6 @@ class HttpContext(_Context, _Generic):
     @staticmethod
     def close_request() -> None:
         hc.close_stream(StreamType.REQUEST)
-
-    @staticmethod
-    def property(path: str | tuple[str, ...]) -> bytes | None:
-        return hc.get_property(path)
 
 
 def read_callout_response(num_headers: int, body_size: int, num_trailers: int) -> CalloutResponse:

@@ -59,6 +59,11 @@ def bind(host: Any) -> None:
 now_ns = time.time_ns
 
 
+def now_ms() -> int:
+    """The same clock in ms (the unit of timeouts, cooldowns and latencies)."""
+    return now_ns() // 1_000_000
+
+
 def _error(call: str, status: int) -> HostError:
     return (CasMismatch if status == _CAS_MISMATCH else HostError)(call, status)
 

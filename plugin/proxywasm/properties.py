@@ -23,3 +23,15 @@ def route_name() -> str:
 
 def cluster_name() -> str:
     return _first(("xds", "cluster_name"), ("cluster_name",))
+
+
+def response_flags() -> int:
+    """Envoy's response flags (``response.flags``: the legacy bit set, e.g. 0x4000 downstream connection
+    termination); 0 when the host has none."""
+    value = hc.get_property(("response", "flags"))
+    return int.from_bytes(value[:8], "little") if value else 0
+
+
+def response_code_details() -> str:
+    """Why the response is what it is (``response.code_details``, e.g. ``via_upstream``)."""
+    return _first(("response", "code_details"))

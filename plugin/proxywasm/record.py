@@ -69,7 +69,6 @@ def record(cls: type[T]) -> type[T]:
     if "__eq__" not in own:
         cls.__eq__ = __eq__  # type: ignore[method-assign]
         cls.__hash__ = None  # type: ignore[assignment]
-    cls.__record_fields__ = tuple(fields)  # type: ignore[attr-defined]
     return cls
 
 

@@ -12,6 +12,8 @@ from _sha256 import sha256
 
 from proxywasm import ConfigError, Fields, record
 
+from ..fieldcheck import header_name
+
 CRITICALITIES = ("critical", "standard", "sheddable")
 DEFAULT_HEADER = "x-gateway-destination-endpoint"  # Gateway API inference extension, endpoint picker protocol
 WEIGHTS = {"queue": 2.0, "running": 1.0, "kv_cache": 2.0, "lora": 1.0, "prefix": 3.0}
@@ -68,13 +70,6 @@ def endpoint_id(ep: str) -> int:
     return int.from_bytes(sha256(ep.encode()).digest()[:8], "little")
 
 
-def _header(f: Fields, key: str, default: str) -> str:
-    v = f.str(key, default, nonempty=False).lower()
-    if v and not all(c.isascii() and (c.isalnum() or c in "-_") for c in v):
-        raise ConfigError(f"{f.path(key)}: must be an HTTP header name, got {v!r}")
-    return v
-
-
 def parse_picker(f: Fields, cluster: str, criticality: dict) -> EndpointPicker:
     endpoints = f.str_list("endpoints")
     if not endpoints or len(endpoints) > MAX_ENDPOINTS:
@@ -84,9 +79,7 @@ def parse_picker(f: Fields, cluster: str, criticality: dict) -> EndpointPicker:
             raise ConfigError(f"{f.path('endpoints')}[{i}]: must be \"ip:port\" (an IP literal), got {ep!r}")
     if len(set(endpoints)) != len(endpoints):
         raise ConfigError(f"{f.path('endpoints')}: has duplicates")
-    header = _header(f, "header", DEFAULT_HEADER)
-    if not header:
-        raise ConfigError(f"{f.path('header')}: must not be empty")
+    header = header_name(f, "header", DEFAULT_HEADER)
     path = f.str("metrics_path", "/metrics")
     if not path.startswith("/"):
         raise ConfigError(f"{f.path('metrics_path')}: must start with /")
@@ -107,7 +100,7 @@ def parse_picker(f: Fields, cluster: str, criticality: dict) -> EndpointPicker:
         queue_threshold=f.int("queue_threshold", 5, min=1, max=1_000_000),
         kv_cache_threshold=float(f.number("kv_cache_threshold", 0.8, min=0.01, max=1)),
         weights=weights, prefix_chars=f.int("prefix_chars", 0, min=0, max=1_000_000),
-        criticality_header=_header(f, "criticality_header", "x-gateway-criticality"),
+        criticality_header=header_name(f, "criticality_header", "x-gateway-criticality", optional=True),
         criticality=criticality,
     )
     f.done()

@@ -119,7 +119,6 @@ class HostState:
         self.status: tuple[int, bytes] = (0, b"")  # proxy_get_status
         self.clusters: set[str] | None = None  # None: any cluster name is accepted
         self.unimplemented: list[str] = []
-        self.done_calls = 0
         self.queue_ready: list[tuple[int, int]] = []  # (root id, queue id) to deliver
 
     # -- helpers used by drivers --
@@ -166,7 +165,6 @@ class HostState:
         return OK
 
     def proxy_done(self) -> int:
-        self.done_calls += 1
         return OK
 
     def proxy_get_status(self) -> tuple[int, int | None, bytes | None]:

@@ -1,7 +1,7 @@
 """The WASI calls Envoy provides (and that the module still imports), emulated.
 
 stdout/stderr go to the host log as Envoy does (info / error); there are no
-files, no environment and no arguments.
+files and no arguments; the environment is the host's ``env`` (Envoy: ``vm_config.environment_variables``).
 """
 
 from __future__ import annotations
@@ -68,6 +68,20 @@ def define(linker: wasmtime.Linker, host: WasmHost) -> None:
         host.write_u32(c, size, 0)
         return SUCCESS
 
+    env = [f"{k}={v}".encode() + b"\0" for k, v in host.env.items()]
+
+    def environ_sizes_get(c: Any, count: int, size: int) -> int:
+        host.write_u32(c, count, len(env))
+        host.write_u32(c, size, sum(map(len, env)))
+        return SUCCESS
+
+    def environ_get(c: Any, ptrs: int, buf: int) -> int:
+        for i, entry in enumerate(env):
+            host.write_u32(c, ptrs + 4 * i, buf)
+            host.write(c, buf, entry)
+            buf += len(entry)
+        return SUCCESS
+
     def proc_exit(c: Any, code: int) -> None:
         raise ProcExit(code)
 
@@ -77,8 +91,8 @@ def define(linker: wasmtime.Linker, host: WasmHost) -> None:
         "fd_seek": ([_I32, _I64, _I32, _I32], lambda c, *a: ESPIPE),
         "fd_close": ([_I32], lambda c, *a: SUCCESS),
         "fd_fdstat_get": ([_I32] * 2, fd_fdstat_get),
-        "environ_sizes_get": ([_I32] * 2, sizes_get),
-        "environ_get": ([_I32] * 2, lambda c, *a: SUCCESS),
+        "environ_sizes_get": ([_I32] * 2, environ_sizes_get),
+        "environ_get": ([_I32] * 2, environ_get),
         "args_sizes_get": ([_I32] * 2, sizes_get),
         "args_get": ([_I32] * 2, lambda c, *a: SUCCESS),
         "clock_time_get": ([_I32, _I64, _I32], clock_time_get),

@@ -67,13 +67,14 @@ class WasmHost(Host):
     """One wasm VM (instance) of ``module``; VMs given the same ``shared`` act as Envoy workers.
 
     ``fuel`` > 0 runs it metered with that much fuel (``fuel_used()``: VM instructions so far); with ``fuel_clock``
-    WASI's clock then answers the fuel used, in ns (a profiler inside the VM measures instructions).
+    WASI's clock then answers the fuel used, in ns (a profiler inside the VM measures instructions). ``env``: the
+    VM's environment variables (WASI environ_get; Envoy's ``vm_config.environment_variables``).
     """
 
-    def __init__(self, module: Path | str, shared: SharedState | None = None, vm_id: str = "", fuel: int = 0,
-                 fuel_clock: bool = False) -> None:
+    def __init__(self, module: Path | str, shared: SharedState | None = None, vm_id: str = "",
+                 env: dict[str, str] | None = None, fuel: int = 0, fuel_clock: bool = False) -> None:
         super().__init__(shared, vm_id)
-        self._start_store(fuel, fuel_clock)
+        self._start_store(fuel, fuel_clock, env)
         linker = wasmtime.Linker(engine(bool(fuel)))
         for fn in IMPORTS:
             linker.define_func("env", fn.name, _functype(import_signature(fn)), self._marshal(fn), access_caller=True)
@@ -86,7 +87,8 @@ class WasmHost(Host):
         self.trap: Exception | None = None
         ex["_initialize"](self.store)
 
-    def _start_store(self, fuel: int, fuel_clock: bool) -> None:
+    def _start_store(self, fuel: int, fuel_clock: bool, env: dict[str, str] | None) -> None:
+        self.env = dict(env or {})
         self.fuel, self.fuel_clock = fuel, fuel_clock and fuel > 0
         self.store = wasmtime.Store(engine(bool(fuel)))
         if fuel:

@@ -31,10 +31,10 @@ _NO_FINALIZER = ctypes.cast(None, ctypes.CFUNCTYPE(None, c_void_p))
 class FastWasmHost(WasmHost):
     """WasmHost with raw (unchecked) wasmtime calls for exports, imports, memory access and allocation."""
 
-    def __init__(self, module: Path | str, shared: SharedState | None = None, vm_id: str = "", fuel: int = 0,
-                 fuel_clock: bool = False) -> None:  # WasmHost.__init__, with fast imports
-        Host.__init__(self, shared, vm_id)
-        self._start_store(fuel, fuel_clock)
+    def __init__(self, module: Path | str, shared: SharedState | None = None, vm_id: str = "",
+                 env: dict[str, str] | None = None, fuel: int = 0, fuel_clock: bool = False) -> None:
+        Host.__init__(self, shared, vm_id)  # WasmHost.__init__, with fast imports
+        self._start_store(fuel, fuel_clock, env)
         linker = wasmtime.Linker(engine(bool(fuel)))
         self._keep: list[Any] = []  # ctypes callbacks and types wasmtime holds pointers to
         self._exception: BaseException | None = None

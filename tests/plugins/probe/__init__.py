@@ -219,13 +219,30 @@ class Probe(HttpContext[dict]):
             self.tap_calls = 0
             self.tap_response_body(int(self.request_headers.get("x-keep") or 0),
                                    int(self.request_headers.get("x-whole") or 0))
+        keys = self.request_headers.get("x-count-keys")  # count_response_strings, with any op (alone: op "count")
+        if keys:
+            self.count_response_strings(tuple(k.encode() for k in keys.split(",")))
+            self.count_calls = 0
         self.response_headers.set("x-probe-op", self.op or "none")
         return Action.CONTINUE
 
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
+        if self.op == "count":  # Python sees every chunk; the counts replace the last one
+            self.count_calls += 1
+            if end_of_stream:
+                got = self.take_response_tap()
+                assert got is not None
+                self.response_body.replace(json.dumps(
+                    {"calls": self.count_calls, "count": [got.strings, got.string_bytes, got.first_string_ns > 0]}
+                ).encode())
+            return Action.CONTINUE
         if self.op == "skip":
             self.seen.append(self.response_body.read().decode("latin-1"))
             if end_of_stream:
+                if self.request_headers.get("x-count-keys"):
+                    got = self.take_response_tap()
+                    assert got is not None
+                    self.seen.append(json.dumps([got.strings, got.string_bytes, got.first_string_ns > 0]))
                 self.response_body.replace(json.dumps(self.seen).encode())
             else:
                 self.skip_response_events(((b'"usage"', b"null"), (b"[DONE]", b"")))
@@ -235,6 +252,8 @@ class Probe(HttpContext[dict]):
             got = self.take_response_tap()
             report = {"calls": self.tap_calls, "end": end_of_stream, "body_size": body_size, "tap": None if got is None
                       else [got.data.decode("latin-1"), got.size, got.first_ns > 0, got.trimmed]}
+            if got is not None and self.request_headers.get("x-count-keys"):
+                report["count"] = [got.strings, got.string_bytes, got.first_string_ns > 0]
             self.response_body.replace(json.dumps(report).encode())
             return Action.CONTINUE
         if self.op != "response-body":

@@ -224,3 +224,20 @@ def test_each_attempt_gets_its_models_key_and_accounts_it(keyed: AiStack) -> Non
     assert {s["headers"]["authorization"] for s in keyed.qwen.requests()} == {
         f"Bearer {k}" for k in QWEN_KEYS if k != failed}
     assert keyed.gemma.count() == 0
+
+
+def test_a_model_without_a_usable_key_gets_no_one_elses(keyed: AiStack) -> None:
+    """gemma's only key is out: its attempt goes without a credential, never with qwen's key or the client's."""
+    keyed.reset()
+    keyed.qwen.fault(status=503)
+    keyed.gemma.fault(status=401, message="bad key")  # takes gemma's only key out (cooldown 30 s)
+    first = keyed.post("/v1/chat/completions", {"model": QWEN, "messages": HELLO}, {"authorization": "Bearer client"})
+    # llama answers (its mock does not know the upstream name meta-llama/...: 404, not a fallback status)
+    assert (first.status, first.headers["x-ai-served-model"]) == (404, LLAMA)
+    keyed.gemma.reset()
+    r = keyed.post("/v1/chat/completions", {"model": QWEN, "messages": HELLO},
+                   {"authorization": "Bearer client", "x-test-id": "nokey"})
+    assert r.headers["x-ai-served-model"] == GEMMA  # the mock takes any credential, or none
+    (g,) = keyed.gemma.requests()
+    assert "authorization" not in g["headers"] and g["body"]["model"] == GEMMA
+    assert json.loads(keyed.wait_ai_log({"nokey"})["nokey"])["attempts"] == [[QWEN, 503], [GEMMA, 200]]

@@ -20,6 +20,7 @@ from proxywasm import hostcalls as hc
 
 from .attempt import Attempt, address, credential_headers
 from .config import ATTEMPT_HEADER, Config, FallbackPolicy, Model
+from .request import with_model
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -69,12 +70,13 @@ def forget(att: Attempts) -> None:
 
 
 class UpstreamAttempt:
-    """The attempt filter's state for one attempt."""
+    """The attempt filter's state for one attempt: its addressing, its [model, status] record, the body to send
+    (None: the request's, as the router-level filter left it)."""
 
-    __slots__ = ("attempt", "record")
+    __slots__ = ("attempt", "body", "record")
 
-    def __init__(self, attempt: Attempt, record: list[Any]) -> None:
-        self.attempt, self.record = attempt, record
+    def __init__(self, attempt: Attempt, record: list[Any], body: bytes | None) -> None:
+        self.attempt, self.record, self.body = attempt, record, body
 
 
 def _target(att: Attempts, n: int) -> Model:
@@ -110,13 +112,16 @@ def on_attempt_headers(ctx: HttpContext) -> Action:
     record = [target.name, 0]
     att.tried.append(record)
     if n == 0 and target is att.primary:
-        ctx.upstream = UpstreamAttempt(att.first, record)  # addressed by the router-level filter already
+        ctx.upstream = UpstreamAttempt(att.first, record, None)  # addressed by the router-level filter already
         return Action.CONTINUE
     a = address(att.cfg, att.doc, target, hc.now_ns() // 1_000_000, att.rng, source=att.primary,
                 tried_keys=frozenset(att.tried_keys.get(target.name, ())))
-    if a is None:  # no usable key for this model: send it as it is, its answer fails this attempt
+    if a is None:  # no usable key for this model: it goes without one (and fails), never with another model's
         hc.log(LogLevel.WARN, f"attempt {n + 1} on {target.name}: no upstream API key is available")
-        return Action.CONTINUE
+        cfg = att.cfg
+        a = Attempt(target, [(cfg.route_header, target.cluster), (cfg.model_header, target.name)],
+                    credential_headers(target) | credential_headers(att.primary),
+                    with_model(att.doc, target.upstream_model), None)
     for m, _ in att.tried[:-1]:  # an earlier attempt's pool key never goes to another model
         other = att.cfg.models.get(m)
         if other is not None and other is not target:
@@ -124,13 +129,13 @@ def on_attempt_headers(ctx: HttpContext) -> Action:
     if a.key is not None:
         att.tried_keys.setdefault(target.name, set()).add(a.key[1])
     a.apply(h)
-    ctx.upstream = UpstreamAttempt(a, record)
+    ctx.upstream = UpstreamAttempt(a, record, a.body)
     return Action.CONTINUE
 
 
 def on_attempt_body(ctx: HttpContext, up: UpstreamAttempt, end_of_stream: bool) -> Action:
-    body = up.attempt.body
-    if body is None or up.record is None:
+    body = up.body
+    if body is None:
         return Action.CONTINUE
     if not end_of_stream:
         return Action.PAUSE  # the whole body is replaced at its end

@@ -207,7 +207,10 @@ class GatewayStream(AnswerReader, HttpContext):
             return Action.PAUSE  # the failed upstream's body is held back while falling back
         if self.model is None or self.published:
             return Action.CONTINUE
-        self.read_answer(body_size, end_of_stream)
+        if end_of_stream and self.tapped:  # the usual end of a tapped answer: what the tap kept, read once
+            self.take_tap(True)
+        else:
+            self.read_answer(body_size, end_of_stream)
         if end_of_stream:
             self._publish()
         return Action.CONTINUE

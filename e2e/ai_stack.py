@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -24,7 +22,7 @@ from openai import OpenAI
 
 from e2e import mock_vllm
 from e2e.client import Reply, request, wait_for
-from e2e.envoy import REPO, Envoy, free_port, render
+from e2e.envoy import REPO, Envoy, build_plugin, free_port, render
 
 CONFIG = REPO / "wasm-config/envoy/ai-gateway.yaml"
 WASM = REPO / "dist/ai-gateway.wasm"
@@ -45,16 +43,15 @@ ACCESS_LOG = """          access_log:
                 text_format_source: {{inline_string: "%REQ(X-TEST-ID)%\\t%FILTER_STATE(wasm.ai_log:PLAIN)%\\n"}}
 """
 HELLO = [{"role": "user", "content": "hello there"}]
+# A ``replace`` for tests whose clients name their consumer themselves: x-mse-consumer declared trusted (the shipped
+# demo config trusts no header; production puts an authentication in front, see the README)
+TRUST_CONSUMER_HEADER = {'"aliases": [': '"consumer_header": "x-mse-consumer", "aliases": ['}
 Labels = tuple[str, str, str, str]  # (ai_route, ai_cluster, ai_model, ai_consumer)
 
 
 def build_wasm() -> Path:
     """Build dist/ai-gateway.wasm (a no-op when up to date); raise RuntimeError with the build output."""
-    r = subprocess.run([sys.executable, str(REPO / "build/pwbuild"), "ai_gateway"], cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
-    if r.returncode != 0 or not WASM.exists():
-        raise RuntimeError(f"building ai_gateway failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return WASM
+    return build_plugin("ai_gateway")
 
 
 def send(url: str, method: str = "GET", body: bytes | Any = None, headers: Mapping[str, str] | None = None,

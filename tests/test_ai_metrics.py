@@ -215,6 +215,7 @@ def test_stream_without_usage_is_estimated_and_ttft_waits_for_output(make_host, 
     assert log["ttft_ms"] == 600  # ping at 100, role and keep-alives at 300: the first word at 600
     assert (metric(h, "input_token"), metric(h, "output_token"), metric(h, "total_token")) == (inp, 5, inp + 5)
     assert metric(h, "usage_estimated_total") == 1 and metric(h, "llm_first_token_duration") == 600
+    assert metric(h, "estimated_token") == inp + 5
     _error(h, 400)
 
 

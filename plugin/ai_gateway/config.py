@@ -109,7 +109,7 @@ class Config:
     pickers: dict = factory(dict)  # cluster -> picker.EndpointPicker (models[].endpoint_picker)
     picker_headers: tuple = ()  # their destination headers: never accepted from clients
     request_headers: tuple = ()  # every request header the gateway reads (bytes): only these are decoded
-    strip_headers: tuple = ()  # routing, model and endpoint headers: removed from every client request
+    strip_headers: tuple = ()  # routing, model and endpoint headers (of every configuration): removed from requests
     max_consumers: int = 1000  # distinct consumer labels in metrics (process-wide); then "_other"
     attempt_filter: bool = False  # this instance is the upstream (per-attempt) filter, not the router-level one
 

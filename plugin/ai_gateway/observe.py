@@ -9,9 +9,9 @@ Counters: input_token, output_token, total_token, llm_service_duration (ms, sum)
 llm_duration_count, llm_first_token_duration (ms, sum), llm_stream_duration_count,
 request_total, error_total (5xx, no answer, or an answer cut off, unless the client left), cancelled_total (the client
 left before the answer's end), usage_estimated_total (served answers whose usage the server did not report: their
-tokens are estimated, see estimate.py), fallback_total, attempt_failure_total (an upstream attempt on this model
-that failed and was followed by another: counted on the failed model's labels). Histograms (ms):
-llm_first_token_latency, llm_latency.
+tokens are estimated, see estimate.py) and estimated_token (their total tokens), fallback_total,
+attempt_failure_total (an upstream attempt on this model that failed and was followed by another: counted on the
+failed model's labels). Histograms (ms): llm_first_token_latency, llm_latency.
 TTFT (llm_first_token_*, the AI log's ttft_ms) is the time to the first event carrying generated output.
 """
 
@@ -160,14 +160,14 @@ METRICS = ((_COUNTER, "request_total"), (_COUNTER, "llm_duration_count"), (_COUN
             (_COUNTER, "error_total"), (_COUNTER, "fallback_total"), (_COUNTER, "llm_first_token_duration"),
             (_COUNTER, "llm_stream_duration_count"), (_HISTOGRAM, "llm_first_token_latency"),
             (_HISTOGRAM, "llm_latency"), (_COUNTER, "usage_estimated_total"), (_COUNTER, "cancelled_total"),
-            (_COUNTER, "attempt_failure_total"))
+            (_COUNTER, "estimated_token"), (_COUNTER, "attempt_failure_total"))
 _ATTEMPT_FAILURE = len(METRICS) - 1
 _SERIES: dict[tuple[str, str, str, str], _Series] = {}
 MAX_SERIES = 10_000  # label sets cached per VM
 
 
 def _series(o: Observation) -> _Series:
-    consumer = consumer_label(o.consumer)
+    consumer = _CONSUMERS.get(o.consumer) or consumer_label(o.consumer)  # the common case without a call
     key = (o.route, o.cluster, o.served, consumer)
     s = _SERIES.get(key)
     if s is None:
@@ -199,6 +199,8 @@ def record_metrics(o: Observation) -> None:
         inc(ids[6] or mid(6), 1)
     if o.estimated:
         inc(ids[12] or mid(12), 1)
+        if u is not None and u.total:
+            inc(ids[14] or mid(14), u.total)
     if o.fallback_from:
         inc(ids[7] or mid(7), 1)
     if o.ttft_ms is not None:

@@ -54,25 +54,23 @@ class GatewayStream(AnswerReader, HttpContext):
     def on_request_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         cfg: Config | None = self.config
         h = self.request_headers
-        root = self.root
         if cfg is None or not cfg.enabled:
             if cfg is not None and cfg.attempt_filter:  # this instance is the upstream (per-attempt) filter
                 return retries.on_attempt_headers(self)
             # Off for this stream, yet the routing, model and endpoint headers of every configuration stay the
             # gateway's: a client must not pick a cluster or an address.
-            for name in root.strip_headers:
+            for name in self.root.strip_headers:
                 h.remove(name)
             return Action.CONTINUE
         hd = h.snapshot(cfg.request_headers)  # one host call for the headers read below and later
-        # Only the gateway may choose upstreams: a client cannot route (cluster, model, pod) by sending these.
+        # Only the gateway may choose upstreams: a client cannot route (cluster, model, pod) by sending these
+        # (those of every configuration: GatewayRoot.on_config_loaded).
         for name in cfg.strip_headers:
             if name in hd:
                 h.remove(name)
-        for name in root.other_strip.get(id(cfg), ()):  # those of the other configurations (_rules_)
-            h.remove(name)
         method = hd.get(":method")
         raw, _, query = hd.get(":path", "").partition("?")
-        path = normalize(raw)
+        path = raw if raw in cfg.paths else normalize(raw)
         if method == "GET" and cfg.models_endpoint and path.startswith(MODELS_PATH):
             if path == MODELS_PATH:
                 self.send_local_response(200, models_list(cfg), JSON_HEADERS)

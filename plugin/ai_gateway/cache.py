@@ -118,7 +118,7 @@ def lookup(stream: Any, cfg: CacheConfig, proceed: Any) -> Action:
         _counted("skip", model.name)
         return proceed()
     k = key(cfg, stream.consumer, model.name, stream.body)
-    stream.cache_key, stream.cache_state = k, "miss"
+    stream.cache_key, stream.cache_state, stream.keep_whole = k, "miss", cfg.max_entry_bytes
     if "no-cache" in control or mode == "refresh":
         _counted("miss", model.name)
         return proceed()

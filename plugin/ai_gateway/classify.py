@@ -8,6 +8,7 @@ import random
 from proxywasm import Action, CalloutResponse, Counter, LogLevel, MetricCache
 from proxywasm import hostcalls as hc
 
+from .attempt import pool_of
 from .content_routing import classified, classifier_request
 from .errors import GatewayError
 from .upstream import callout_headers
@@ -31,7 +32,7 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
                if k not in (":method", ":path")]
     headers += [(":method", "POST"), (":path", "/v1/chat/completions")]
     if model.keys is not None:
-        pool = stream.pool_of(model)
+        pool = pool_of(model)
         idx = pool.pick(hc.now_ns() // 1_000_000, _RNG)
         if idx is not None:
             headers = [(k, v) for k, v in headers if k != pool.credential(idx)[0]] + [pool.credential(idx)]

@@ -8,7 +8,7 @@ import random
 from proxywasm import Action, CalloutResponse, Counter, LogLevel, MetricCache
 from proxywasm import hostcalls as hc
 
-from .attempt import pool_of
+from .attempt import address
 from .content_routing import classified, classifier_request
 from .errors import GatewayError
 from .upstream import callout_headers
@@ -28,14 +28,9 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
     route = cfg.content_routes[stream.requested]
     c = route.classifier
     model = cfg.models[c.model]
-    headers = [(k, v) for k, v in callout_headers(stream.request_headers.items(), model, cfg)
-               if k not in (":method", ":path")]
-    headers += [(":method", "POST"), (":path", "/v1/chat/completions")]
-    if model.keys is not None:
-        pool = pool_of(model)
-        idx = pool.pick(hc.now_ns() // 1_000_000, _RNG)
-        if idx is not None:
-            headers = [(k, v) for k, v in headers if k != pool.credential(idx)[0]] + [pool.credential(idx)]
+    # addressed like any request the gateway sends itself: cluster and model headers, a pool key, the upstream name
+    att = address(cfg, classifier_request(c, stream.doc), model, hc.now_ns() // 1_000_000, _RNG,
+                  client_auth="authorization" in stream.headers_in)
     waiting = [False]
 
     def decided(target: str | None) -> None:
@@ -56,8 +51,11 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
         decided(classified(c, resp.status, resp.body))
 
     try:
-        stream.http_call(model.cluster, headers, classifier_request(c, stream.doc), callback=answered,
-                         timeout_ms=c.timeout_ms)
+        if att is None:  # no usable key for the classifier
+            raise hc.HostError("no key")
+        headers = [(k, v) for k, v in callout_headers(stream.request_headers.items(), att, cfg)
+                   if k not in (":method", ":path")] + [(":method", "POST"), (":path", "/v1/chat/completions")]
+        stream.http_call(model.cluster, headers, att.body, callback=answered, timeout_ms=c.timeout_ms)
     except hc.HostError:
         decided(None)
         return waiting[1]

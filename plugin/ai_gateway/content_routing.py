@@ -141,13 +141,13 @@ def last_user_text(doc: Any) -> str:
     return prompt if isinstance(prompt, str) else ""
 
 
-def classifier_request(c: Classifier, doc: Any) -> bytes:
-    """The chat request asking the classifier for the category of the last user message."""
+def classifier_request(c: Classifier, doc: Any) -> dict[str, Any]:
+    """The chat request (a document) asking the classifier for the category of the last user message."""
     cats = ", ".join(c.categories)
-    return json.dumps({"model": c.model, "temperature": 0, "max_tokens": 16, "stream": False, "messages": [
+    return {"model": c.model, "temperature": 0, "max_tokens": 16, "stream": False, "messages": [
         {"role": "system", "content": f"Classify the user's message into exactly one of these categories: {cats}. "
                                       "Answer with the category name only."},
-        {"role": "user", "content": last_user_text(doc)[: c.max_chars]}]}).encode()
+        {"role": "user", "content": last_user_text(doc)[: c.max_chars]}]}
 
 
 def classified(c: Classifier, status: int, body: bytes) -> str | None:

@@ -22,7 +22,7 @@ import pytest
 from openai import OpenAI
 
 from e2e.ai_stack import GEMMA, HELLO, MODEL_PORTS, QWEN, Mock, ai_config, plugin_config, send
-from e2e.client import wait_for
+from e2e.client import request, wait_for
 from e2e.envoy import REPO, Envoy, free_port
 from tests.redis_server import Redis, redis_server, webdis
 
@@ -175,6 +175,24 @@ def wait_quota(replicas: Replicas, i: int, want: int) -> bool:
             return True
         time.sleep(0.05)
     return quota(replicas, i) == want
+
+
+def test_hostile_spellings_are_authenticated_and_charged(replicas: Replicas) -> None:
+    url, port = replicas.urls[0], int(replicas.urls[0].rsplit(":", 1)[1])
+    body = {"model": GEMMA, "messages": HELLO}
+    for path in ("//v1/chat/completions", "/v1/chat/completions/", "/v1/%63hat/completions", "/v1/./chat/completions",
+                 "/v1/chat/completions?stream=false"):
+        r = send(url + path, "POST", body)
+        assert r.status == 401 and r.json()["error"]["code"] == "invalid_api_key", (path, r.status)
+    r = send(url + "/v1/chat/completions", "POST", b"not json", {"content-type": "text/plain"})
+    assert r.status == 401  # authentication first, whatever the content type
+    set_quota(replicas, 0, {"set": 5000})
+    key = {"authorization": f"Bearer {replicas.keys['team-b']}"}
+    raw = json.dumps(body).encode()
+    got = request(port, "//v1/chat/completions/?x=1", "POST", [raw[:10], raw[10:]], key)  # chunked, odd path
+    assert got.status == 200, got.body
+    used = got.json()["usage"]["total_tokens"]
+    assert wait_quota(replicas, 1, 5000 - used)  # charged like the usual spelling
 
 
 def test_quota_exhausted_is_insufficient_quota(replicas: Replicas) -> None:

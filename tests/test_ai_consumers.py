@@ -390,6 +390,21 @@ def test_redis_down_fails_open_or_closed_and_is_counted(make_host: HostFactory, 
         assert host.metric("aigw.consumers.charge_failed") == 1  # the charge could not be written: counted
 
 
+def test_slow_redis_is_a_bounded_wait_then_fail_open(make_host: HostFactory) -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts connections, never answers: a Redis stuck in a slow command
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        host = make_host("ai_gateway", None, "higress")
+        host.use_redis("redis", silent.getsockname()[1])
+        assert host.start(redis_cfg("higress", "slow:", timeout_ms=100))
+        s = chat(host, chat_body("qwen"), bearer(KEY_A))  # the host gives up after the bound: the request goes on
+        assert s.local_response is None and s.continued
+        assert host.state.redis_clients["redis"].timeout_ms == 100  # proxy_redis_init got the bound
+    assert host.metric("aigw.consumers.store_unavailable") == 1
+
+
 def test_redis_answer_after_the_client_left_is_ignored(make_host: HostFactory, redis: Redis) -> None:
     host = started(make_host, redis_cfg("higress", f"t{next(_prefix)}:"), variant="higress", redis=redis)
     host.redis_auto = False

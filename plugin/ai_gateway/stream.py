@@ -327,15 +327,20 @@ class GatewayStream(AnswerReader, HttpContext):
     def _publish(self, complete: bool = True, cancelled: bool = False) -> None:
         self.published = True
         cfg: Config = self.config
-        usage, estimated = self.answer_usage()
         assert self.model is not None
-        if self.keep_whole and complete and self.status == 200 and not self.fallback_from and cfg.cache is not None:
+        charged = self.gate is not None and cfg.consumers is not None
+        cached = self.keep_whole and cfg.cache is not None
+        if charged or cached:
+            usage, estimated = self.answer_usage()
+        if cached and complete and self.status == 200 and not self.fallback_from:
             cache.store_answer(self, cfg.cache, self._cache_body(), None if estimated else usage)
-        if self.gate is not None and cfg.consumers is not None:  # charged once, for the model that answered
+        if charged:  # once, to the consumer, for the model that answered (usage, or the estimate when served)
             consumers.charge(self, cfg.consumers, usage, self.model.name)
         if not cfg.metrics and cfg.ai_log == "off":
             return
         now = hc.now_ns()
+        if not (charged or cached):
+            usage, estimated = self.answer_usage()
         obs = Observation(
             model=self.requested, served=self.model.name, route=route_name(),
             cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, stream=self.stream,

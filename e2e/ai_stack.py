@@ -188,7 +188,8 @@ def plugin_config(doc: Mapping[str, Any] | str) -> dict[str, str]:
 
 def ai_config(listener: int, admin: int, ports: Mapping[str, int], access_log: Path | None = None,
               replace: Mapping[str, str] | None = None, route_timeout: str | None = None,
-              buffer_limit: int | None = None) -> str:
+              buffer_limit: int | None = None, config: Path = CONFIG,
+              model_ports: Mapping[str, int] = MODEL_PORTS) -> str:
     """CONFIG with test ports, fast stats flush and optional edits (``replace`` first, on the original text)."""
     edits = dict(replace or {})
     if route_timeout:
@@ -197,27 +198,30 @@ def ai_config(listener: int, admin: int, ports: Mapping[str, int], access_log: P
         edits[BUFFER_LINE] = f"per_connection_buffer_limit_bytes: {buffer_limit}"
     if access_log:
         edits[HCM_ANCHOR] = HCM_ANCHOR + ACCESS_LOG.format(path=access_log)
-    text = CONFIG.read_text()
+    text = config.read_text()
     for old in edits:
-        assert old in text, f"{old!r} not in {CONFIG}"
-    port_map = {LISTENER: listener, ADMIN: admin, **{MODEL_PORTS[m]: p for m, p in ports.items()}}
+        assert old in text, f"{old!r} not in {config}"
+    port_map = {LISTENER: listener, ADMIN: admin, **{model_ports[m]: p for m, p in ports.items()}}
     return FLUSH + render(text, port_map, edits)
 
 
 @contextmanager
 def running_ai_stack(replace: Mapping[str, str] | None = None, route_timeout: str | None = None,
-                     buffer_limit: int | None = None, concurrency: int = 2) -> Iterator[AiStack]:
-    """Mock vLLM processes + Envoy on free ports. Raises RuntimeError (with Envoy's log tail) if Envoy refuses."""
+                     buffer_limit: int | None = None, concurrency: int = 2, config: Path = CONFIG,
+                     model_ports: Mapping[str, int] = MODEL_PORTS) -> Iterator[AiStack]:
+    """Mock vLLM processes + Envoy on free ports. Raises RuntimeError (with Envoy's log tail) if Envoy refuses.
+
+    ``config``: another shipped config, whose mock models and their fixed ports are ``model_ports``."""
     mocks: dict[str, Mock] = {}
     envoy: Envoy | None = None
     try:
-        for model in MODEL_PORTS:
+        for model in model_ports:
             mocks[model] = Mock(model)
         listener, admin = free_port(), free_port()
         envoy = Envoy("", admin, concurrency)
         log = envoy.dir / "ai_log.txt"
         envoy.config = ai_config(listener, admin, {m: mk.port for m, mk in mocks.items()}, log, replace,
-                                 route_timeout, buffer_limit)
+                                 route_timeout, buffer_limit, config, model_ports)
         envoy.start()
         yield AiStack(f"http://127.0.0.1:{listener}", envoy, mocks, log)
     finally:

@@ -27,7 +27,7 @@ class GatewayRoot(RootContext):
     next_probe_ms = 0
     pickers: list = []  # every config's endpoint pickers (scraped on ticks)
     # every config's routing, model and endpoint headers (no configuration: the defaults)
-    strip_headers: tuple = ("x-ai-model", "x-ai-upstream", "x-gateway-destination-endpoint")
+    strip_headers: tuple = ("x-ai-attempt-ticket", "x-ai-model", "x-ai-upstream", "x-gateway-destination-endpoint")
 
     def on_config_loaded(self) -> None:
         configs = self.configs()

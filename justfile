@@ -39,6 +39,10 @@ bench-floor *args: (build "ai_gateway")
 bench-tokens *args: (build "ai_gateway")
     python bench/ai/tokens.py "$@"
 
+# Time to the first token through a fallback (Envoy retry vs HTTP callout) vs direct (bench/results/ai-fallback.md)
+bench-fallback *args: (build "ai_gateway")
+    python bench/ai/fallback.py "$@"
+
 # Benchmark of the showcase plugin (bench/results/latest.md)
 bench-showcase *args: build
     python bench/run.py "$@"

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 import urllib.parse
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -24,7 +22,7 @@ from openai import OpenAI
 
 from e2e import mock_vllm
 from e2e.client import Reply, request, wait_for
-from e2e.envoy import REPO, Envoy, free_port, render
+from e2e.envoy import REPO, Envoy, build_plugin, free_port, render
 
 CONFIG = REPO / "wasm-config/envoy/ai-gateway.yaml"
 WASM = REPO / "dist/ai-gateway.wasm"
@@ -45,16 +43,15 @@ ACCESS_LOG = """          access_log:
                 text_format_source: {{inline_string: "%REQ(X-TEST-ID)%\\t%FILTER_STATE(wasm.ai_log:PLAIN)%\\n"}}
 """
 HELLO = [{"role": "user", "content": "hello there"}]
+# A ``replace`` for tests whose clients name their consumer themselves: x-mse-consumer declared trusted (the shipped
+# demo config trusts no header; production puts an authentication in front, see the README)
+TRUST_CONSUMER_HEADER = {'"aliases": [': '"consumer_header": "x-mse-consumer", "aliases": ['}
 Labels = tuple[str, str, str, str]  # (ai_route, ai_cluster, ai_model, ai_consumer)
 
 
 def build_wasm() -> Path:
     """Build dist/ai-gateway.wasm (a no-op when up to date); raise RuntimeError with the build output."""
-    r = subprocess.run([sys.executable, str(REPO / "build/pwbuild"), "ai_gateway"], cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
-    if r.returncode != 0 or not WASM.exists():
-        raise RuntimeError(f"building ai_gateway failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
-    return WASM
+    return build_plugin("ai_gateway")
 
 
 def send(url: str, method: str = "GET", body: bytes | Any = None, headers: Mapping[str, str] | None = None,
@@ -191,7 +188,8 @@ def plugin_config(doc: Mapping[str, Any] | str) -> dict[str, str]:
 
 def ai_config(listener: int, admin: int, ports: Mapping[str, int], access_log: Path | None = None,
               replace: Mapping[str, str] | None = None, route_timeout: str | None = None,
-              buffer_limit: int | None = None) -> str:
+              buffer_limit: int | None = None, config: Path = CONFIG,
+              model_ports: Mapping[str, int] = MODEL_PORTS) -> str:
     """CONFIG with test ports, fast stats flush and optional edits (``replace`` first, on the original text)."""
     edits = dict(replace or {})
     if route_timeout:
@@ -200,27 +198,30 @@ def ai_config(listener: int, admin: int, ports: Mapping[str, int], access_log: P
         edits[BUFFER_LINE] = f"per_connection_buffer_limit_bytes: {buffer_limit}"
     if access_log:
         edits[HCM_ANCHOR] = HCM_ANCHOR + ACCESS_LOG.format(path=access_log)
-    text = CONFIG.read_text()
+    text = config.read_text()
     for old in edits:
-        assert old in text, f"{old!r} not in {CONFIG}"
-    port_map = {LISTENER: listener, ADMIN: admin, **{MODEL_PORTS[m]: p for m, p in ports.items()}}
+        assert old in text, f"{old!r} not in {config}"
+    port_map = {LISTENER: listener, ADMIN: admin, **{model_ports[m]: p for m, p in ports.items()}}
     return FLUSH + render(text, port_map, edits)
 
 
 @contextmanager
 def running_ai_stack(replace: Mapping[str, str] | None = None, route_timeout: str | None = None,
-                     buffer_limit: int | None = None, concurrency: int = 2) -> Iterator[AiStack]:
-    """Mock vLLM processes + Envoy on free ports. Raises RuntimeError (with Envoy's log tail) if Envoy refuses."""
+                     buffer_limit: int | None = None, concurrency: int = 2, config: Path = CONFIG,
+                     model_ports: Mapping[str, int] = MODEL_PORTS) -> Iterator[AiStack]:
+    """Mock vLLM processes + Envoy on free ports. Raises RuntimeError (with Envoy's log tail) if Envoy refuses.
+
+    ``config``: another shipped config, whose mock models and their fixed ports are ``model_ports``."""
     mocks: dict[str, Mock] = {}
     envoy: Envoy | None = None
     try:
-        for model in MODEL_PORTS:
+        for model in model_ports:
             mocks[model] = Mock(model)
         listener, admin = free_port(), free_port()
         envoy = Envoy("", admin, concurrency)
         log = envoy.dir / "ai_log.txt"
         envoy.config = ai_config(listener, admin, {m: mk.port for m, mk in mocks.items()}, log, replace,
-                                 route_timeout, buffer_limit)
+                                 route_timeout, buffer_limit, config, model_ports)
         envoy.start()
         yield AiStack(f"http://127.0.0.1:{listener}", envoy, mocks, log)
     finally:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -13,11 +11,10 @@ from pathlib import Path
 import pytest
 
 from e2e import ai_stack, echo
-from e2e.envoy import REPO, Envoy, free_port, render
+from e2e.envoy import REPO, Envoy, build_plugin, free_port, render
 
 E2E = Path(__file__).resolve().parent
 SHOWCASE_YAML = REPO / "plugin/examples/showcase/envoy.yaml"
-SHOWCASE_WASM = REPO / "dist/showcase.wasm"
 # Histograms only reach the admin endpoints at a stats flush (default 5 s); flush often so tests need not wait.
 FLUSH = "stats_flush_interval: 0.25s\n"
 
@@ -60,11 +57,10 @@ def running_showcase(replace: Mapping[str, str] | None = None, concurrency: int 
 @pytest.fixture(scope="session")
 def showcase_wasm() -> Path:
     """Build dist/showcase.wasm once per session (a no-op when it is up to date)."""
-    r = subprocess.run([sys.executable, str(REPO / "build/pwbuild"), "examples.showcase"], cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
-    if r.returncode != 0 or not SHOWCASE_WASM.exists():
-        pytest.fail(f"building examples.showcase failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}", pytrace=False)
-    return SHOWCASE_WASM
+    try:
+        return build_plugin("examples.showcase")
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,16 @@ def envoy_binary() -> str:
     return found
 
 
+def build_plugin(entry: str) -> Path:
+    """Build ``dist/<name>.wasm`` for a plugin entry (a no-op when up to date); RuntimeError with the build output."""
+    wasm = REPO / "dist" / (entry.rsplit(".", 1)[-1].replace("_", "-") + ".wasm")
+    r = subprocess.run([sys.executable, str(REPO / "build/pwbuild"), entry], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    if r.returncode != 0 or not wasm.exists():
+        raise RuntimeError(f"building {entry} failed (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return wasm
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

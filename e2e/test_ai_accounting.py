@@ -18,14 +18,14 @@ from typing import Any
 import openai
 import pytest
 
-from e2e.ai_stack import QWEN, AiStack, Labels, wait_for
+from e2e.ai_stack import QWEN, TRUST_CONSUMER_HEADER, AiStack, Labels, wait_for
 
 Launch = Callable[..., AbstractContextManager[AiStack]]
 
 
 @pytest.fixture(scope="module")
 def stack(ai_launch: Launch) -> Iterator[AiStack]:
-    with ai_launch() as s:
+    with ai_launch(replace=TRUST_CONSUMER_HEADER) as s:  # each scenario names its consumer itself
         yield s
 
 

@@ -1,8 +1,8 @@
 """Every error a client of an AI path gets is an OpenAI-style JSON error, in a real Envoy with the shipped config
-(issue 16.3): Envoy's own local replies (connect failure, unknown cluster, timeout, its buffer's 413, no route)
-through the config's ``local_reply_config``, the gateway's own errors unchanged (not wrapped twice), fallback
-exhaustion; plus ``GET /v1/models/{id}`` (16.4), path spellings (23.6) and content types (16.7), all with the
-official ``openai`` client where it can send the request.
+(issue 16.3): Envoy's own local replies (connect failure, unknown cluster, no healthy upstream, overflow, timeout,
+its buffer's 413, no route) through the config's ``local_reply_config``, the gateway's own errors unchanged (not
+wrapped twice), fallback exhaustion; plus ``GET /v1/models/{id}`` (16.4), path spellings (23.6) and content types
+(16.7), all with the official ``openai`` client where it can send the request.
 """
 
 from __future__ import annotations
@@ -19,14 +19,31 @@ from e2e.ai_stack import CANARY, GEMMA, HELLO, QWEN, AiStack, chat, send
 
 Launch = Callable[..., AbstractContextManager[AiStack]]
 GEMMA_ENTRY = '{"name": "gemma-2-2b", "cluster": "gemma-2-2b"}'
+EXTRA_MODELS = ('{"name": "ghost", "cluster": "no-such-cluster"}, {"name": "empty", "cluster": "empty"}, '
+                '{"name": "full", "cluster": "full"}')
+# a cluster without endpoints (no healthy upstream) and one whose circuit breaker admits no request (overflow)
+EXTRA_CLUSTERS = """  clusters:
+  - name: empty
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment: {cluster_name: empty, endpoints: []}
+  - name: full
+    type: STATIC
+    connect_timeout: 1s
+    circuit_breakers: {thresholds: [{max_requests: 0, max_pending_requests: 0, max_connections: 0}]}
+    load_assignment:
+      cluster_name: full
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 9}}}}]}]
+"""
 
 
 @pytest.fixture(scope="module")
 def stack(ai_launch: Launch) -> Iterator[AiStack]:
-    # A 1 s route timeout, a 64 KiB Envoy buffer (the plugin's own limit stays 10 MiB), a model on a cluster Envoy
-    # does not have, and a default route for /v1/ only (so other paths have no route).
-    replace = {GEMMA_ENTRY: GEMMA_ENTRY + ', {"name": "ghost", "cluster": "no-such-cluster"}',
-               'match: {prefix: "/"}': 'match: {prefix: "/v1/"}'}
+    # A 1 s route timeout, a 64 KiB Envoy buffer (the plugin's own limit stays 10 MiB), models on a cluster Envoy
+    # does not have, on one without endpoints and on one that overflows, and a default route for /v1/ only (so
+    # other paths have no route).
+    replace = {GEMMA_ENTRY: GEMMA_ENTRY + ", " + EXTRA_MODELS, 'match: {prefix: "/"}': 'match: {prefix: "/v1/"}',
+               "  clusters:\n": EXTRA_CLUSTERS}
     with ai_launch(replace=replace, route_timeout="1s", buffer_limit=65536) as s:
         yield s
 
@@ -92,11 +109,13 @@ def test_upstream_timeout_is_an_openai_error(gw: AiStack) -> None:
     typed(err.value, 504, "upstream_timeout", "server_error")
 
 
-def test_unknown_cluster_is_an_openai_error(gw: AiStack) -> None:
+@pytest.mark.parametrize(("model", "detail"), [("ghost", "cluster_not_found"), ("empty", "no_healthy_upstream"),
+                                               ("full", "overflow")])
+def test_unknown_empty_or_full_cluster_is_an_openai_error(gw: AiStack, model: str, detail: str) -> None:
     with pytest.raises(openai.InternalServerError) as err:
-        chat(gw, "ghost")
+        chat(gw, model)
     e = typed(err.value, 503, "upstream_unavailable", "server_error")
-    assert "cluster_not_found" in e["message"]
+    assert detail in e["message"], e
 
 
 def test_envoy_buffer_limit_is_an_openai_error(gw: AiStack) -> None:
@@ -132,7 +151,7 @@ def test_gateway_errors_are_not_wrapped_twice(gw: AiStack) -> None:
 
 def test_models_retrieve_answers_every_listed_model(gw: AiStack) -> None:
     listed = [m.id for m in gw.client.models.list()]
-    assert listed == [QWEN, GEMMA, "ghost", CANARY]
+    assert listed == [QWEN, GEMMA, "ghost", "empty", "full", CANARY]
     for name in listed:
         m = gw.client.models.retrieve(name)
         assert (m.id, m.object, m.owned_by) == (name, "model", "ai-gateway")

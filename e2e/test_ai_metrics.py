@@ -18,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 
-from e2e.ai_stack import CANARY, GEMMA, QWEN, AiStack, Labels, Reply, wait_for
+from e2e.ai_stack import CANARY, GEMMA, QWEN, TRUST_CONSUMER_HEADER, AiStack, Labels, Reply, wait_for
 from e2e.mock_vllm import DEFAULT_MAX_TOKENS
 
 Launch = Callable[..., AbstractContextManager[AiStack]]
@@ -117,8 +117,7 @@ class Traffic:
 
 @pytest.fixture(scope="module")
 def traffic(ai_launch: Launch) -> Iterator[Traffic]:
-    # the clients name their consumer themselves: declared trusted here (no authentication in front)
-    with ai_launch(replace={'"aliases": [': '"consumer_header": "x-mse-consumer", "aliases": ['}) as stack:
+    with ai_launch(replace=TRUST_CONSUMER_HEADER) as stack:  # the clients name their consumer themselves
         t = Traffic(stack)
         t.send(QWEN, "alpha beta", "alice")
         t.send(QWEN, "one two three four", "alice", chat=False)

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,10 +16,9 @@ import pytest
 
 from e2e import echo
 from e2e.client import request
-from e2e.envoy import REPO, Envoy, free_port, render
+from e2e.envoy import REPO, Envoy, build_plugin, free_port, render
 
 CONFIG = REPO / "plugin/examples/grpc_check/envoy.yaml"
-WASM = REPO / "dist/grpc-check.wasm"
 LOG_LEVEL = "info"
 ACKS = "wasmcustom.grpc_check.audit_acks"  # Envoy prefixes the plugin's own stats
 
@@ -58,11 +55,10 @@ class PolicyService:
 
 @pytest.fixture(scope="module")
 def grpc_check_wasm() -> Path:
-    r = subprocess.run([sys.executable, str(REPO / "build/pwbuild"), "examples.grpc_check"], cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
-    if r.returncode != 0 or not WASM.exists():
-        pytest.fail(f"building examples.grpc_check failed:\n{r.stdout}\n{r.stderr}", pytrace=False)
-    return WASM
+    try:
+        return build_plugin("examples.grpc_check")
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @contextmanager

@@ -213,7 +213,7 @@ def test_real_server_switches_no_usage_pings_and_newlines(srv: MockServer, clien
     assert client.chat.completions.create(model=MODEL, messages=chat_body()["messages"]).usage is None
     srv.clear_fault()
     for newline, nl in (("crlf", b"\r\n"), ("cr", b"\r")):
-        head, _, body = wire(srv.url, "/v1/chat/completions", chat_body(stream=True, max_tokens=2),
+        _, _, body = wire(srv.url, "/v1/chat/completions", chat_body(stream=True, max_tokens=2),
                              {"x-mock-sse-newline": newline, "x-mock-ttft-ms": "250", "x-mock-ping-ms": "100"}
                              ).partition(b"\r\n\r\n")
         payload = _dechunk(body)

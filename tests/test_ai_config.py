@@ -42,6 +42,13 @@ def with_(path: str, value: object) -> dict:
     ({"fallback": {"models": ["a"]}}, "fallback.models: unknown field"),
     ({"max_body_bytes": "big"}, "max_body_bytes: must be an integer, got string"),
     ({"modles": []}, "modles: unknown field"),
+    (with_("models/0/fallback", {"models": ["gemma-2-2b"], "cluster": "agg", "mode": "RAND"}),
+     "models[0].fallback.mode: must be SEQ with cluster"),
+    (with_("models/0/fallback/first_byte_timeout_ms", -1), "models[0].fallback.first_byte_timeout_ms: must be between"),
+    (with_("models/0/fallback/cluster", 7), "models[0].fallback.cluster: must be a string"),
+    ({"fallback": {"cluster": "agg"}}, "fallback.cluster: unknown field (set models per model)"),
+    ({"attempt_filter": True, "models": []}, "models: the attempt filter takes no other field"),
+    ({"attempt_filter": "yes"}, "attempt_filter: must be true or false"),
 ])
 def test_config_errors_name_the_field(cfg: dict, message: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -62,3 +69,22 @@ def test_defaults() -> None:
     assert 503 in qwen.fallback.on_status and 504 in qwen.fallback.on_status and 429 not in qwen.fallback.on_status
     assert (cfg.route_header, cfg.model_header, cfg.max_body_bytes) == ("x-ai-upstream", "x-ai-model", 10 << 20)
     assert not parse({}).enabled
+
+
+def test_fallback_cluster_becomes_envoy_retry_headers() -> None:
+    """The retry policy Envoy gets for a fallback cluster, computed once: statuses, key statuses, attempts, timeout."""
+    fb = parse(with_("models/0/fallback", {"models": ["gemma-2-2b", "llama-3"], "cluster": "agg", "on_status": ["5xx", 429],
+                                         "first_byte_timeout_ms": 2500})).models["qwen2-1-5b"].fallback
+    assert dict(fb.retry_headers) == {
+        "x-envoy-retry-on": "connect-failure,refused-stream,reset,5xx,retriable-status-codes",
+        "x-envoy-retriable-status-codes": "429", "x-envoy-max-retries": "2",
+        "x-envoy-upstream-rq-per-try-timeout-ms": "2500"}
+    cfg = with_("models/0/fallback", {"models": ["gemma-2-2b"], "cluster": "agg", "on_status": [504, "4xx"]})
+    cfg["models"][0]["api_keys"] = {"keys": ["k"]}
+    h = dict(parse(cfg).models["qwen2-1-5b"].fallback.retry_headers)
+    assert h["x-envoy-retry-on"] == "connect-failure,refused-stream,reset,gateway-error,retriable-status-codes"
+    assert h["x-envoy-retriable-status-codes"].split(",") == [str(c) for c in range(400, 500)] + ["504"]
+    assert "x-envoy-upstream-rq-per-try-timeout-ms" not in h and h["x-envoy-max-retries"] == "1"
+    assert parse(CONFIG).models["qwen2-1-5b"].fallback.retry_headers == ()  # callouts: no Envoy retries
+    attempt = parse({"attempt_filter": True})
+    assert attempt.attempt_filter and not attempt.enabled

@@ -9,9 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxywasm import Action
-
 from ai_gateway.estimate import input_tokens
+from proxywasm import Action
 
 from .gateway import CHAT, CONFIG, chat_body
 from .test_ai_usage import FRAMINGS, framed_stream
@@ -65,7 +64,7 @@ def test_non_streaming_usage_metrics_and_ai_log(make_host) -> None:
     assert log == {"model": "qwen2-1-5b", "served_model": "qwen2-1-5b", "route": "chat", "cluster": "qwen",
                    "consumer": "team-a", "status": 200, "stream": False, "input_tokens": 11, "output_tokens": 7,
                    "total_tokens": 18, "usage_source": "server", "usage_known": True, "ttft_ms": None,
-                   "duration_ms": 250, "fallback_from": None, "complete": True, "cancelled": False}
+                   "duration_ms": 250, "fallback_from": None, "complete": True, "cancelled": False, "attempts": None}
 
 
 def test_streaming_usage_injected_and_stripped(make_host) -> None:
@@ -121,7 +120,13 @@ def test_fallback_counts_tokens_of_the_model_that_answered(make_host) -> None:
     assert s.local_response.body == b"".join(sse(chunk("x")))
     assert metric(h, "input_token", "gemma", "gemma-2-2b") == 11
     assert metric(h, "fallback_total", "gemma", "gemma-2-2b") == 1
-    assert json.loads(s.property("ai_log"))["fallback_from"] == "qwen2-1-5b"
+    log = json.loads(s.property("ai_log"))
+    assert log["fallback_from"] == "qwen2-1-5b"
+    assert log["attempts"] == [["qwen2-1-5b", 503], ["gemma-2-2b", 200]]  # every attempt, in order
+    assert metric(h, "attempt_failure_total") == 1  # on the failed model's labels
+    qwen = [n.rsplit(".", 1)[1] for n in h.metric_names if ".model.qwen2-1-5b." in n]
+    assert qwen == ["attempt_failure_total"]  # tokens and the request are charged once, to gemma
+    assert not any(n.endswith("attempt_failure_total") for n in h.metric_names if ".model.gemma-2-2b." in n)
 
 
 def test_truncated_stream_and_broken_json_record_what_is_known(make_host) -> None:
@@ -210,6 +215,7 @@ def test_stream_without_usage_is_estimated_and_ttft_waits_for_output(make_host, 
     assert log["ttft_ms"] == 600  # ping at 100, role and keep-alives at 300: the first word at 600
     assert (metric(h, "input_token"), metric(h, "output_token"), metric(h, "total_token")) == (inp, 5, inp + 5)
     assert metric(h, "usage_estimated_total") == 1 and metric(h, "llm_first_token_duration") == 600
+    assert metric(h, "estimated_token") == inp + 5
     _error(h, 400)
 
 

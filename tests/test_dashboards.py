@@ -30,7 +30,7 @@ def test_every_dashboard_query_uses_emitted_metrics_and_labels() -> None:
     labels = {lb for e in exprs for lb in re.findall(r"\b(ai_\w+)\b", e)}
     assert labels <= {"ai_route", "ai_cluster", "ai_model", "ai_consumer"}
     titles = " ".join(p["title"] for p in DASHBOARD["panels"]).lower()
-    for need in ("tokens/s", "first token", "latency", "error", "fallback", "consumer"):
+    for need in ("tokens/s", "first token", "latency", "error", "fallback", "consumer", "cancelled", "estimated"):
         assert need in titles
 
 

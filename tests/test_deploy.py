@@ -384,7 +384,8 @@ def test_schema_has_exactly_the_fields_the_validator_accepts(monkeypatch: pytest
     fields = validator_fields(FULL, monkeypatch)
     paths = set(schema_paths(SCHEMA))
     # top-level fallback holds defaults the parser merges into each model's fallback (all but "models")
-    fields |= {"fallback." + f.split(".")[-1] for f in fields if f.startswith("models[].fallback.")} - {"fallback.models"}
+    fields |= {"fallback." + f.split(".")[-1] for f in fields if f.startswith("models[].fallback.")} - {
+        "fallback.models", "fallback.cluster"}
     assert fields == paths
     for key in schema_paths(SCHEMA["properties"]["fallback"]):
         parse({**FULL, "fallback": {key: SCHEMA["properties"]["fallback"]["properties"][key].get("default", 3)}})
@@ -454,7 +455,8 @@ def test_readme_tables_list_the_schema_fields() -> None:
     assert pool == {p for p in leaves(paths) if p.startswith("models[].api_keys.")}
     assert console <= set(paths)
     # the top-level fallback's fields are described in its own row
-    assert leaves(paths) - console == {"fallback.on_status", "fallback.mode", "fallback.max_attempts", "fallback.timeout_ms"}
+    assert leaves(paths) - console == {"fallback.on_status", "fallback.mode", "fallback.max_attempts", "fallback.timeout_ms",
+                                       "fallback.first_byte_timeout_ms"}
 
 
 def readme_examples() -> list[tuple[str, dict]]:

@@ -356,3 +356,18 @@ def test_missing_key_variable_fails_start_with_the_field_named(make_host: Any, m
     (line,) = [m for lv, m in h.logs if lv >= LogLevel.ERROR]
     assert "models[0].api_keys.keys_env[1]: environment variable 'AIGW_TEST_KEY_B' is not set" in line
     assert "sk-env-0001" not in line
+
+
+def test_client_influenced_labels_stay_bounded(make_host: Any) -> None:
+    """The probe's 10,000 random consumers made 70,007 Envoy stats: now the consumer label is bounded, and model
+    names, aliases' sticky values and unknown models never make a label at all."""
+    h = start(make_host, {**CONFIG, "consumer_header": "x-mse-consumer", "max_consumers": 5})
+    for i in range(300):
+        s = chat(h, chat_body(["qwen2-1-5b", "sticky", "canary", f"unknown-{i}"][i % 4]),
+                 {"x-mse-consumer": f"user-{i}.metric.x", "x-user-id": f"u{i}"})
+        if s.local_response is None:
+            s.send_response_headers({":status": "200", "content-type": "application/json"}, end_of_stream=True)
+    labels = {n.split(".metric.")[0] for n in h.metric_names if n.startswith("route.")}
+    assert len(consumers(h)) == 6 and "_other" in consumers(h)
+    assert {n.split(".model.")[1].split(".")[0] for n in labels} <= {"qwen2-1-5b", "gemma-2-2b", "llama-3"}
+    assert len(labels) <= 6 * 3

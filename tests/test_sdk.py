@@ -233,6 +233,7 @@ def test_count_strings_rule() -> None:
     assert count_strings(b'{"content":"a\\\\"}{"content" : "b"}', keys) == (2, 4)  # an escaped backslash ends
     assert count_strings(b'{"reasoning_content":"a","contents":"b","content":["c"]}', keys) == (0, 0)
     assert count_strings(b'{"content":"unclosed', keys) == (0, 0)
+    assert count_strings(b'{"content":"a\n"}{"text":"bc"}', keys) == (1, 2)  # a value must close on its line
 
 
 def test_response_tap_of_a_reset_stream(host) -> None:

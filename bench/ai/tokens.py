@@ -48,9 +48,9 @@ wrk.body = '{"model":"bench-model","stream":true,%s"max_tokens":%d,"ignore_eos":
 CASES = {"a": ("a", True), "b/passthrough": ("b", True), "b/rewritten": ("b", False)}
 
 
-def envoy_yaml(system: str, admin: int, listen: int, upstream: int) -> str:
+def envoy_yaml(system: str, admin: int, listen: int, upstream: int, module: Path = systems.MODULE) -> str:
     """bench/ai/run.py's config for ``system`` with its cluster ``llm`` on the mock, without the canned listener."""
-    cfg = json.loads(systems.envoy_config(system, admin, listen, free_port()))
+    cfg = json.loads(systems.envoy_config(system, admin, listen, free_port(), module))
     cfg["static_resources"]["listeners"] = cfg["static_resources"]["listeners"][:1]
     for c in cfg["static_resources"]["clusters"]:
         for ep in c["load_assignment"]["endpoints"][0]["lb_endpoints"]:
@@ -67,7 +67,7 @@ def median_run(runs: list[dict]) -> dict:
 def one_run(system: str, usage: bool, mock_port: int, a: argparse.Namespace) -> dict:
     admin, listen = free_port(), free_port()
     body = LUA % ('"stream_options":{"include_usage":true},' if usage else "", a.tokens)
-    with Envoy(envoy_yaml(system, admin, listen, mock_port), admin, 1) as envoy, \
+    with Envoy(envoy_yaml(system, admin, listen, mock_port, a.module), admin, 1) as envoy, \
             tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
         pid = envoy.proc.pid  # type: ignore[union-attr]
         m.pin(pid, {0})
@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=5, help="runs per case (interleaved); the median is reported")
     ap.add_argument("--out", type=Path, default=run.RESULTS)
+    ap.add_argument("--module", type=Path, default=systems.MODULE,
+                    help="the plugin module of b (default dist/ai-gateway.wasm): compare builds")
     a = ap.parse_args(argv)
+    a.module = a.module.resolve()
     if a.seconds > 5:
         ap.error("runs are bounded to 5 s")
     m.ensure_wrk()

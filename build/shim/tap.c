@@ -41,6 +41,7 @@ typedef struct {
     char name[32];
     uint32_t len;
   } keys[6];
+  uint8_t first_lo[16], first_hi[16]; /* the keys' first letters, by nibble: bit k for key k */
   char *line; /* the chunk's last line, not ended yet */
   uint32_t line_len, line_cap;
   uint64_t strings, string_bytes;
@@ -138,14 +139,58 @@ static int pw_tap_feed(pw_tap *t, const char *p, uint32_t size) {
   return pw_tap_append(t, p + start, size - start);
 }
 
+/* The first quote at or after q followed by the first letter of a counted key (end: none), 16 bytes a step: a
+ * letter c is a key's first when lo[c & 15] & hi[c >> 4] has that key's bit (tables made by tap_count). */
+static const char *pw_next_key(const pw_tap *t, const char *q, const char *end) {
+  const v128_t quote = wasm_i8x16_splat('"'), low = wasm_i8x16_splat(0x0F), zero = wasm_i8x16_splat(0);
+  const v128_t lo = wasm_v128_load(t->first_lo), hi = wasm_v128_load(t->first_hi);
+  while (end - q >= 17) {
+    v128_t next = wasm_v128_load(q + 1);
+    v128_t first = wasm_v128_and(wasm_i8x16_swizzle(lo, wasm_v128_and(next, low)),
+                                 wasm_i8x16_swizzle(hi, wasm_u8x16_shr(next, 4)));
+    uint32_t bits = wasm_i8x16_bitmask(wasm_v128_andnot(wasm_i8x16_eq(wasm_v128_load(q), quote),
+                                                        wasm_i8x16_eq(first, zero)));
+    if (bits) return q + __builtin_ctz(bits);
+    q += 16;
+  }
+  for (; end - q >= 2; q++) {
+    unsigned char c = (unsigned char)q[1];
+    if (*q == '"' && (t->first_lo[c & 15] & t->first_hi[c >> 4])) return q;
+  }
+  return end;
+}
+
+/* The first quote or line end at or after q (end: none). 16 bytes a step. */
+static const char *pw_next_quote_or_eol(const char *q, const char *end) {
+  while (end - q >= 16) {
+    v128_t v = wasm_v128_load(q);
+    uint32_t bits = wasm_i8x16_bitmask(wasm_v128_or(
+        wasm_i8x16_eq(v, wasm_i8x16_splat('"')),
+        wasm_v128_or(wasm_i8x16_eq(v, wasm_i8x16_splat('\n')), wasm_i8x16_eq(v, wasm_i8x16_splat('\r')))));
+    if (bits) return q + __builtin_ctz(bits);
+    q += 16;
+  }
+  while (q < end && *q != '"' && *q != '\n' && *q != '\r') q++;
+  return q;
+}
+
 /* The counted members in p[0:n] (whole lines): the rules of proxywasm.taps.count_strings. */
 static void pw_count_strings(pw_tap *t, const char *p, size_t n) {
   const char *end = p + n, *q = p;
-  while (q < end && (q = memchr(q, '"', (size_t)(end - q)))) {
-    int k = 0;
-    for (; k < t->nkeys; k++)
-      if ((size_t)(end - q) > t->keys[k].len && !memcmp(q, t->keys[k].name, t->keys[k].len)) break;
-    if (k == t->nkeys) {
+  while ((q = pw_next_key(t, q, end)) < end) {
+    unsigned char c = (unsigned char)q[1];
+    uint32_t maybe = t->first_lo[c & 15] & t->first_hi[c >> 4]; /* the keys starting with that letter */
+    int k = -1;
+    while (maybe) {
+      int i = __builtin_ctz(maybe);
+      maybe &= maybe - 1;
+      uint32_t len = t->keys[i].len;
+      if ((size_t)(end - q) > len && q[len - 1] == '"' && !memcmp(q + 2, t->keys[i].name + 2, len - 3)) {
+        k = i;
+        break;
+      }
+    }
+    if (k < 0) {
       q++;
       continue;
     }
@@ -153,14 +198,15 @@ static void pw_count_strings(pw_tap *t, const char *p, size_t n) {
     while (q < end && (*q == ' ' || *q == '\t' || *q == ':')) q++;
     if (q >= end || *q != '"') continue;
     const char *open = ++q;
-    for (;;) { /* the closing quote: one not escaped (an even number of backslashes before it) */
-      q = memchr(q, '"', (size_t)(end - q));
-      if (!q) return; /* not closed on its line */
+    for (;;) { /* the closing quote: one not escaped (an even number of backslashes before it), on this line */
+      q = pw_next_quote_or_eol(q, end);
+      if (q == end || *q != '"') break;
       const char *b = q;
       while (b > open && b[-1] == '\\') b--;
       if (!((q - b) & 1)) break;
       q++;
     }
+    if (q == end || *q != '"') continue; /* not closed on its line: go on from the line's end */
     if (q > open) {
       t->strings++;
       t->string_bytes += (uint64_t)(q - open);
@@ -341,6 +387,8 @@ static PyObject *pw_tap_count_keys(PyObject *self, PyObject *const *args, Py_ssi
   pw_tap *t = pw_tap_get((int32_t)id);
   if (!t) return PyErr_NoMemory();
   t->nkeys = 0;
+  memset(t->first_lo, 0, sizeof t->first_lo);
+  memset(t->first_hi, 0, sizeof t->first_hi);
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys); i++) {
     PyObject *k = PyTuple_GET_ITEM(keys, i);
     uint32_t len = (uint32_t)PyBytes_GET_SIZE(k);
@@ -348,6 +396,9 @@ static PyObject *pw_tap_count_keys(PyObject *self, PyObject *const *args, Py_ssi
     memcpy(t->keys[i].name + 1, PyBytes_AS_STRING(k), len);
     t->keys[i].name[len + 1] = '"';
     t->keys[i].len = len + 2;
+    unsigned char c = (unsigned char)t->keys[i].name[1];
+    t->first_lo[c & 15] |= (uint8_t)(1u << i);
+    t->first_hi[c >> 4] |= (uint8_t)(1u << i);
     t->nkeys++;
   }
   Py_RETURN_NONE;

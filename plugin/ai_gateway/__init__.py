@@ -27,13 +27,16 @@ class GatewayRoot(RootContext):
     next_probe_ms = 0
     pickers: list = []  # every config's endpoint pickers (scraped on ticks)
     # every config's routing, model and endpoint headers (no configuration: the defaults)
-    strip_headers: tuple = ("x-ai-model", "x-ai-upstream", "x-gateway-destination-endpoint")
-    other_strip: dict = {}  # id(config) -> the other configs' headers of that kind
+    strip_headers: tuple = ("x-ai-attempt-ticket", "x-ai-model", "x-ai-upstream", "x-gateway-destination-endpoint")
 
     def on_config_loaded(self) -> None:
         configs = self.configs()
-        self.strip_headers = tuple(sorted({n for c in configs for n in c.strip_headers})) or GatewayRoot.strip_headers
-        self.other_strip = {id(c): tuple(n for n in self.strip_headers if n not in c.strip_headers) for c in configs}
+        union = tuple(sorted({n for c in configs for n in c.strip_headers}))
+        for c in configs:  # _rules_ with other header names: each configuration strips every one of them
+            if c.strip_headers != union:
+                c.strip_headers = union
+                c.request_headers = tuple(sorted({*c.request_headers, *(n.encode() for n in union)}))
+        self.strip_headers = union or GatewayRoot.strip_headers
         observe.MAX_CONSUMERS = max([c.max_consumers for c in configs] or [observe.MAX_CONSUMERS])
         self.probe_ms = probe_period_ms(configs)
         self.pickers = [p for c in configs for p in c.pickers.values()]

@@ -17,6 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+ATTEMPT_HEADER = "x-ai-attempt-ticket"  # the router-level filter's ticket for the attempt filter (never a client's)
 DEFAULT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
@@ -54,7 +55,10 @@ class FallbackPolicy:
     on_status: StatusSet
     mode: str  # SEQ: in order; RAND: random order
     max_attempts: int  # upstream attempts in all, the first one included
-    timeout_ms: int  # total budget for the fallback attempts
+    timeout_ms: int  # total budget for the fallback attempts (callouts)
+    cluster: str = ""  # an Envoy aggregate cluster: attempts are Envoy retries (see retries.py)
+    first_byte_timeout_ms: int = 0  # per attempt, until response headers (Envoy retries); 0: none
+    retry_headers: tuple = ()  # the request headers that give Envoy this policy (with ``cluster``)
 
 
 @record
@@ -105,15 +109,16 @@ class Config:
     pickers: dict = factory(dict)  # cluster -> picker.EndpointPicker (models[].endpoint_picker)
     picker_headers: tuple = ()  # their destination headers: never accepted from clients
     request_headers: tuple = ()  # every request header the gateway reads (bytes): only these are decoded
-    strip_headers: tuple = ()  # routing, model and endpoint headers: removed from every client request
+    strip_headers: tuple = ()  # routing, model and endpoint headers (of every configuration): removed from requests
     max_consumers: int = 1000  # distinct consumer labels in metrics (process-wide); then "_other"
+    attempt_filter: bool = False  # this instance is the upstream (per-attempt) filter, not the router-level one
 
     @property
     def enabled(self) -> bool:
         return bool(self.models)
 
 
-def _fallback(f: Fields | None, defaults: Fields | None, own: str) -> FallbackPolicy | None:
+def _fallback(f: Fields | None, defaults: Fields | None, own: str, keys: KeyPoolConfig | None) -> FallbackPolicy | None:
     if f is None:
         return None
     d = defaults.doc if defaults else {}
@@ -125,15 +130,46 @@ def _fallback(f: Fields | None, defaults: Fields | None, own: str) -> FallbackPo
         raise ConfigError(f"{merged.path('models')}: must not contain the model itself ({own!r})")
     if len(set(models)) != len(models):
         raise ConfigError(f"{merged.path('models')}: has duplicates (each model is tried at most once)")
-    policy = FallbackPolicy(models, *_policy(merged, len(models)))
+    on_status, mode, max_attempts, timeout_ms, first_byte_timeout_ms = _policy(merged, len(models))
+    cluster = merged.str("cluster", "")
+    if cluster and mode != "SEQ":
+        raise ConfigError(f"{merged.path('mode')}: must be SEQ with cluster (Envoy tries the aggregate "
+                          "cluster's clusters in their order)")
+    policy = FallbackPolicy(models, on_status, mode, max_attempts, timeout_ms, cluster, first_byte_timeout_ms)
+    if cluster:
+        policy.retry_headers = retry_headers(policy, keys)  # still being built: set once, here
     merged.done()
     return policy
 
 
-def _policy(f: Fields, n_models: int) -> tuple[StatusSet, str, int, int]:
-    """on_status, mode, max_attempts, timeout_ms of a fallback (or of the top-level defaults)."""
+def retry_headers(policy: FallbackPolicy, keys: KeyPoolConfig | None) -> tuple[tuple[str, str], ...]:
+    """Envoy's retry policy for ``policy`` as request headers (the router honours them over the route's):
+    connection failures and resets always, the fallback statuses, the key pool's ejecting statuses (another
+    attempt is another key), at most ``max_attempts`` attempts, the per-attempt first-byte timeout."""
+    on = policy.on_status
+    codes = set(on.codes) | set(keys.eject_on if keys else ())
+    retry_on = ["connect-failure", "refused-stream", "reset"]
+    if 5 in on.classes:
+        retry_on.append("5xx")  # also a per-attempt timeout (Envoy's 504)
+    elif 504 in on.codes:
+        retry_on.append("gateway-error")  # a per-attempt timeout
+    codes |= {c for cls in on.classes if cls != 5 for c in range(cls * 100, cls * 100 + 100)}
+    out = [("x-envoy-max-retries", str(policy.max_attempts - 1))]
+    if codes:
+        retry_on.append("retriable-status-codes")
+        out.append(("x-envoy-retriable-status-codes", ",".join(str(c) for c in sorted(codes))))
+    out.append(("x-envoy-retry-on", ",".join(retry_on)))
+    if policy.first_byte_timeout_ms:
+        out.append(("x-envoy-upstream-rq-per-try-timeout-ms", str(policy.first_byte_timeout_ms)))
+    return tuple(out)
+
+
+def _policy(f: Fields, n_models: int) -> tuple[StatusSet, str, int, int, int]:
+    """on_status, mode, max_attempts, timeout_ms, first_byte_timeout_ms of a fallback (or of the top-level
+    defaults)."""
     return (StatusSet.parse(f, "on_status", ("5xx",)), f.choice("mode", ("SEQ", "RAND"), "SEQ"),
-            f.int("max_attempts", n_models + 1, min=2, max=10), f.int("timeout_ms", 60_000, min=100, max=600_000))
+            f.int("max_attempts", n_models + 1, min=2, max=10), f.int("timeout_ms", 60_000, min=100, max=600_000),
+            f.int("first_byte_timeout_ms", 0, min=0, max=600_000))
 
 
 def _paths(f: Fields) -> frozenset:
@@ -172,10 +208,18 @@ def _distinct_headers(f: Fields, models: dict[str, Model], route: str, model: st
 
 def parse(doc: dict[str, Any]) -> Config:
     f = Fields(doc)
+    if f.bool("attempt_filter", False):
+        if len(doc) > 1:
+            extra = next(k for k in doc if k != "attempt_filter")
+            raise ConfigError(f"{f.path(extra)}: the attempt filter takes no other field (it follows the "
+                              "router-level filter's configuration)")
+        return Config(models={}, aliases={}, route_header="", model_header="", max_body_bytes=0, paths=frozenset(),
+                      models_endpoint=False, consumer_header="", inject_stream_usage=False,
+                      strip_injected_usage=False, ai_log="off", metrics=False, attempt_filter=True)
     defaults = f.obj("fallback", None)
     if defaults is not None:
         for key in defaults.doc:
-            if key not in ("on_status", "mode", "max_attempts", "timeout_ms"):
+            if key not in ("on_status", "mode", "max_attempts", "timeout_ms", "first_byte_timeout_ms"):
                 raise ConfigError(f"{defaults.path(key)}: unknown field (set models per model)")
         _policy(defaults, 1)  # checked even where no model uses them
     models: dict[str, Model] = {}
@@ -194,6 +238,7 @@ def parse(doc: dict[str, Any]) -> Config:
                 raise ConfigError(f"{mirror_f.path('model')}: must not be the model itself ({name!r})")
             mirror_f.done()
         keys_f = m.obj("api_keys", None)
+        keys = parse_pool(keys_f, name) if keys_f is not None else None
         upstream_model = m.str("upstream_model", name)
         if not upstream_model.strip():
             raise ConfigError(f"{m.path('upstream_model')}: must not be empty")
@@ -202,9 +247,9 @@ def parse(doc: dict[str, Any]) -> Config:
             cluster=token(m, "cluster"),
             upstream_model=upstream_model,
             authority=token(m, "authority", ""),
-            fallback=_fallback(m.obj("fallback", None), defaults, name),
+            fallback=_fallback(m.obj("fallback", None), defaults, name, keys),
             mirror=mirror,
-            keys=parse_pool(keys_f, name) if keys_f is not None else None,
+            keys=keys,
         )
         pools.add(m, name, models[name].cluster)
         m.done()
@@ -238,7 +283,7 @@ def parse(doc: dict[str, Any]) -> Config:
     picker_headers = tuple(sorted({p.header for p in pickers.values()}))
     _distinct_headers(f, models, route_header, model_header, consumer_header, pickers)
     read = {":method", ":path", "content-type", "content-length", "authorization", consumer_header, route_header,
-            model_header, *picker_headers, *(a.sticky_header for a in aliases.values()),
+            model_header, ATTEMPT_HEADER, *picker_headers, *(a.sticky_header for a in aliases.values()),
             *(p.criticality_header for p in pickers.values())}
     cfg = Config(
         models=models,
@@ -257,7 +302,7 @@ def parse(doc: dict[str, Any]) -> Config:
         picker_headers=picker_headers,
         request_headers=tuple(sorted(n.encode() for n in {*read, PICKER_HEADER} if n)),
         # the endpoint picker's standard header even without a picker: an ORIGINAL_DST cluster may read it
-        strip_headers=tuple(sorted({route_header, model_header, PICKER_HEADER, *picker_headers})),
+        strip_headers=tuple(sorted({route_header, model_header, PICKER_HEADER, ATTEMPT_HEADER, *picker_headers})),
         max_consumers=f.int("max_consumers", 1000, min=1, max=100_000),
     )
     f.done()

@@ -1,11 +1,13 @@
-"""Fallback: when the upstream fails, ask again and answer the client with the result.
+"""Fallback through HTTP callouts: when the upstream fails, ask again and answer the client with the result.
 
-The failed upstream response is held (its headers paused); each attempt is an HTTP
-callout with the same request, ``model`` rewritten. The plan: first, if the failure was
+Used where Envoy retries cannot be (no ``fallback.cluster``: no aggregate cluster, or ``mode: RAND``; a key
+retry on the same model); retries.py is the streaming path. The failed upstream response is held (its
+headers paused); each attempt is an HTTP callout addressed by ``attempt.address``. The plan: first, if the failure was
 the API key's (401/403/429), the same model once more with another healthy key; then the
-fallback models, each of which also gets one more try with another key when its key fails. The first answer that is not a trigger is sent to the client as a local
-reply; if every attempt fails, the held original response continues to the client.
-Attempts are bounded by ``max_attempts`` and ``timeout_ms`` and repeat a model only for its one key retry.
+fallback models, each of which also gets one more try with another key when its key fails. The first answer
+that is not a trigger is sent to the client as a local reply; if every attempt fails, the held original
+response continues to the client. Attempts are bounded by ``max_attempts`` and ``timeout_ms`` and repeat a
+model only for its one key retry.
 """
 
 from __future__ import annotations
@@ -15,17 +17,20 @@ import random
 from proxywasm import CalloutResponse, HostError, LogLevel
 from proxywasm import hostcalls as hc
 
+from .attempt import address
 from .config import Config, Model, StatusSet
 from .keys import KeyPool
 from .picker import add_destination
-from .request import with_model
 from .upstream import callout_headers
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
-    from .stream import GatewayStream
+    from proxywasm import HttpContext
+
+    from .reader import AnswerReader
 
 # Headers of a callout answer that must not be copied onto the local reply.
 _HOP = frozenset({":status", "content-length", "transfer-encoding", "connection", "keep-alive", "date", "server"})
@@ -33,10 +38,16 @@ KEY_RETRY_BUDGET_MS = 60_000
 
 
 class Fallback:
-    def __init__(self, stream: GatewayStream, cfg: Config, primary: Model, doc: dict[str, Any],
-                 request_headers: list[tuple[str, str]], rng: random.Random, key_retry: bool) -> None:
+    def __init__(self, stream: HttpContext, cfg: Config, primary: Model, doc: dict[str, Any],
+                 request_headers: list[tuple[str, str]], rng: random.Random, key_retry: bool, reader: AnswerReader,
+                 done: Callable[[Model | None, int], None], key_idx: int | None = None, status: int = 0) -> None:
+        """``reader`` reads the answer the client gets; ``done(served, status)`` follows the end (served None:
+        every attempt failed, the primary's response goes on); ``key_idx``: the primary's key, not tried again;
+        ``status``: the primary's answer."""
         policy = primary.fallback
         self.stream, self.cfg, self.primary, self.doc, self.rng = stream, cfg, primary, doc, rng
+        self.reader, self.done = reader, done
+        self.tried: list[list[Any]] = [[primary.name, status]]  # [model, status] per attempt (0: no answer)
         self.request_headers = request_headers
         order = list(policy.models) if policy else []
         if policy and policy.mode == "RAND":
@@ -51,7 +62,7 @@ class Fallback:
         self.deadline_ns = hc.get_current_time_ns() + budget * 1_000_000
         self.current: Model | None = None
         self.key: tuple[KeyPool, int] | None = None
-        self.tried_keys = {primary.name: {stream.key_idx}} if stream.key_idx is not None else {}
+        self.tried_keys = {primary.name: {key_idx}} if key_idx is not None else {}
         self.key_retried = {primary.name} if key_retry else set()  # models already given a second key
 
     def start(self) -> None:
@@ -62,16 +73,16 @@ class Fallback:
         while self.order and self.attempts < self.max_attempts and now < self.deadline_ns:
             model = self.cfg.models[self.order.pop(0)]
             self.attempts += 1
-            credential, self.key = None, None
-            if model.keys is not None:
-                pool = self.stream.pool_of(model)
-                idx = pool.pick(now // 1_000_000, self.rng, frozenset(self.tried_keys.get(model.name, ())))
-                if idx is None:
-                    continue  # no healthy key left for this model
-                self.tried_keys.setdefault(model.name, set()).add(idx)
-                credential, self.key = pool.credential(idx), (pool, idx)
-            body = with_model(self.doc, model.upstream_model)
-            headers = callout_headers(self.request_headers, model, self.cfg, self.primary, credential)
+            tried = frozenset(self.tried_keys.get(model.name, ()))
+            attempt = address(self.cfg, self.doc, model, now // 1_000_000, self.rng, source=self.primary,
+                              tried_keys=tried)
+            if attempt is None:
+                continue  # no healthy key left for this model
+            self.key = attempt.key
+            if attempt.key is not None:
+                self.tried_keys.setdefault(model.name, set()).add(attempt.key[1])
+            body = attempt.body
+            headers = callout_headers(self.request_headers, attempt, self.cfg)
             if self.cfg.pickers:  # a model with an endpoint picker: its least loaded pod
                 headers = add_destination(self.cfg.pickers, model, self.doc, headers, now // 1_000_000, self.cfg.metrics)
                 if headers is None:
@@ -81,6 +92,7 @@ class Fallback:
                                       timeout_ms=max(1, (self.deadline_ns - now) // 1_000_000))
             except HostError as e:  # e.g. no such cluster: try the next one
                 hc.log(LogLevel.WARN, f"fallback to {model.name} via {model.cluster!r} failed: {e}")
+                self.tried.append([model.name, 0])
                 continue
             self.current = model
             return
@@ -88,6 +100,8 @@ class Fallback:
 
     def _on_answer(self, resp: CalloutResponse) -> None:
         status = resp.status
+        if self.current is not None:
+            self.tried.append([self.current.name, status])
         if self.key is not None:
             pool, idx = self.key
             pool.report(idx, status, hc.get_current_time_ns() // 1_000_000, resp.header("retry-after"))
@@ -111,13 +125,13 @@ class Fallback:
         if served.name != self.primary.name:
             headers.append(("x-ai-fallback-from", self.primary.name))
         headers.append(("x-ai-served-model", served.name))
-        body = self.stream.on_fallback_answer(resp)
+        body = self.reader.whole_answer(resp.header("content-type"), resp.body)
         self.stream.send_local_response(status, body, headers)
-        self.stream.on_fallback_done(served)
+        self.done(served, status)
 
     def _exhausted(self) -> None:
         """No attempt succeeded: let the primary's own error response through."""
         self.stream.response_headers.set("x-ai-fallback-exhausted", str(self.attempts - 1))
         self.stream.response_headers.set("x-ai-served-model", self.primary.name)
         self.stream.resume_response()
-        self.stream.on_fallback_done(None)
+        self.done(None, 0)

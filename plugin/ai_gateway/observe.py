@@ -9,7 +9,9 @@ Counters: input_token, output_token, total_token, llm_service_duration (ms, sum)
 llm_duration_count, llm_first_token_duration (ms, sum), llm_stream_duration_count,
 request_total, error_total (5xx, no answer, or an answer cut off, unless the client left), cancelled_total (the client
 left before the answer's end), usage_estimated_total (served answers whose usage the server did not report: their
-tokens are estimated, see estimate.py), fallback_total. Histograms (ms): llm_first_token_latency, llm_latency.
+tokens are estimated, see estimate.py) and estimated_token (their total tokens), fallback_total,
+attempt_failure_total (an upstream attempt on this model that failed and was followed by another: counted on the
+failed model's labels). Histograms (ms): llm_first_token_latency, llm_latency.
 TTFT (llm_first_token_*, the AI log's ttft_ms) is the time to the first event carrying generated output.
 """
 
@@ -23,6 +25,10 @@ from proxywasm import hostcalls as hc
 from proxywasm.properties import response_code_details, response_flags
 
 from .usage import Usage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.@:|\-/]")
 MAX_LABEL = 64
@@ -82,8 +88,8 @@ class Observation:
     """One answered request, as metrics and the AI log see it (a plain class, not a record: one is made per
     request, and a record's generic keyword __init__ costs microseconds inside V8)."""
 
-    __slots__ = ("cancelled", "cluster", "complete", "consumer", "duration_ms", "estimated", "fallback_from", "model",
-                 "route", "served", "status", "stream", "ttft_ms", "usage")
+    __slots__ = ("attempts", "cancelled", "cluster", "complete", "consumer", "duration_ms", "estimated",
+                 "fallback_from", "model", "route", "served", "status", "stream", "ttft_ms", "usage")
 
     def __init__(self, model: str, served: str, route: str, cluster: str, consumer: str, status: int, stream: bool,
                  usage: Usage | None, ttft_ms: int | None, duration_ms: int, fallback_from: str,
@@ -97,6 +103,7 @@ class Observation:
         self.complete = complete  # False: the response never reached its end (cut off, reset, client gone)
         self.estimated = estimated  # usage is the gateway's estimate (the server reported none)
         self.cancelled = cancelled  # the client left before the end (not an upstream failure)
+        self.attempts = ""  # JSON [["model", status], ...] after a fallback (more than one attempt), else ""
 
     def log_record(self) -> str:
         """The AI log line (JSON). Assembled by hand: the JSON encoder costs ~5x more inside the VM."""
@@ -118,12 +125,13 @@ class Observation:
         return _LINE % (head, self.status, _BOOL[self.stream], inp, out, total, source,
                         _BOOL[u is not None and not self.estimated], "null" if ttft is None else str(int(ttft)),
                         self.duration_ms, _str(self.fallback_from) if self.fallback_from else "null",
-                        _BOOL[bool(self.complete)], _BOOL[bool(self.cancelled)])
+                        _BOOL[bool(self.complete)], _BOOL[bool(self.cancelled)], self.attempts or "null")
 
 
 # One %-format (in C) instead of an f-string of a dozen parts: the AI log line is made per request.
 _LINE = ('%s"status":%d,"stream":%s,"input_tokens":%s,"output_tokens":%s,"total_tokens":%s,"usage_source":%s,'
-         '"usage_known":%s,"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s,"cancelled":%s}')
+         '"usage_known":%s,"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s,"cancelled":%s,'
+         '"attempts":%s}')
 _HEADS: dict[tuple[str, str, str, str, str], str] = {}  # the AI log's label part, per label set
 _BOOL = {True: "true", False: "false"}
 
@@ -151,13 +159,15 @@ METRICS = ((_COUNTER, "request_total"), (_COUNTER, "llm_duration_count"), (_COUN
             (_COUNTER, "input_token"), (_COUNTER, "output_token"), (_COUNTER, "total_token"),
             (_COUNTER, "error_total"), (_COUNTER, "fallback_total"), (_COUNTER, "llm_first_token_duration"),
             (_COUNTER, "llm_stream_duration_count"), (_HISTOGRAM, "llm_first_token_latency"),
-            (_HISTOGRAM, "llm_latency"), (_COUNTER, "usage_estimated_total"), (_COUNTER, "cancelled_total"))
+            (_HISTOGRAM, "llm_latency"), (_COUNTER, "usage_estimated_total"), (_COUNTER, "cancelled_total"),
+            (_COUNTER, "estimated_token"), (_COUNTER, "attempt_failure_total"))
+_ATTEMPT_FAILURE = len(METRICS) - 1
 _SERIES: dict[tuple[str, str, str, str], _Series] = {}
 MAX_SERIES = 10_000  # label sets cached per VM
 
 
 def _series(o: Observation) -> _Series:
-    consumer = consumer_label(o.consumer)
+    consumer = _CONSUMERS.get(o.consumer) or consumer_label(o.consumer)  # the common case without a call
     key = (o.route, o.cluster, o.served, consumer)
     s = _SERIES.get(key)
     if s is None:
@@ -189,6 +199,8 @@ def record_metrics(o: Observation) -> None:
         inc(ids[6] or mid(6), 1)
     if o.estimated:
         inc(ids[12] or mid(12), 1)
+        if u is not None and u.total:
+            inc(ids[14] or mid(14), u.total)
     if o.fallback_from:
         inc(ids[7] or mid(7), 1)
     if o.ttft_ms is not None:
@@ -198,6 +210,18 @@ def record_metrics(o: Observation) -> None:
         inc(ids[9] or mid(9), 1)
         rec(ids[10] or mid(10), o.ttft_ms)
     rec(ids[11] or mid(11), o.duration_ms)
+
+
+def attempts_json(tried: list[list[Any]]) -> str:
+    """The attempts of a request for the AI log: [["model", status], ...] (status 0: no response)."""
+    return "[" + ",".join(f"[{_str(m)},{s}]" for m, s in tried) + "]"
+
+
+def record_failed_attempts(o: Observation, failed: list[tuple[str, str]]) -> None:
+    """``attempt_failure_total`` for each (model, cluster) whose attempt failed before another was made."""
+    for model, cluster in failed:
+        s = _series(Observation(o.model, model, o.route, cluster, o.consumer, 0, o.stream, None, None, 0, ""))
+        hc._h.proxy_increment_metric(s.ids[_ATTEMPT_FAILURE] or s.id(_ATTEMPT_FAILURE), 1)
 
 
 def publish(o: Observation, metrics: bool, to_filter_state: bool, to_log: bool) -> None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from proxywasm import CalloutResponse, HostError, LogLevel
 from proxywasm import hostcalls as hc
 
+from .attempt import pool_of
 from .config import Config, Model
 from .lease import VM_TOKEN
-from .stream import pool_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

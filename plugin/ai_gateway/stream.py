@@ -1,42 +1,38 @@
-"""One client request through the gateway: parse, route, mirror, fall back, observe."""
+"""One client request through the gateway: parse, route (one attempt), mirror, fall back, observe the answer."""
 
 from __future__ import annotations
 
 import random
 
-from proxywasm import Action, CalloutResponse, HttpContext, LogLevel
+from proxywasm import Action, HttpContext, LogLevel
 from proxywasm import hostcalls as hc
 from proxywasm.properties import route_name
 
+from . import retries
+from .attempt import NO_KEYS, address, pool_of
 from .catalog import MODELS_PATH, is_model_path, model_object, models_list
 from .config import Config, Model
 from .errors import JSON_HEADERS, GatewayError, shown
-from .estimate import OUTPUT_KEYS, body_output, estimate
 from .fallback import Fallback
-from .keys import KeyPool
-from .observe import Observation, client_cancelled, publish
+from .observe import Observation, attempts_json, client_cancelled, publish, record_failed_attempts
 from .paths import normalize
 from .picker import finished as endpoint_finished
 from .picker import route as pick_endpoint
-from .request import duplicate_model, json_media_type, needs_usage, parse_body, with_model, with_usage_requested
+from .reader import AnswerReader
+from .request import duplicate_model, json_media_type, needs_usage, parse_body, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
-from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner
 
 RNG = random.Random()  # seeded from the host's random_get, per VM
 _RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")
-_POOLS: dict[str, KeyPool] = {}  # this VM's view of each model's key pool
+_warned_no_filter = [False]
 
 
-def pool_of(model: Model) -> KeyPool:
-    pool = _POOLS.get(model.name)
-    if pool is None or pool.cfg is not model.keys:
-        assert model.keys is not None
-        pool = _POOLS[model.name] = KeyPool(model.name, model.keys)
-    return pool
+def _key_statuses(model: Model) -> frozenset:
+    return model.keys.eject_on if model.keys else frozenset()
 
 
-class GatewayStream(HttpContext):
+class GatewayStream(AnswerReader, HttpContext):
     model: Model | None = None  # set once the request is routed
     requested = ""
     fallback: Fallback | None = None
@@ -47,42 +43,36 @@ class GatewayStream(HttpContext):
     stream = False  # the client asked for SSE
     drop_usage = False  # the gateway asked for usage on the client's behalf
     status = 0
-    sse: SseScanner | None = None
-    collector: JsonCollector | None = None
-    tapped = False  # the response body goes on untouched and the VM keeps its end (see _tap)
-    counting = False  # the response tap counts the generated text of a stream (estimate.OUTPUT_KEYS)
-    out_strings = out_bytes = 0  # what it counted: members, their bytes
-    first_out_ns = 0  # when the first event carrying output came (time to first token)
     body = b""  # the request as the client sent it (an input estimate reads it, when the server reports no usage)
     published = False
-    ended = False  # the response body reached its end (also when held back while falling back)
     key_idx: int | None = None  # index of the pool key this request went out with
     endpoint = None  # (picker.state.Endpoint, upstream model): the pod picked, in flight there until on_log
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
-    pool_of = staticmethod(pool_of)
+    attempts: retries.Attempts | None = None  # fallback as Envoy retries: the attempts so far
+    upstream: retries.UpstreamAttempt | None = None  # set when this context is the attempt filter's
 
     # -- request --
 
     def on_request_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         cfg: Config | None = self.config
         h = self.request_headers
-        root = self.root
         if cfg is None or not cfg.enabled:
+            if cfg is not None and cfg.attempt_filter:  # this instance is the upstream (per-attempt) filter
+                return retries.on_attempt_headers(self)
             # Off for this stream, yet the routing, model and endpoint headers of every configuration stay the
             # gateway's: a client must not pick a cluster or an address.
-            for name in root.strip_headers:
+            for name in self.root.strip_headers:
                 h.remove(name)
             return Action.CONTINUE
         hd = h.snapshot(cfg.request_headers)  # one host call for the headers read below and later
-        # Only the gateway may choose upstreams: a client cannot route (cluster, model, pod) by sending these.
+        # Only the gateway may choose upstreams: a client cannot route (cluster, model, pod) by sending these
+        # (those of every configuration: GatewayRoot.on_config_loaded).
         for name in cfg.strip_headers:
             if name in hd:
                 h.remove(name)
-        for name in root.other_strip.get(id(cfg), ()):  # those of the other configurations (_rules_)
-            h.remove(name)
         method = hd.get(":method")
         raw, _, query = hd.get(":path", "").partition("?")
-        path = normalize(raw)
+        path = raw if raw in cfg.paths else normalize(raw)
         if method == "GET" and cfg.models_endpoint and path.startswith(MODELS_PATH):
             if path == MODELS_PATH:
                 self.send_local_response(200, models_list(cfg), JSON_HEADERS)
@@ -116,6 +106,8 @@ class GatewayStream(HttpContext):
 
     def on_request_body(self, body_size: int, end_of_stream: bool) -> Action:
         if not self.active or self.model is not None:
+            if self.upstream is not None:  # the attempt filter
+                return retries.on_attempt_body(self, self.upstream, end_of_stream)
             return Action.CONTINUE
         cfg: Config = self.config
         if body_size > cfg.max_body_bytes:
@@ -146,107 +138,68 @@ class GatewayStream(HttpContext):
             self.drop_usage = cfg.strip_injected_usage
             rewrite = True
         self.model, self.requested, self.doc, self.body = model, requested, doc, body
-        h.set(cfg.route_header, model.cluster)
-        h.set(cfg.model_header, model.name)
         picker = cfg.pickers.get(model.cluster) if cfg.pickers else None
         if picker is not None:  # the least loaded pod, or 429 for a sheddable request when all are saturated
             ep = pick_endpoint(picker, model, doc, self.headers_in.get, self.started_ns // 1_000_000, cfg.metrics)
             self.endpoint = (ep, model.upstream_model)
             h.set(picker.header, ep.addr)
-        if model.keys is not None:
-            self._use_key(model, h)
-        if rewrite:
-            body = with_model(doc, model.upstream_model)
-            self.request_body.replace(body)
-            h.set("content-length", str(len(body)))
-        if model.mirror and RNG.random() * 100 < model.mirror.percent:
-            shadow = cfg.models[model.mirror.model]
-            credential = None
-            if shadow.keys is not None:
-                pool = pool_of(shadow)
-                idx = pool.pick(hc.now_ns() // 1_000_000, RNG)
-                credential = pool.credential(idx) if idx is not None else None
-            mirror(self, shadow,
-                   callout_headers(h.items(), shadow, cfg, model, credential),
-                   with_model(doc, shadow.upstream_model), model.name)
-
-    def _use_key(self, model: Model, h: object) -> None:
-        """Send the request with a healthy pool key instead of the client's credential."""
-        keys = model.keys
-        assert keys is not None
-        pool = pool_of(model)
-        idx = pool.pick(hc.now_ns() // 1_000_000, RNG)
-        if idx is None:
+        now_ms = self.started_ns // 1_000_000
+        # by position (keywords cost more per call): no source, the client's credential, no keys tried yet,
+        # rewrite, the route keeps the host
+        attempt = address(cfg, doc, model, now_ms, RNG, None, "authorization" in self.headers_in, NO_KEYS, rewrite,
+                          False)
+        if attempt is None:
             raise GatewayError(503, f"no upstream API key is available for model `{model.name}`; retry later",
                                "no_available_key")
-        if not keys.forward_client_credential and keys.header != "authorization" and "authorization" in self.headers_in:
-            h.remove("authorization")
-        h.set(*pool.credential(idx))  # replaces every value the client sent in that header
-        self.key_idx = idx
+        attempt.apply(h)  # a pool key replaces every value the client sent in that header
+        if attempt.body is not None:
+            self.request_body.replace(attempt.body)
+        if attempt.key is not None:
+            self.key_idx = attempt.key[1]
+        fb = model.fallback
+        if fb is not None and fb.cluster:  # fallback as Envoy retries: the attempt filter addresses each one
+            self.attempts = retries.expect(self, attempt, h, fb, doc, RNG)
+        if model.mirror and RNG.random() * 100 < model.mirror.percent:
+            shadow = cfg.models[model.mirror.model]
+            copy = address(cfg, doc, shadow, now_ms, RNG, source=model)
+            if copy is not None:  # no copy without a usable key
+                mirror(self, shadow, callout_headers(h.items(), copy, cfg), copy.body, model.name)
 
     # -- response --
 
     def on_response_headers(self, num_headers: int, end_of_stream: bool) -> Action:
         model = self.model
         if model is None:
+            if self.upstream is not None:  # the attempt filter
+                return retries.on_attempt_response(self, self.upstream)
             return Action.CONTINUE
         hd = self.response_headers.snapshot(_RESPONSE_HEADERS)  # one host call for the three read below
         status = hd.get(":status", "0")
         self.status = int(status) if status.isascii() and status.isdigit() else 0
-        key_failed = False
-        if self.key_idx is not None and self.fallback is None:
-            pool = pool_of(model)
-            retry_after = hd.get("retry-after") if self.status == 429 else None
-            pool.report(self.key_idx, self.status, hc.now_ns() // 1_000_000, retry_after)
-            key_failed = self.status in pool.cfg.eject_on
-        fb = model.fallback
-        if self.fallback is None and (key_failed or (fb is not None and self.status in fb.on_status)):
-            hc.log(LogLevel.INFO, f"{model.name} answered {status}: {'retrying' if key_failed else 'falling back'}")
-            # The request headers as sent upstream: Envoy keeps the map readable for the stream's life.
-            self.fallback = Fallback(self, self.config, model, self.doc, self.request_headers.items(), RNG,
-                                     key_failed)
-            self.fallback.start()
-            return Action.PAUSE
+        att = self.attempts
+        if att is not None:  # Envoy retried: the attempt filter accounted each attempt's key
+            model = self._answered(att, model)
+        else:
+            key_failed = False
+            if self.key_idx is not None and self.fallback is None:
+                pool = pool_of(model)
+                retry_after = hd.get("retry-after") if self.status == 429 else None
+                pool.report(self.key_idx, self.status, hc.now_ns() // 1_000_000, retry_after)
+                key_failed = self.status in pool.cfg.eject_on
+            fb = model.fallback
+            if self.fallback is None and (key_failed or (fb is not None and self.status in fb.on_status)):
+                hc.log(LogLevel.INFO, f"{model.name} answered {status}: "
+                                      f"{'retrying' if key_failed else 'falling back'}")
+                # The request headers as sent upstream: Envoy keeps the map readable for the stream's life.
+                self.fallback = Fallback(self, self.config, model, self.doc, self.request_headers.items(), RNG,
+                                         key_failed, self, self._fallback_done, self.key_idx, self.status)
+                self.fallback.start()
+                return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)
-        self._tap(hd.get("content-type"))
+        self.start_answer(hd.get("content-type"))
         if end_of_stream:
             self._publish()
         return Action.CONTINUE
-
-    def _tap(self, content_type: str | None, tap: bool = True) -> None:
-        """Observe the answer: usage, [DONE] and time to first token. Unless usage-only events are to be dropped
-        (each event is then looked at), the body passes on untouched and the VM keeps only what is read at its
-        end (``tapped``): a JSON answer whole (up to MAX_JSON_BODY, then its end), a stream's last TAIL_KEEP bytes.
-        """
-        if "text/event-stream" in (content_type or ""):
-            self.sse = SseScanner(self.drop_usage)
-            if tap:  # output is counted (TTFT, estimates) in C, however the chunks go on
-                self.count_response_strings(OUTPUT_KEYS)
-                self.counting = True
-            if tap and not self.drop_usage:
-                self.tap_response_body(TAIL_KEEP)
-                self.tapped = True
-        else:
-            self.collector = JsonCollector()
-            if tap:
-                self.tap_response_body(TAIL, MAX_JSON_BODY)
-                self.tapped = True
-
-    def _take_tap(self, ended: bool) -> None:
-        """What the response tap kept goes to the scanner or collector, as if it had been fed chunk by chunk;
-        what it counted, to out_*."""
-        tapped, self.tapped, self.counting = self.tapped, False, False
-        got = self.take_response_tap()
-        if got is None:
-            return
-        self.out_strings, self.out_bytes, self.first_out_ns = got.strings, got.string_bytes, got.first_string_ns
-        if not tapped:
-            return
-        if self.sse is not None:
-            self.sse.trimmed = got.trimmed  # the kept bytes may start inside an event
-            self.sse.feed(got.data, ended)
-        elif self.collector is not None:
-            self.collector.kept(got.data, got.size, got.trimmed)
 
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
         if end_of_stream:
@@ -255,50 +208,46 @@ class GatewayStream(HttpContext):
             return Action.PAUSE  # the failed upstream's body is held back while falling back
         if self.model is None or self.published:
             return Action.CONTINUE
-        if self.tapped:  # the end of a tapped body (its last chunk is in the tap)
-            self._take_tap(end_of_stream)
-            if end_of_stream:
-                self._publish()
-                return Action.CONTINUE
-            # not the end: the tap gave up (the host refused a read); this chunk and the next are read here
-        chunk = self.response_body.read() if body_size else b""
-        if self.sse is not None:
-            out = self.sse.feed(chunk, end_of_stream)
-            if out is not chunk and out != chunk:
-                self.response_body.replace(out)
-            if not end_of_stream and self.sse.idle:  # whole events without marks can pass without Python
-                self.skip_response_events(SKIP_MARKERS)
-        elif self.collector is not None:
-            self.collector.feed(chunk)
+        if end_of_stream and self.tapped:  # the usual end of a tapped answer: what the tap kept, read once
+            self.take_tap(True)
+        else:
+            self.read_answer(body_size, end_of_stream)
         if end_of_stream:
-            if self.counting:
-                self._take_tap(True)
             self._publish()
         return Action.CONTINUE
 
-    # -- fallback hooks --
+    def _answered(self, att: retries.Attempts, primary: Model) -> Model:
+        """After Envoy's attempts: the model that answered, ``x-ai-fallback-from`` or ``x-ai-fallback-exhausted``."""
+        served, failed = att.answered()
+        if served is None:  # no attempt filter ran: the answer is the primary's
+            if not _warned_no_filter[0]:
+                _warned_no_filter[0] = True
+                hc.log(LogLevel.WARN, f"models[{primary.name}].fallback.cluster is set but no attempt filter ran: "
+                                      "add the plugin as an upstream filter of the router ({\"attempt_filter\": true})")
+            return primary
+        fb = primary.fallback
+        assert fb is not None
+        if failed and (self.status in fb.on_status or self.status in _key_statuses(primary) or not self.status):
+            self.response_headers.set("x-ai-fallback-exhausted", str(failed))
+            return primary
+        if served is not primary:
+            self.response_headers.set("x-ai-fallback-from", primary.name)
+            self.fallback_from = primary.name
+            self.model = served
+        return served
 
-    def on_fallback_answer(self, resp: CalloutResponse) -> bytes:
-        """Observe a fallback's complete answer; returns the body the client gets."""
-        self.status = resp.status
-        self._tap(resp.header("content-type"), tap=False)
-        if self.sse is not None:
-            self.out_strings, self.out_bytes = body_output(resp.body)
-            self.first_out_ns = hc.now_ns() if self.out_strings else 0
-            return self.sse.feed(resp.body, end=True)
-        assert self.collector is not None
-        self.collector.feed(resp.body)
-        return resp.body
-
-    def on_fallback_done(self, served: Model | None) -> None:
+    def _fallback_done(self, served: Model | None, status: int) -> None:
+        """A callout fallback ended: ``served`` answered with ``status`` (sent as a local reply), or none did and
+        the primary's own response goes on."""
         if served is not None:
+            self.status = status
             if self.model is not None and served.name != self.model.name:
                 self.fallback_from = self.model.name
             self.model = served
             self._publish()
         elif self.fallback is not None:
             self.fallback.current = None  # the original response flows again
-            self._tap(self.response_headers.get("content-type"))
+            self.start_answer(self.response_headers.get("content-type"))
 
     # -- end --
 
@@ -307,17 +256,19 @@ class GatewayStream(HttpContext):
             endpoint_finished(*self.endpoint)
             self.endpoint = None
         if self.tapped or self.counting:
-            self._take_tap(False)
+            self.take_tap(False)
         if self.model is not None and not self.published:
             # The stream ended early: upstream cut off, client gone, reset. An SSE answer that reached its
             # "data: [DONE]" is whole even so: the official OpenAI client closes the connection right there,
             # often before the upstream's terminating chunk has arrived.
             # A fallback that failed everywhere lets the primary's error through after its end was seen.
-            complete = self.ended or (self.sse is not None and self.sse.done)
+            complete = self.answer_done
             self._publish(complete, not complete and client_cancelled())
         # The stream and its Fallback refer to each other: unlinked here, both go when Envoy deletes the stream
         # instead of waiting (with the request's body and document) for a full garbage collection.
         self.fallback = None
+        if self.attempts is not None:
+            retries.forget(self.attempts)
 
     def _publish(self, complete: bool = True, cancelled: bool = False) -> None:
         self.published = True
@@ -325,12 +276,7 @@ class GatewayStream(HttpContext):
         if not cfg.metrics and cfg.ai_log == "off":
             return
         now = hc.now_ns()
-        usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
-        estimated = usage is None and 200 <= self.status < 300  # served, but the server said nothing: estimated
-        if estimated:
-            out = (self.out_strings, self.out_bytes) if self.sse is not None else (
-                body_output(self.collector.body()) if self.collector is not None else (0, 0))
-            usage = estimate(self.body, *out)
+        usage, estimated = self.answer_usage()
         assert self.model is not None
         obs = Observation(
             model=self.requested, served=self.model.name, route=route_name(),
@@ -339,6 +285,12 @@ class GatewayStream(HttpContext):
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
             estimated=estimated, cancelled=cancelled,
         )
+        tried = self.attempts.tried if self.attempts is not None else self.fallback.tried if self.fallback else None
+        if tried and len(tried) > 1:  # fallen back (Envoy retries or callouts): every attempt, in order
+            obs.attempts = attempts_json(tried)
+            if cfg.metrics:
+                models = cfg.models
+                record_failed_attempts(obs, [(m, models[m].cluster) for m, _ in tried[:-1] if m in models])
         publish(obs, cfg.metrics, cfg.ai_log in ("filter_state", "both"), cfg.ai_log in ("log", "both"))
 
     def _reject(self, err: GatewayError) -> Action:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from proxywasm import hostcalls as hc
 
+from .attempt import Attempt
 from .config import Config, Model
 from .picker import add_destination
 
@@ -17,29 +18,11 @@ _DROP = frozenset({"content-length", "transfer-encoding", "connection", "keep-al
 MIRROR_TIMEOUT_MS = 60_000
 
 
-def credential_headers(model: Model | None) -> frozenset[str]:
-    """Headers that carry an upstream credential for ``model`` (its pool's key)."""
-    return frozenset({"authorization", model.keys.header}) if model and model.keys else frozenset()
-
-
-def callout_headers(request: list[tuple[str, str]], model: Model, cfg: Config, source: Model | None = None,
-                    credential: tuple[str, str] | None = None) -> list[tuple[str, str]]:
-    """The request headers as sent to ``source``, re-addressed to ``model``.
-
-    ``source``'s pool key is never copied to another request; ``credential`` is ``model``'s.
-    """
-    drop = _DROP | {cfg.route_header, cfg.model_header, *cfg.picker_headers} | credential_headers(source)
-    if model.keys is not None and not model.keys.forward_client_credential:
-        drop |= credential_headers(model)  # as on the direct path: the client's credential stays here
-    if credential:
-        drop |= {credential[0]}
-    out = [(k, v) for k, v in request if k not in drop and not (k == ":authority" and model.authority)]
-    if model.authority:
-        out.append((":authority", model.authority))
-    out += [(cfg.route_header, model.cluster), (cfg.model_header, model.name)]
-    if credential:
-        out.append(credential)
-    return out
+def callout_headers(request: list[tuple[str, str]], attempt: Attempt, cfg: Config) -> list[tuple[str, str]]:
+    """The request headers as sent upstream before, re-addressed as ``attempt`` says (a callout's list)."""
+    drop = _DROP | {cfg.route_header, cfg.model_header, *cfg.picker_headers} | attempt.drop
+    drop |= {k for k, _ in attempt.headers}
+    return [*((k, v) for k, v in request if k not in drop), *attempt.headers]
 
 
 def mirror(stream: HttpContext, model: Model, headers: list[tuple[str, str]], body: bytes, source: str) -> None:

@@ -28,10 +28,10 @@ from . import hostcalls as hc
 from .abi import BufferType
 
 try:
-    from _proxywasm import tap_skip as _native_skip  # type: ignore[import-not-found]
+    from _proxywasm import tap_count as _native_count  # type: ignore[import-not-found]
+    from _proxywasm import tap_skip as _native_skip
     from _proxywasm import tap_start as _native_start
     from _proxywasm import tap_take as _native_take
-    from _proxywasm import tap_count as _native_count
 except ImportError:
     _native_start = _native_take = _native_skip = _native_count = None
 
@@ -177,8 +177,9 @@ def count_keys(context_id: int, keys: tuple[bytes, ...]) -> None:
 
 def count_strings(data: bytes, keys: tuple[bytes, ...]) -> tuple[int, int]:
     """(members of ``data`` named by one of ``keys`` (without quotes) whose value is a non-empty string, the bytes of
-    those values as sent): the rule a counting tap applies to each whole line. A quote inside a JSON string is
-    escaped, so text can never look like a member; the key may be followed by spaces, tabs and the colon."""
+    those values as sent): the rule a counting tap applies to its whole lines. A quote inside a JSON string is
+    escaped, so text can never look like a member; the key may be followed by spaces, tabs and the colon; a value
+    must close on its line."""
     return _count(data, tuple(b'"' + k + b'"' for k in keys))
 
 
@@ -203,13 +204,18 @@ def _count(data: bytes, quoted: tuple[bytes, ...]) -> tuple[int, int]:
         while True:
             q = data.find(b'"', q)
             if q < 0:
-                return n, size
+                q = end
+                break
             b = q
             while b > opened and data[b - 1] == 0x5C:
                 b -= 1
             if not (q - b) & 1:
                 break
             q += 1
+        eol = min((i for i in (data.find(b"\n", opened, q), data.find(b"\r", opened, q)) if i >= 0), default=q)
+        if eol < q or q == end:  # not closed on its line: go on from the line's end
+            q = data.find(b'"', eol)
+            continue
         if q > opened:
             n += 1
             size += q - opened

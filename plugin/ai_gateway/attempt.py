@@ -1,0 +1,98 @@
+"""One upstream attempt: a model turned into the request that goes to it.
+
+``address`` is the one place that decides, for a target model, the upstream request's
+credential (a healthy pool key, not one already tried), the headers that name the
+target (route and model headers, ``:authority``), the credentials that must not go
+along (another model's pool key, the client's when the target has a pool) and the body
+(``model`` rewritten). The direct path, every fallback attempt (Envoy retries through the
+attempt filter, or HTTP callouts), key retries and the mirror use it; each applies the
+result to what it sends (a live header map, or a callout's header list).
+"""
+
+from __future__ import annotations
+
+from .config import Config, Model
+from .keys import KeyPool
+from .request import with_model
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import random
+    from typing import Any
+
+_POOLS: dict[str, KeyPool] = {}  # this VM's view of each model's key pool
+_NONE: frozenset = frozenset()
+NO_KEYS = _NONE  # no key tried yet
+_AUTH = frozenset({"authorization"})
+
+
+def pool_of(model: Model) -> KeyPool:
+    pool = _POOLS.get(model.name)
+    if pool is None or pool.cfg is not model.keys:
+        assert model.keys is not None
+        pool = _POOLS[model.name] = KeyPool(model.name, model.keys)
+    return pool
+
+
+def credential_headers(model: Model | None) -> frozenset[str]:
+    """Headers that carry an upstream credential for ``model`` (its pool's key)."""
+    return frozenset({"authorization", model.keys.header}) if model and model.keys else frozenset()
+
+
+class Attempt:
+    """What goes to ``model``: ``headers`` set (replacing), ``drop`` removed, ``body`` (None: as it is)."""
+
+    __slots__ = ("body", "drop", "headers", "key", "model")
+
+    def __init__(self, model: Model, headers: list[tuple[str, str]], drop: frozenset[str], body: bytes | None,
+                 key: tuple[KeyPool, int] | None) -> None:
+        self.model, self.headers, self.drop, self.body, self.key = model, headers, drop, body, key
+
+    def apply(self, h: Any) -> None:
+        """Apply to a live header map (the direct path, the attempt filter)."""
+        if self.drop:
+            for name in self.drop:
+                h.remove(name)
+        for k, v in self.headers:
+            h.set(k, v)
+        if self.body is not None:
+            h.set("content-length", str(len(self.body)))
+
+    def report(self, status: int, now_ms: int, retry_after: str | None) -> bool:
+        """Account the answer to this attempt's key; True if the key is to be retried with another."""
+        if self.key is None:
+            return False
+        pool, idx = self.key
+        pool.report(idx, status, now_ms, retry_after)
+        return status in pool.cfg.eject_on
+
+
+def address(cfg: Config, doc: Any, model: Model, now_ms: int, rng: random.Random, source: Model | None = None,
+            client_auth: bool = True, tried_keys: frozenset = _NONE, rewrite: bool = True,
+            authority: bool = True) -> Attempt | None:
+    """The attempt on ``model`` for the request ``doc``; None when ``model`` has no usable key left.
+
+    ``source``: the model the request was addressed to before (its pool key is dropped); ``client_auth``:
+    the request carries the client's ``authorization``; ``rewrite``: the body needs ``model`` rewritten;
+    ``authority``: set the model's ``:authority`` (requests the gateway re-addresses; the direct path
+    leaves the host to the route).
+    """
+    headers = [(cfg.route_header, model.cluster), (cfg.model_header, model.name)]
+    drop = credential_headers(source) if source is not None and source is not model else _NONE
+    key = None
+    keys = model.keys
+    if keys is not None:
+        pool = pool_of(model)
+        idx = pool.pick(now_ms, rng, tried_keys)
+        if idx is None:
+            return None
+        key = (pool, idx)
+        name = keys.header
+        if client_auth and name != "authorization" and not keys.forward_client_credential:
+            drop = drop | _AUTH  # the client's credential stays here
+        if name in drop:
+            drop = drop - {name}  # replaced below
+        headers.append(pool.credential(idx))
+    if authority and model.authority:
+        headers.append((":authority", model.authority))
+    return Attempt(model, headers, drop, with_model(doc, model.upstream_model) if rewrite else None, key)

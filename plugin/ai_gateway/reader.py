@@ -1,0 +1,111 @@
+"""Reading the answer the client gets, whichever attempt it came from: usage, ``[DONE]``, time to first token.
+
+The direct answer and an Envoy retry's answer stream through ``read_answer``; a callout fallback's answer comes
+whole (``whole_answer``). Unless usage-only events are to be dropped (each event is then looked at), a body
+passes on untouched and the VM keeps only what is read at its end (a response tap): a JSON answer whole (up to
+MAX_JSON_BODY, then its end), a stream's last TAIL_KEEP bytes; the tap also counts a stream's generated text
+(TTFT, estimates).
+"""
+
+from __future__ import annotations
+
+from proxywasm import hostcalls as hc
+
+from .estimate import OUTPUT_KEYS, body_output, estimate
+from .usage import MAX_JSON_BODY, SKIP_MARKERS, TAIL, TAIL_KEEP, JsonCollector, SseScanner, Usage
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class AnswerReader:
+    """Mixed into the stream's HttpContext (``self`` is the stream): a separate object per request would cost a
+    few thousand VM instructions on every request for nothing but the indirection. Reads ``status``,
+    ``drop_usage`` and ``body`` (the client's request, for an input estimate) from the stream."""
+
+    sse: SseScanner | None = None
+    collector: JsonCollector | None = None
+    tapped = False  # the response body goes on untouched and the VM keeps its end (see start_answer)
+    counting = False  # the response tap counts the generated text of a stream (estimate.OUTPUT_KEYS)
+    out_strings = out_bytes = 0  # what it counted: members, their bytes
+    first_out_ns = 0  # when the first event carrying output came (time to first token)
+    ended = False  # the response body reached its end (also when held back while falling back)
+
+    def start_answer(self: Any, content_type: str | None, tap: bool = True) -> None:
+        """An answer begins (its response headers): SSE or JSON, tapped unless ``tap`` is False."""
+        if "text/event-stream" in (content_type or ""):
+            self.sse = SseScanner(self.drop_usage)
+            if tap:  # output is counted (TTFT, estimates) in C, however the chunks go on
+                self.count_response_strings(OUTPUT_KEYS)
+                self.counting = True
+            if tap and not self.drop_usage:
+                self.tap_response_body(TAIL_KEEP)
+                self.tapped = True
+        else:
+            self.collector = JsonCollector()
+            if tap:
+                self.tap_response_body(TAIL, MAX_JSON_BODY)
+                self.tapped = True
+
+    def take_tap(self: Any, ended: bool) -> None:
+        """What the response tap kept goes to the scanner or collector, as if it had been fed chunk by chunk;
+        what it counted, to out_*."""
+        tapped, self.tapped, self.counting = self.tapped, False, False
+        got = self.take_response_tap()
+        if got is None:
+            return
+        self.out_strings, self.out_bytes, self.first_out_ns = got.strings, got.string_bytes, got.first_string_ns
+        if not tapped:
+            return
+        if self.sse is not None:
+            self.sse.trimmed = got.trimmed  # the kept bytes may start inside an event
+            self.sse.feed(got.data, ended)
+        elif self.collector is not None:
+            self.collector.kept(got.data, got.size, got.trimmed)
+
+    def read_answer(self: Any, body_size: int, end_of_stream: bool) -> None:
+        """A response body callback of a streamed answer (the caller publishes at its end)."""
+        if self.tapped:  # the end of a tapped body (its last chunk is in the tap)
+            self.take_tap(end_of_stream)
+            if end_of_stream:
+                return
+            # not the end: the tap gave up (the host refused a read); this chunk and the next are read here
+        chunk = self.response_body.read() if body_size else b""
+        sse = self.sse
+        if sse is not None:
+            out = sse.feed(chunk, end_of_stream)
+            if out is not chunk and out != chunk:
+                self.response_body.replace(out)
+            if not end_of_stream and sse.idle:  # whole events without marks can pass without Python
+                self.skip_response_events(SKIP_MARKERS)
+        elif self.collector is not None:
+            self.collector.feed(chunk)
+        if end_of_stream and self.counting:
+            self.take_tap(True)
+
+    def whole_answer(self, content_type: str | None, body: bytes) -> bytes:
+        """An answer that came whole (a callout); returns the body the client gets."""
+        self.start_answer(content_type, tap=False)
+        if self.sse is not None:
+            self.out_strings, self.out_bytes = body_output(body)
+            self.first_out_ns = hc.now_ns() if self.out_strings else 0
+            return self.sse.feed(body, end=True)
+        assert self.collector is not None
+        self.collector.feed(body)
+        return body
+
+    def answer_usage(self: Any) -> tuple[Usage | None, bool]:
+        """(usage, estimated): the server's, else estimated for a served answer whose server said nothing."""
+        usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
+        estimated = usage is None and 200 <= self.status < 300
+        if estimated:
+            out = (self.out_strings, self.out_bytes) if self.sse is not None else (
+                body_output(self.collector.body()) if self.collector is not None else (0, 0))
+            usage = estimate(self.body, *out)
+        return usage, estimated
+
+    @property
+    def answer_done(self) -> bool:
+        """The answer reached its end, or (SSE) its ``data: [DONE]``."""
+        return self.ended or (self.sse is not None and self.sse.done)

@@ -89,9 +89,11 @@ class PickerStack:
     envoy: Envoy
     pods: list[Pod]
 
-    def chat(self, model: str = MODEL, headers: Mapping[str, str] | None = None) -> Reply:
+    def chat(self, model: str = MODEL, headers: Mapping[str, str] | None = None,
+             messages: list[dict[str, str]] | None = None) -> Reply:
         """A chat completion through the gateway on a fresh connection (so both workers serve some)."""
-        return send(f"{self.url}/v1/chat/completions", "POST", {"model": model, "messages": HELLO}, headers)
+        return send(f"{self.url}/v1/chat/completions", "POST", {"model": model, "messages": messages or HELLO},
+                    headers)
 
     def gauges(self, name: str) -> dict[str, int]:
         """ip:port -> the picker's gauge ``name`` (up, waiting, running, kv_cache_percent)."""

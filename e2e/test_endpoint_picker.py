@@ -9,6 +9,7 @@ at 2 running requests or 2 waiting).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -27,14 +28,19 @@ def ps(ai_gateway_wasm: Path) -> Iterator[PickerStack]:
         yield stack
 
 
+PROMPTS = itertools.count()
+
+
 def served_by(ps: PickerStack, n: int, model: str = MODEL, headers: dict[str, str] | None = None) -> Counter[str]:
-    """Send ``n`` chats; each must succeed; returns how many each pod served (by the header Envoy forwarded)."""
+    """Send ``n`` chats (each its own prompt: an identical one would follow its pod, prefix affinity); each must
+    succeed; returns how many each pod served (by the header Envoy forwarded)."""
     alive = [p for p in ps.pods if p.proc.poll() is None]
     before = {p.addr: p.count("/v1/chat/completions") for p in alive}
     for _ in range(n):
-        r = ps.chat(model, headers)
+        i = next(PROMPTS)
+        r = ps.chat(model, headers, [{"role": "user", "content": f"hello there {i}"}])
         assert r.status == 200, (r.status, r.body)
-        assert r.json()["choices"][0]["message"]["content"] == f"[{MODEL}] echo: hello there"
+        assert r.json()["choices"][0]["message"]["content"] == f"[{MODEL}] echo: hello there {i}"
     got: Counter[str] = Counter()
     for p in alive:
         got[p.addr] = p.count("/v1/chat/completions") - before[p.addr]

@@ -78,18 +78,20 @@ def test_config_is_validated() -> None:
         "a": "/adapters/a", "b": "/x", "c": "/y"}
 
 
-def test_prefix_cache_counts_whole_words_of_a_seen_start() -> None:
-    pc = PrefixCache(chars=12, entries=2)
-    text = "alpha beta gamma delta"  # the first 12 chars "alpha beta g" end inside "gamma"
-    assert pc.cached_tokens(text, 4) == 0
+def test_prefix_cache_reuses_whole_leading_blocks_and_evicts_the_least_recent() -> None:
+    pc = PrefixCache(block_tokens=2, capacity_tokens=6)  # three blocks of two words
+    text = "a b c d e"  # blocks (a b), (c d); "e" is no full block
+    assert pc.cached_tokens(text, 5) == 0
     pc.insert(text)
-    assert pc.cached_tokens(text, 4) == 2  # alpha, beta (gamma runs past the start)
-    assert pc.cached_tokens("alpha beta gXXXX", 3) == 2  # same start, other end
-    assert pc.cached_tokens("alpha beta", 2) == 0  # another start
-    assert pc.cached_tokens(text, 1) == 0  # at least one token is always prefilled
-    pc.insert("x" * 20)
-    pc.insert("y" * 20)  # two entries: the oldest start is forgotten
-    assert pc.cached_tokens(text, 4) == 0
+    assert pc.blocks == 2
+    assert pc.cached_tokens(text, 5) == 4
+    assert pc.cached_tokens("a b c X e", 5) == 2  # the second block differs: only the first one is reused
+    assert pc.cached_tokens("X b c d", 4) == 0  # a block counts only with everything before it
+    assert pc.cached_tokens("a b c d", 4) == 3  # at least one token is always prefilled
+    pc.insert("a b y z")  # (a b) shared, (y z) new: three blocks held
+    pc.cached_tokens("a b c d", 4)  # (a b), (c d) used again: (y z) is now the least recent
+    pc.insert("p q")
+    assert pc.blocks == 3 and pc.cached_tokens("a b y z", 4) == 2 and pc.cached_tokens("a b c d", 4) == 3
 
 
 # -------------------------------------------------------------------------------- scheduling, step by step
@@ -162,17 +164,29 @@ def test_lora_slots_and_loads() -> None:
 
 
 def test_prefix_cache_skips_prefill_of_a_seen_prompt() -> None:
-    cfg = EngineConfig(prefix_cache=True, prefix_cache_chars=100, prefill_ms_per_1k_tokens=100)
+    cfg = EngineConfig(prefix_cache=True, prefill_ms_per_1k_tokens=100)
     e = engine(cfg)
-    text = "w " * 300  # 300 words; its first 100 chars hold 50 of them
+    text = "w " * 300  # 300 words: 18 full blocks of 16
     e.submit(300, 1, prompt_text=text)
     cold = e.run_step()
-    e.submit(300, 1, prompt_text=text)
+    e.submit(302, 1, prompt_text=text + "and more")  # same start, a longer prompt
     warm = e.run_step()
-    assert cold == pytest.approx(step_ms(cfg, 0, 300, 0.0)) and warm == pytest.approx(step_ms(cfg, 0, 250, 0.0))
+    assert cold == pytest.approx(step_ms(cfg, 0, 300, 0.0)) and warm == pytest.approx(step_ms(cfg, 0, 302 - 288, 0.0))
     g = gauges(e)
-    assert g['vllm:prefix_cache_queries_total{model_name="m"}'] == 600
-    assert g['vllm:prefix_cache_hits_total{model_name="m"}'] == 50
+    assert g['vllm:prefix_cache_queries_total{model_name="m"}'] == 602
+    assert g['vllm:prefix_cache_hits_total{model_name="m"}'] == 288
+
+
+def test_time_per_output_token_observes_each_decoded_token_at_its_step() -> None:
+    e = engine()
+    e.submit(10, 3)
+    e.submit(10, 3)
+    first = e.run_step()  # both prompts prefilled: their first tokens, no inter-token time yet
+    second = e.run_step()  # both decode a token
+    g = gauges(e)
+    assert g['vllm:time_per_output_token_seconds_count{model_name="m"}'] == 2
+    assert g['vllm:time_per_output_token_seconds_sum{model_name="m"}'] == pytest.approx(2 * second / 1000)
+    assert first > 0 and second == pytest.approx(step_ms(CFG, 2, 0, 22 / CFG.kv_capacity_tokens))  # 2 x (10 + 1) held
 
 
 def test_lora_requests_info_keeps_earlier_label_sets_like_prometheus_client() -> None:

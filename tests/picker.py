@@ -21,7 +21,7 @@ def config(endpoints: list[str] | None = None, models: list[dict[str, Any]] | No
 
 
 def page(waiting: float = 0, running: float = 0, kv: float | None = None, model: str = "llama",
-         lora: tuple[int, str, str] | None = None) -> bytes:
+         lora: tuple[int, str, str] | None = None, itl: tuple[float, int] | None = None) -> bytes:
     """A vLLM-like /metrics page (with the HELP/TYPE lines and a histogram, as vLLM has)."""
     m = f'model_name="{model}"'
     kv = running / 8 if kv is None else kv
@@ -36,6 +36,11 @@ def page(waiting: float = 0, running: float = 0, kv: float | None = None, model:
         "# TYPE vllm:e2e_request_latency_seconds histogram",
         *(f'vllm:e2e_request_latency_seconds_bucket{{le="{b}",{m}}} 3.0' for b in (0.3, 0.5, 1.0, "+Inf")),
     ]
+    if itl is not None:  # (sum in seconds, count) of vllm:time_per_output_token_seconds
+        lines += ["# TYPE vllm:time_per_output_token_seconds histogram",
+                  f'vllm:time_per_output_token_seconds_bucket{{{m},le="+Inf"}} {float(itl[1])}',
+                  f"vllm:time_per_output_token_seconds_count{{{m}}} {float(itl[1])}",
+                  f"vllm:time_per_output_token_seconds_sum{{{m}}} {itl[0]!r}"]
     if lora is not None:
         lines += ["# TYPE vllm:lora_requests_info gauge",
                   f'vllm:lora_requests_info{{max_lora="{lora[0]}",running_lora_adapters="{lora[1]}",'

@@ -113,8 +113,8 @@ def test_stale_endpoints_used_only_without_fresh_ones(make_host) -> None:
     for _ in range(6):
         scrape_round(h, {A: page(0, 7)})
     assert {picked(h) for _ in range(4)} == {A}  # busy but fresh beats idle but unknown
-    h.advance(2000)  # no scrape at all for a while: everything is stale
-    assert Counter(picked(h) for _ in range(6)) == {A: 2, B: 2, C: 2}
+    h.advance(2000)  # no scrape at all for a while: everything is stale: least request by this worker's own count
+    assert Counter(picked(h) for _ in range(6)) == {B: 3, C: 3}  # A has this worker's 4 requests still
 
 
 def test_all_down_round_robin_over_all(make_host) -> None:
@@ -150,9 +150,10 @@ def test_sheddable_gets_429_when_all_saturated(make_host) -> None:
     assert err["code"] == "endpoints_saturated" and "llama" in err["message"]
     assert ("retry-after", "1") in s.local_response.headers  # the next scrape (200 ms) may free a pod: 1 s
     assert h.metric("picker.pool.metric.shed") == 1
-    # standard (the default) and critical: the least loaded, max(q / 5, kv / 0.8): A 1.25, B 1.125, C 1.0
-    assert picked(h) == C
-    assert picked(h, headers={"x-gateway-criticality": "critical"}) == C
+    # standard (the default) and critical: the best score, load + queue + 4 kv/0.8: A 14+6+5, B 8+0+4.5, C 8+5+2
+    assert picked(h) == B
+    assert picked(h, headers={"x-gateway-criticality": "critical"}) == B
+    assert [picked(h) for _ in range(2)] == [B, C]  # each pick adds to B's load: -14.5, then -15.5 < C's -15
 
 
 def test_sheddable_served_while_one_endpoint_has_room(make_host) -> None:
@@ -174,14 +175,14 @@ def test_model_criticality_and_header_override(make_host) -> None:
     saturated(h)
     assert send(h, "llama-batch").local_response.status == 429
     assert send(h, "llama", headers={"x-gateway-criticality": "sheddable"}).local_response.status == 429
-    assert picked(h, "llama-batch", headers={"x-gateway-criticality": "critical"}) == C
-    assert picked(h, "llama", headers={"x-gateway-criticality": "bogus"}) == C  # unknown value: the model's
+    assert picked(h, "llama-batch", headers={"x-gateway-criticality": "critical"}) in (B, C)
+    assert picked(h, "llama", headers={"x-gateway-criticality": "bogus"}) in (B, C)  # unknown value: the model's
 
 
 def test_criticality_header_can_be_disabled(make_host) -> None:
     h = start(make_host, criticality_header="")
     saturated(h)
-    assert picked(h, headers={"x-gateway-criticality": "sheddable"}) == C
+    assert picked(h, headers={"x-gateway-criticality": "sheddable"}) in (B, C)
 
 
 # -- affinity --
@@ -204,31 +205,103 @@ def test_lora_free_slot_beats_full_endpoint(make_host) -> None:
     assert picked(h, "new-lora") == B
 
 
-def test_prefix_affinity_is_stable_and_moves_only_lost_prefixes(make_host) -> None:
-    h = start(make_host, prefix_chars=64)
+def test_adapter_affinity_from_this_workers_own_requests(make_host) -> None:
+    cfg = config(models=[{"name": "sql-lora", "cluster": "pool"}, {"name": "code-lora", "cluster": "pool"}])
+    h = start(make_host, cfg=cfg)
+    empty = page(0, 0, lora=(1, "", ""))  # one adapter slot each; nothing running as of the scrape
+    scrape_round(h, {A: empty, B: empty, C: empty})
+    sql = send(h, "sql-lora")
+    home = sql.request_header(DEST)
+    assert picked(h, "code-lora") != home  # its one slot is taken by sql-lora (known before any scrape shows it)
+    assert picked(h, "sql-lora") == home  # joins its batch
+    sql.complete()
+
+
+def test_in_flight_counts_end_with_the_stream(make_host) -> None:
+    h = start(make_host)  # no scrape yet: least request by this worker's own count
+    streams = [send(h) for _ in range(3)]
+    assert {s.request_header(DEST) for s in streams} == {A, B, C}
+    streams[1].complete()
+    assert picked(h) == streams[1].request_header(DEST)
+
+
+def test_pod_speed_from_its_time_per_output_token(make_host) -> None:
+    h = start(make_host)
+    scrape_round(h, {A: page(0, 2, itl=(1.0, 100)), B: page(0, 2, itl=(0.5, 100)), C: page(0, 2, itl=(0.5, 100))})
+    scrape_round(h, {A: page(0, 2, itl=(4.0, 200)), B: page(0, 2, itl=(2.0, 200)), C: page(0, 2, itl=(2.0, 200))})
+    # A decodes at 30 ms a token, B and C at 15 ms: A's 2 requests weigh as 4
+    assert {picked(h) for _ in range(4)} == {B, C}
+    g = "picker.pool.endpoint.{}.metric.itl_ms"
+    assert h.metric(g.format(A)) == 30 and h.metric(g.format(B)) == 15
+
+
+def _turns(session: int, n: int, system: str = "you are a helpful assistant") -> list[dict[str, str]]:
+    """A conversation's messages after ``n`` turns: a system prompt, then its own history."""
+    msgs = [{"role": "system", "content": f"{system} " * 60}]
+    for t in range(n):
+        msgs += [{"role": "user", "content": f"session {session} question {t} " * 40},
+                 {"role": "assistant", "content": f"session {session} answer {t} " * 40}]
+    return [*msgs, {"role": "user", "content": f"session {session} question {n}"}]
+
+
+def test_prefix_affinity_follows_each_conversation_to_where_it_went(make_host) -> None:
+    h = start(make_host)
     scrape_round(h, {A: IDLE, B: IDLE, C: IDLE})
-    prompts = [f"system prompt number {i} " * 4 for i in range(24)]
+    home = {}
+    for sess in range(6):
+        s = send(h, messages=_turns(sess, 0, f"system prompt {sess}"))
+        home[sess] = s.request_header(DEST)
+        s.complete()
+    assert Counter(home.values()) == {A: 2, B: 2, C: 2}  # new conversations: no affinity, ties rotate
+    for turn in (1, 2):
+        for sess in range(6):
+            s = send(h, messages=_turns(sess, turn, f"system prompt {sess}"))
+            assert s.request_header(DEST) == home[sess]  # the pod holding its history, not the rotation's
+            s.complete()
+    # a shared system prompt: every new conversation could go to its first pod, yet load spreads them
+    firsts = [send(h, messages=_turns(sess, 0)).request_header(DEST) for sess in range(10, 22)]
+    assert Counter(firsts) == {A: 4, B: 4, C: 4}
 
-    def where(p: str) -> str:
-        return picked(h, messages=[{"role": "system", "content": p}, {"role": "user", "content": f"q {len(p)}"}])
 
-    first = {p: where(p) for p in prompts}
-    assert len(set(first.values())) == 3  # prefixes spread over the endpoints
+def test_prefix_affinity_lets_go_of_a_loaded_pod(make_host) -> None:
+    h = start(make_host)
     scrape_round(h, {A: IDLE, B: IDLE, C: IDLE})
-    assert {p: where(p) for p in prompts} == first  # stable, whatever the rest of the message
-    scrape_round(h, {A: IDLE, B: IDLE, C: None})  # C is down: only C's prefixes move
-    moved = {p: where(p) for p in prompts}
-    assert all(moved[p] == first[p] for p in prompts if first[p] != C)
-    assert all(moved[p] != C for p in prompts)
+    s = send(h, messages=_turns(1, 1))
+    home = s.request_header(DEST)
+    s.complete()
+    # the same prompt again and again, each still running when the next comes: a full match is worth
+    # `weights.prefix` (8) requests of load, so the pod takes eight; then another pod gets it (and holds it too)
+    where = [send(h, messages=_turns(1, 2)).request_header(DEST) for _ in range(14)]
+    assert where[:8] == [home] * 8 and where.count(home) <= 9 and len(set(where)) >= 2
+    scrape_round(h, {ep: page(5, 8) if ep == home else IDLE for ep in EPS})  # saturated: never
+    assert picked(h, messages=_turns(1, 2)) != home
 
 
-def test_prefix_affinity_yields_to_saturation(make_host) -> None:
-    h = start(make_host, prefix_chars=64)
-    scrape_round(h, {A: IDLE, B: IDLE, C: IDLE})
-    msgs = [{"role": "user", "content": "the same long prompt " * 5}]
-    home = picked(h, messages=msgs)
-    scrape_round(h, {ep: page(0, 8, kv=0.95) if ep == home else IDLE for ep in EPS})
-    assert picked(h, messages=msgs) != home
+def test_prefix_credit_and_the_bounded_table() -> None:
+    from ai_gateway.picker.affinity import FULL_CREDIT_CHARS, Prefixes, chain
+    from proxywasm.jsonscan import JsonObject
+
+    long = {"messages": [{"role": "system", "content": "s" * 3000}, {"role": "user", "content": "u" * 3000}]}
+    raw = json.dumps(long["messages"], separators=(",", ":"))  # a built document: re-encoded
+    hashes, ends = chain(long, "llama", 100_000)
+    second = raw.find('"role"', 5)
+    assert ends == [second, len(raw)] and chain(long, "llama", 4000)[1] == [second, 4000]  # cut at prefix_chars
+    assert chain(long, "other", 100_000)[0] != hashes  # another model: other hashes
+    assert chain({"prompt": "p" * 2500}, "m", 100_000)[1] == [1024, 2048, 2502]  # plain prompts: blocks of JSON text
+    assert chain({"messages": []}, "m", 100) is None
+    lazy = JsonObject.parse(json.dumps({"model": "llama", "messages": long["messages"]}).encode())
+    sent = json.dumps(long["messages"])  # as the client spaced it: read as sent, not decoded
+    assert chain(lazy, "llama", 100_000)[1] == [sent.find('"role"', 5), len(sent)]
+    p = Prefixes(entries=3)
+    p.sent(hashes[:1], 0b01)  # A got the system prompt only
+    p.sent(hashes, 0b10)  # B the whole prompt
+    assert p.credit(hashes, ends) == {0b10: 1.0, 0b01: second / len(raw)}
+    assert p.credit(hashes, ends, everyone=0b11) == {0b10: 1.0, 0b01: second / len(raw)}
+    short = chain({"messages": [{"role": "user", "content": "hi"}]}, "llama", 100)
+    p.sent(short[0], 0b100)
+    assert p.credit(*short) == {0b100: short[1][-1] / FULL_CREDIT_CHARS}  # a short prompt: little to save
+    p.sent([111], 0b1)  # four hashes in a table of three: the least recently used one goes
+    assert p.credit(hashes, ends) == {0b10: 1.0}
 
 
 # -- fallback and mirror to a picker model --

@@ -1,6 +1,11 @@
-"""Open-loop load for bench/epp: a seeded request mix, Poisson arrivals, an asyncio streaming client, statistics.
+"""Open-loop load for bench/epp: seeded workloads, Poisson arrivals, an asyncio streaming client, statistics.
 
-The same seed gives both systems the same request sequence (arrival times, models, prompt lengths, max_tokens).
+Workloads (``WORKLOADS``): ``mixed`` (short chats, long prompts, long answers, some adapters), ``burst`` (mixed, the
+rate doubling for a few seconds), ``uneven`` (mixed traffic; the pods differ, see run.py), ``chat`` (multi-turn
+sessions resending their growing history after one of a few long system prompts) and ``lora`` (most requests name
+one of many adapters, popular ones more often).
+
+The same seed gives every system the same request sequence (arrival times, models, prompts, max_tokens).
 TTFT and end-to-end latency count from each request's *scheduled* arrival (no coordinated omission): TTFT ends at
 the first byte of generated content (the first SSE event with a non-empty ``delta.content``), end-to-end at the end
 of the stream (``data: [DONE]``).
@@ -73,6 +78,87 @@ def workload(rate: float, seconds: float, warmup: float, seed: int) -> list[Spec
     return out
 
 
+def burst(rate: float, seconds: float, warmup: float, seed: int) -> list[Spec]:
+    """``mixed`` plus as many requests again during ``BURST_S`` seconds (at most a third of the measured window) a
+    third into the measured window: the rate doubles for a moment (the extra requests are the same kind of mix)."""
+    base = workload(rate, seconds, warmup, seed)
+    at = warmup + seconds / 3
+    extra = workload(rate, min(BURST_S, seconds / 3), 0, seed + 1000)
+    for s in extra:
+        s.at, s.measured = at + s.at, True
+    return sorted(base + extra, key=lambda s: s.at)
+
+
+BURST_S = 4.0
+CHAT_SYSTEMS = 4  # long system prompts shared by all sessions (one per "application")
+CHAT_SYSTEM_WORDS = (1000, 1600)
+CHAT_TURNS = (3, 8)  # turns per session
+CHAT_GAP_S = (1.0, 4.0)  # from one turn's arrival to the next (open loop: not waiting for the answer)
+CHAT_USER_WORDS = (20, 150)
+CHAT_REPLY_WORDS = (60, 200)  # the assistant's earlier answers, resent in the history
+CHAT_MAX_TOKENS = (20, 100)
+
+
+def chat(rate: float, seconds: float, warmup: float, seed: int) -> list[Spec]:
+    """Multi-turn sessions: each starts (Poisson) with one of ``CHAT_SYSTEMS`` system prompts and sends a turn every
+    ``CHAT_GAP_S``, each turn resending the whole history (its earlier questions and answers) plus a new question:
+    what vLLM's prefix cache is for. Sessions start at ``rate / mean turns`` per second from ``warmup`` seconds
+    before the run (so the measured window holds sessions at every turn; a fixed number of them, their start times
+    a conditioned Poisson process); turns falling after the run are dropped."""
+    rnd, gaps = random.Random(f"{seed}:chat"), random.Random(f"{seed}:sessions")
+    systems = [" ".join(rnd.choice(VOCAB) for _ in range(rnd.randint(*CHAT_SYSTEM_WORDS)))
+               for _ in range(CHAT_SYSTEMS)]
+    total = warmup + seconds
+    mean_turns = (CHAT_TURNS[0] + CHAT_TURNS[1]) / 2
+    n = max(1, round(rate / mean_turns * (total + warmup)))  # sessions: a fixed count, as in workload()
+    g = [gaps.expovariate(1) for _ in range(n + 1)]
+    starts = [x * (total + warmup) / sum(g) - warmup for x in itertools.accumulate(g[:n])]
+    out: list[Spec] = []
+    for t in starts:
+        system = rnd.randrange(CHAT_SYSTEMS)
+        msgs: list[dict[str, str]] = [{"role": "system", "content": systems[system]}]
+        at = t
+        for _ in range(rnd.randint(*CHAT_TURNS)):
+            user = " ".join(rnd.choice(VOCAB) for _ in range(rnd.randint(*CHAT_USER_WORDS)))
+            msgs.append({"role": "user", "content": user})
+            max_tokens = rnd.randint(*CHAT_MAX_TOKENS)
+            if 0 <= at < total:
+                words = sum(len(m["content"].split()) for m in msgs)
+                out.append(Spec(at, BASE_MODEL, f"turn{min(len(msgs) // 2, 4)}", words, max_tokens, at >= warmup,
+                                chat_body(BASE_MODEL, msgs, max_tokens)))
+            reply = " ".join(rnd.choice(VOCAB) for _ in range(rnd.randint(*CHAT_REPLY_WORDS)))
+            msgs.append({"role": "assistant", "content": reply})
+            at += rnd.uniform(*CHAT_GAP_S)
+    return sorted(out, key=lambda s: s.at)
+
+
+LORA_ADAPTERS = tuple(f"lora-{i}" for i in range(8))
+LORA_WEIGHTS = tuple(1 / (i + 1) for i in range(len(LORA_ADAPTERS)))  # Zipf-like popularity
+LORA_BASE_SHARE = 0.2
+
+
+def lora(rate: float, seconds: float, warmup: float, seed: int) -> list[Spec]:
+    """Short chats, 80% naming one of ``LORA_ADAPTERS`` (popular ones more often), Poisson arrivals."""
+    rnd, gaps = random.Random(f"{seed}:lora"), random.Random(f"{seed}:lora-arrivals")
+    total = warmup + seconds
+    n = max(1, round(rate * total))
+    g = [gaps.expovariate(1) for _ in range(n + 1)]
+    times = [x * total / sum(g) for x in itertools.accumulate(g[:n])]
+    out = []
+    for t in times:
+        model = BASE_MODEL if rnd.random() < LORA_BASE_SHARE else rnd.choices(LORA_ADAPTERS, LORA_WEIGHTS)[0]
+        words, max_tokens = rnd.randint(50, 400), rnd.randint(16, 96)
+        user = " ".join(rnd.choice(VOCAB) for _ in range(words))
+        out.append(Spec(t, model, "short" if model == BASE_MODEL else "adapter", words, max_tokens, t >= warmup,
+                        body(model, "you are a helpful assistant", user, max_tokens)))
+    return out
+
+
+WORKLOADS = {"mixed": workload, "burst": burst, "uneven": workload, "chat": chat, "lora": lora}
+KINDS = {"mixed": tuple(CLASSES), "burst": tuple(CLASSES), "uneven": tuple(CLASSES),
+         "chat": ("turn1", "turn2", "turn3", "turn4"), "lora": ("short", "adapter")}
+
+
 def _deck(rnd: random.Random, cards: list[Any]) -> Iterator[Any]:
     while True:
         hand = list(cards)
@@ -81,10 +167,12 @@ def _deck(rnd: random.Random, cards: list[Any]) -> Iterator[Any]:
 
 
 def body(model: str, system: str, user: str, max_tokens: int) -> bytes:
-    return json.dumps({"model": model, "messages": [{"role": "system", "content": system},
-                                                    {"role": "user", "content": user}],
-                       "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
-                       "stream_options": {"include_usage": True}}).encode()
+    return chat_body(model, [{"role": "system", "content": system}, {"role": "user", "content": user}], max_tokens)
+
+
+def chat_body(model: str, messages: list[dict[str, str]], max_tokens: int) -> bytes:
+    return json.dumps({"model": model, "messages": messages, "max_tokens": max_tokens, "ignore_eos": True,
+                       "stream": True, "stream_options": {"include_usage": True}}).encode()
 
 
 @dataclass
@@ -167,7 +255,8 @@ def quantile(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, max(0, int(q * len(s) + 0.999999) - 1))]
 
 
-def summarize(results: list[Result], t0: float, warmup: float, seconds: float) -> dict[str, Any]:
+def summarize(results: list[Result], t0: float, warmup: float, seconds: float,
+              kinds: tuple[str, ...] = tuple(CLASSES)) -> dict[str, Any]:
     """Statistics over the measured requests (those arriving after the warm-up)."""
     measured = [r for r in results if r.spec.measured]
     ok = [r for r in measured if r.ok]
@@ -188,7 +277,7 @@ def summarize(results: list[Result], t0: float, warmup: float, seconds: float) -
                                                            and r.ttft is not None], 0.9),
         "error_samples": sorted({r.error for r in measured if r.error})[:5],
     }
-    for kind in CLASSES:
+    for kind in kinds:
         out["ttft_p90_by_kind"][kind] = quantile([r.ttft for r in ok if r.spec.kind == kind and r.ttft is not None],
                                                  0.9)
     return out
@@ -199,8 +288,9 @@ def mix(specs: list[Spec]) -> dict[str, Any]:
     measured = [s for s in specs if s.measured]
     n = max(1, len(measured))
     return {"requests": len(measured), "warmup_requests": len(specs) - len(measured),
-            "kinds": {k: sum(s.kind == k for s in measured) / n for k in CLASSES},
+            "kinds": {k: sum(s.kind == k for s in measured) / n for k in sorted({s.kind for s in measured})},
             "lora_share": sum(s.model != BASE_MODEL for s in measured) / n,
-            "mean_prompt_words": sum(s.prompt_words + SYSTEM_WORDS for s in measured) / n,
+            "mean_prompt_words": sum(sum(len(m["content"].split()) for m in json.loads(s.body)["messages"])
+                                     for s in measured) / n,
             "mean_max_tokens": sum(s.max_tokens for s in measured) / n,
             "classes": {k: {"share": v[0] / 8, "user_words": v[1], "max_tokens": v[2]} for k, v in CLASSES.items()}}

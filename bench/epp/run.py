@@ -40,12 +40,27 @@ from e2e.mock_vllm import MockProcess, spawn  # noqa: E402
 MODULE = REPO / "dist" / "ai-gateway.wasm"
 RESULTS = REPO / "bench" / "results"
 SYSTEMS = {"rr": "Envoy, STATIC cluster, ROUND_ROBIN over the servers, no plugin",
+           "lr": "Envoy, STATIC cluster, LEAST_REQUEST (power of two choices on active requests), no plugin",
+           "random": "Envoy, STATIC cluster, RANDOM, no plugin",
            "epp": "Envoy + ai-gateway endpoint_picker (vLLM metrics), ORIGINAL_DST cluster by "
                   "x-gateway-destination-endpoint"}
-# One pretend GPU per mock: 8 sequences, a 12k-token KV cache, 2 LoRA slots (see e2e/mock_vllm/engine.py).
+LB_POLICY = {"rr": "ROUND_ROBIN", "lr": "LEAST_REQUEST", "random": "RANDOM"}
+# One pretend GPU per mock: 8 sequences, a 12k-token KV cache, 2 LoRA slots, automatic prefix caching (on by
+# default in vLLM V1), see e2e/mock_vllm/engine.py. Workloads change a few knobs (WORKLOAD_ENGINE), or one pod's.
 ENGINE = {"max_num_seqs": 8, "max_num_batched_tokens": 2048, "kv_capacity_tokens": 12000,
           "prefill_ms_per_1k_tokens": 25, "decode_ms_per_token": 15, "decode_batch_cost": 0.06,
-          "decode_kv_cost": 0.5, "max_loras": 2, "lora_load_ms": 40}
+          "decode_kv_cost": 0.5, "max_loras": 2, "lora_load_ms": 40, "prefix_cache": True}
+WORKLOAD_ENGINE: dict[str, dict[str, Any]] = {
+    # long contexts: a larger KV cache (and so prefix cache) per pod; prefill at ~13k tokens/s, as an 8B model on
+    # one A100 (the default 40k tokens/s is kind to long prompts, which is all this workload has)
+    "chat": {"kv_capacity_tokens": 48000, "prefill_ms_per_1k_tokens": 75},
+    "lora": {"lora_load_ms": 150},  # a real adapter swap: weights copied to the GPU
+}
+# uneven: pod 0 decodes at half speed, pod 1 has half the KV cache
+POD_ENGINE: dict[str, dict[int, dict[str, Any]]] = {
+    "uneven": {0: {"decode_ms_per_token": 30}, 1: {"kv_capacity_tokens": 6000}}}
+ADAPTERS = {"lora": load.LORA_ADAPTERS}  # per workload; the others use load.ADAPTERS
+RATES = {"mixed": [14.0], "burst": [14.0], "uneven": [12.0], "chat": [18.0], "lora": [12.0]}  # req/s, default
 PICKER: dict[str, Any] = {}  # endpoint_picker options beside "endpoints" (the plugin's defaults otherwise)
 POOL = "llm-pool"
 COUNTERS = {"picks", "scrape_failures", "shed", "unscored"}
@@ -56,17 +71,24 @@ def log(msg: str) -> None:
     print(f"bench/epp: {msg}", file=sys.stderr, flush=True)
 
 
-def mock_args() -> tuple[str, ...]:
-    args = ["--load-model", "--lora-modules", *load.ADAPTERS]
-    for k, v in ENGINE.items():
-        args += ["--" + k.replace("_", "-"), str(v)]
+def engine_of(workload: str, pod: int) -> dict[str, Any]:
+    return {**ENGINE, **WORKLOAD_ENGINE.get(workload, {}), **POD_ENGINE.get(workload, {}).get(pod, {})}
+
+
+def mock_args(workload: str = "mixed", pod: int = 0) -> tuple[str, ...]:
+    args = ["--load-model", "--lora-modules", *ADAPTERS.get(workload, load.ADAPTERS)]
+    for k, v in engine_of(workload, pod).items():
+        if v is True:
+            args.append("--" + k.replace("_", "-"))
+        elif v is not False:
+            args += ["--" + k.replace("_", "-"), str(v)]
     return tuple(args)
 
 
 def plugin_config(endpoints: list[str]) -> dict[str, Any]:
     """The base model declares the picker; the adapters on the same cluster share it (the shipped config's shape)."""
     models = [{"name": load.BASE_MODEL, "cluster": POOL, "endpoint_picker": {"endpoints": endpoints, **PICKER}}]
-    models += [{"name": a, "cluster": POOL} for a in load.ADAPTERS]
+    models += [{"name": a, "cluster": POOL} for a in (*load.ADAPTERS, *load.LORA_ADAPTERS)]
     return {"models": models}
 
 
@@ -78,8 +100,8 @@ def envoy_config(system: str, admin: int, listen: int, endpoints: list[str], mod
     cluster: dict[str, Any] = {"name": POOL, "connect_timeout": "1s", "circuit_breakers": limits,
                                "per_connection_buffer_limit_bytes": 10485760}
     filters: list[dict[str, Any]] = []
-    if system == "rr":
-        cluster |= {"type": "STATIC", "lb_policy": "ROUND_ROBIN", "load_assignment": {
+    if system in LB_POLICY:
+        cluster |= {"type": "STATIC", "lb_policy": LB_POLICY[system], "load_assignment": {
             "cluster_name": POOL, "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": addr(*e.split(":"))}} for e in endpoints]}]}}
         route: dict[str, Any] = {"cluster": POOL, "timeout": "0s"}
@@ -115,38 +137,54 @@ def get_json(url: str) -> Any:
 
 
 @contextmanager
-def mocks(ports: list[int]) -> Iterator[list[MockProcess]]:
+def mocks(ports: list[int], workload: str) -> Iterator[list[MockProcess]]:
     with ExitStack() as stack:
         procs = []
         for i, port in enumerate(ports):
-            proc = spawn(load.BASE_MODEL, port, args=mock_args(), timeout=20)
+            proc = spawn(load.BASE_MODEL, port, args=mock_args(workload, i), timeout=20)
             stack.callback(proc.stop)
             procs.append(proc)
             log(f"mock {i} on {proc.url}")
         yield procs
 
 
-def smoke(listen: int) -> None:
+def smoke(listen: int, workload: str) -> None:
     """One short request per model through the gateway."""
-    for model in (load.BASE_MODEL, *load.ADAPTERS):
+    for model in (load.BASE_MODEL, *ADAPTERS.get(workload, load.ADAPTERS)):
         spec = load.Spec(0.0, model, "smoke", 2, 4, True, load.body(model, "smoke", "hello there", 4))
         (res,), _, _ = load.run_sync("127.0.0.1", listen, [spec], timeout=20)
         if not res.ok:
             raise RuntimeError(f"smoke request for {model} failed: {res.error}")
 
 
-def phase(system: str, listen: int, envoy: Envoy, ports: list[int], rate: float,
+PREFIX = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total")
+
+
+def prefix_counters(url: str) -> tuple[float, float]:
+    """(queried, hit) prompt tokens of the mock's prefix cache so far."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    got = {}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in PREFIX:
+            got[name] = float(line.rsplit(" ", 1)[1])
+    return got.get(PREFIX[0], 0.0), got.get(PREFIX[1], 0.0)
+
+
+def phase(system: str, listen: int, envoy: Envoy, ports: list[int], workload: str, rate: float,
           args: argparse.Namespace) -> dict[str, Any]:
-    specs = load.workload(rate, args.seconds, args.warmup, args.seed)
-    with mocks(ports) as procs:
-        smoke(listen)
+    specs = load.WORKLOADS[workload](rate, args.seconds, args.warmup, args.seed)
+    with mocks(ports, workload) as procs:
+        smoke(listen, workload)
         for p in procs:
             urllib.request.urlopen(urllib.request.Request(p.url + "/mock/requests", method="DELETE"), timeout=5)
         pids = {"envoy": envoy.proc.pid, **{f"mock{i}": p.pid for i, p in enumerate(procs)}}  # type: ignore[union-attr]
         cpu0 = {k: m.cpu_seconds(pid) for k, pid in pids.items()}
         picker0 = envoy.stats("picker") if system == "epp" else {}
+        prefix0 = [prefix_counters(p.url) for p in procs]
         busy0, wall0 = m.busy_cpu_seconds(), time.monotonic()
-        log(f"{system} @ {rate:g} req/s: {len(specs)} requests over {args.warmup + args.seconds:g} s")
+        log(f"{workload} / {system} @ {rate:g} req/s: {len(specs)} requests over {args.warmup + args.seconds:g} s")
         results, t0, client_cpu = load.run_sync("127.0.0.1", listen, specs)
         wall = time.monotonic() - wall0
         cpu = {k: (m.cpu_seconds(pid) - cpu0[k]) / wall for k, pid in pids.items()}
@@ -157,17 +195,23 @@ def phase(system: str, listen: int, envoy: Envoy, ports: list[int], rate: float,
         picker = {k.removeprefix("wasmcustom.picker."): v - picker0.get(k, 0) if k.rsplit(".", 1)[-1] in COUNTERS
                   else v for k, v in envoy.stats("picker").items()} if system == "epp" else {}
         counts = [get_json(p.url + "/mock/requests?path=/v1/chat/completions")["count"] for p in procs]
-    out = load.summarize(results, t0, args.warmup, args.seconds)
+        prefix = [(q - q0, h - h0) for (q, h), (q0, h0) in zip((prefix_counters(p.url) for p in procs), prefix0,
+                                                                  strict=True)]
+    out = load.summarize(results, t0, args.warmup, args.seconds, load.KINDS[workload])
+    queried = sum(q for q, _ in prefix)
+    out["prefix_cache_hit_rate"] = sum(h for _, h in prefix) / queried if queried else None
+    out["prefix_cache_hit_rate_by_server"] = [h / q if q else None for q, h in prefix]
     steps = sum(e["stats"]["steps"] for e in engines)
-    out |= {"system": system, "rate": rate, "wall_s": wall, "cpu_busy_cores": busy, "cpu_cores_by_process": cpu,
+    out |= {"workload": workload, "system": system, "rate": rate, "wall_s": wall, "cpu_busy_cores": busy, "cpu_cores_by_process": cpu,
             "requests_per_server": counts, "picker_stats": picker,
             "engine": {"steps": steps, "step_ms": sum(e["stats"]["step_ms"] for e in engines),
                        "lag_ms": sum(e["stats"]["lag_ms"] for e in engines),
                        "max_lag_ms": max(e["stats"]["max_lag_ms"] for e in engines),
                        "lora_loads": sum(e["stats"]["lora_loads"] for e in engines)}}
-    log(f"{system} @ {rate:g}: {out['req_per_s']:.2f} req/s, TTFT p50/p90/p99 "
+    log(f"{workload} / {system} @ {rate:g}: {out['req_per_s']:.2f} req/s, TTFT p50/p90/p99 "
         f"{report.ms(out['ttft_p50'])}/{report.ms(out['ttft_p90'])}/{report.ms(out['ttft_p99'])} ms, "
-        f"errors {out['errors']}, CPU busy {busy:.2f} cores, per server {counts}")
+        f"errors {out['errors']}, CPU busy {busy:.2f} cores, per server {counts}, prefix-cache hits "
+        f"{out['prefix_cache_hit_rate'] or 0:.0%}")
     return out
 
 
@@ -176,7 +220,11 @@ def run_system(system: str, ports: list[int], args: argparse.Namespace) -> list[
     endpoints = [f"127.0.0.1:{p}" for p in ports]
     cfg = envoy_config(system, admin, listen, endpoints, Path(args.module))
     with Envoy(cfg, admin, concurrency=1, log_level="warning") as envoy:
-        return [phase(system, listen, envoy, ports, rate, args) for rate in args.rates]
+        return [phase(system, listen, envoy, ports, w, rate, args) for w in args.workloads for rate in rates(args, w)]
+
+
+def rates(args: argparse.Namespace, workload: str) -> list[float]:
+    return args.rate_of.get(workload, args.rates)
 
 
 def git(*args: str) -> str:
@@ -195,17 +243,25 @@ def envoy_version() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[7.0, 14.0],
-                    help="total request rates, req/s (default 7,14: low, near round robin's saturation)")
-    ap.add_argument("--seconds", type=float, default=40, help="measured seconds per phase")
-    ap.add_argument("--warmup", type=float, default=4, help="unmeasured seconds of load before each phase")
+    ap.add_argument("--workloads", type=lambda s: [w for w in s.split(",") if w],
+                    default=list(load.WORKLOADS), help=f"of {', '.join(load.WORKLOADS)} (default: all)")
+    ap.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=None,
+                    help="total request rates, req/s, for every workload (default: RATES, per workload)")
+    ap.add_argument("--seconds", type=float, default=20, help="measured seconds per phase")
+    ap.add_argument("--warmup", type=float, default=5, help="unmeasured seconds of load before each phase")
     ap.add_argument("--servers", type=int, default=4)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--systems", default="rr,epp")
+    ap.add_argument("--systems", default="rr,lr,random,epp")
     ap.add_argument("--module", default=str(MODULE), help="the ai-gateway module for epp")
+    ap.add_argument("--picker", type=json.loads, default={}, help='endpoint_picker options, JSON (e.g. \'{"weights": {"prefix": 6}}\')')
     ap.add_argument("--note", default="", help="a line for the report (e.g. where --module was built from)")
     ap.add_argument("--out", default=str(RESULTS / "endpoint-picker"), help="results path without extension")
     args = ap.parse_args()
+    PICKER.update(args.picker)
+    args.rate_of = {} if args.rates else RATES
+    for w in args.workloads:
+        if w not in load.WORKLOADS:
+            raise SystemExit(f"bench/epp: no workload {w!r} (of {', '.join(load.WORKLOADS)})")
     systems = [s for s in args.systems.split(",") if s]
     if "epp" in systems and not Path(args.module).exists():
         raise SystemExit(f"bench/epp: {args.module} missing: run `.venv/bin/python build/pwbuild ai_gateway`")
@@ -218,9 +274,11 @@ def main() -> None:
         "module": {"path": args.module, "sha256": sha256(args.module), "default": Path(args.module) == MODULE}
         if "epp" in systems else None, "note": args.note,
         "engine": ENGINE, "adapters": list(load.ADAPTERS), "picker": PICKER, "seed": args.seed,
-        "seconds": args.seconds, "warmup": args.warmup, "rates": args.rates,
-        "workload": {str(rate): load.mix(load.workload(rate, args.seconds, args.warmup, args.seed))
-                     for rate in args.rates}},
+        "seconds": args.seconds, "warmup": args.warmup, "workloads": args.workloads,
+        "rates": {w: rates(args, w) for w in args.workloads},
+        "engines": {w: [engine_of(w, i) for i in range(args.servers)] for w in args.workloads},
+        "workload": {w: {str(rate): load.mix(load.WORKLOADS[w](rate, args.seconds, args.warmup, args.seed))
+                         for rate in rates(args, w)} for w in args.workloads}},
         "systems": {s: SYSTEMS[s] for s in systems}, "phases": [], "unavailable": {}}
     for system in systems:
         log(f"system {system}: {SYSTEMS[system]}")
@@ -231,10 +289,10 @@ def main() -> None:
                 raise
             r["unavailable"][system] = str(e).splitlines()[0][:300]
             log(f"epp unavailable: {e}")
-    md = report.markdown(r)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n")
+    md = report.markdown(r)
     out.with_suffix(".md").write_text(md + "\n")
     print(md)
 

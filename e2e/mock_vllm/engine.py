@@ -18,8 +18,13 @@ One engine thread runs steps (iterations), scheduling like vLLM's v1 scheduler a
    * LoRA: ``model`` may name an adapter (``--lora-modules``). A request whose adapter is not in the running batch
      waits (and the ones behind it may go, as in vLLM) while the batch already uses ``max_loras`` distinct
      adapters. Admitting an adapter that is not resident (an LRU set of ``max_loras`` adapters) loads it.
-   * prefix cache (``prefix_cache``): if the prompt's first ``prefix_cache_chars`` characters were seen among the
-     last ``prefix_cache_entries`` prompts, the words inside them are not prefilled again (one token always is).
+   * prefix cache (``prefix_cache``), vLLM's automatic prefix caching: the prompt's words are cut into blocks of
+     ``prefix_cache_block_tokens`` (vLLM's KV block, 16 tokens); a block is known by the hash of its words and of
+     every block before it, so a block is reused only when the whole prompt up to its end matches. The leading
+     blocks found in the cache are not prefilled again (one token always is, as in vLLM). A prompt's full blocks
+     are cached when its prefill completes. The cache holds ``prefix_cache_tokens`` tokens of blocks (0: as many
+     as the KV cache), least recently used evicted first: vLLM keeps a freed block's contents until the block is
+     reused, so what it can hold is bounded by the KV cache.
 
 Step duration, in ms::
 
@@ -39,8 +44,8 @@ whose last prompt chunk was in the step has its first token, and finished reques
 
 Metrics: ``vllm:num_requests_running`` = admitted requests, ``vllm:num_requests_waiting`` = the queue,
 ``vllm:kv_cache_usage_perc`` = ``vllm:gpu_cache_usage_perc`` = ``u``, ``vllm:lora_requests_info`` (see
-``metrics``), ``vllm:prefix_cache_queries_total`` / ``vllm:prefix_cache_hits_total`` (tokens, with the prefix
-cache). ``GET /mock/engine`` shows the config, the state and step statistics, among them how late the steps ran
+``metrics``), ``vllm:time_per_output_token_seconds`` (each decoded token observes its step's duration),
+``vllm:prefix_cache_queries_total`` / ``vllm:prefix_cache_hits_total`` (tokens, with the prefix cache). ``GET /mock/engine`` shows the config, the state and step statistics, among them how late the steps ran
 (``lag_ms``: the host CPU, not the model, when it is large).
 """
 
@@ -72,8 +77,8 @@ class EngineConfig:
     max_loras: int = 1
     lora_load_ms: float = 50.0
     prefix_cache: bool = False
-    prefix_cache_chars: int = 512
-    prefix_cache_entries: int = 256
+    prefix_cache_block_tokens: int = 16
+    prefix_cache_tokens: int = 0
 
     HELP = {
         "max_num_seqs": "requests running at once (the rest wait)",
@@ -85,9 +90,9 @@ class EngineConfig:
         "decode_kv_cost": "load model: step time added at a full KV cache (x decode_ms_per_token)",
         "max_loras": "LoRA adapters in one batch / resident at once",
         "lora_load_ms": "load model: time to load a non-resident adapter",
-        "prefix_cache": "load model: skip prefill of prompts whose start was seen recently",
-        "prefix_cache_chars": "load model: characters of the prompt start the prefix cache compares",
-        "prefix_cache_entries": "load model: prompt starts the prefix cache remembers",
+        "prefix_cache": "load model: automatic prefix caching (skip prefill of cached leading blocks)",
+        "prefix_cache_block_tokens": "load model: tokens per cached block",
+        "prefix_cache_tokens": "load model: tokens the prefix cache holds (0: kv_capacity_tokens)",
     }
 
     def __post_init__(self) -> None:
@@ -97,7 +102,7 @@ class EngineConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{f.name} must be a number >= 0, got {value!r}")
-        for name in ("max_num_seqs", "max_loras", "kv_capacity_tokens", "prefix_cache_chars", "prefix_cache_entries"):
+        for name in ("max_num_seqs", "max_loras", "kv_capacity_tokens", "prefix_cache_block_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.max_num_batched_tokens < self.max_num_seqs:
@@ -122,30 +127,42 @@ def decode_tokens_per_s(cfg: EngineConfig, batch: int, kv_usage: float = 0.0) ->
 
 
 class PrefixCache:
-    """The starts of recent prompts (LRU); a hit spares the words inside the start from prefill."""
+    """vLLM-style automatic prefix caching over blocks of words, bounded, least recently used evicted first."""
 
-    def __init__(self, chars: int, entries: int) -> None:
-        self.chars = chars
-        self.entries = entries
-        self._seen: OrderedDict[str, None] = OrderedDict()
+    def __init__(self, block_tokens: int, capacity_tokens: int) -> None:
+        self.block = block_tokens
+        self.max_blocks = max(1, capacity_tokens // block_tokens)
+        self._blocks: OrderedDict[int, None] = OrderedDict()
+
+    def _hashes(self, text: str) -> list[int]:
+        """The chained hash of each full block of ``text``'s words."""
+        words = text.split()
+        out, h, b = [], 0, self.block
+        for i in range(0, len(words) - b + 1, b):
+            h = hash((h, *words[i : i + b]))
+            out.append(h)
+        return out
 
     def cached_tokens(self, text: str, prompt_tokens: int) -> int:
-        key = text[: self.chars]
-        if not key or key not in self._seen:
-            return 0
-        self._seen.move_to_end(key)
-        words = len(key.split())
-        if len(text) > self.chars and not text[self.chars].isspace() and not key[-1].isspace():
-            words -= 1  # the last word runs past the start: not cached
-        return max(0, min(words, prompt_tokens - 1))
+        """Tokens of ``text``'s leading blocks held in the cache (at most ``prompt_tokens - 1``)."""
+        n = 0
+        for h in self._hashes(text):
+            if h not in self._blocks:
+                break
+            self._blocks.move_to_end(h)
+            n += 1
+        return max(0, min(n * self.block, prompt_tokens - 1))
 
     def insert(self, text: str) -> None:
-        key = text[: self.chars]
-        if key:
-            self._seen[key] = None
-            self._seen.move_to_end(key)
-            while len(self._seen) > self.entries:
-                self._seen.popitem(last=False)
+        for h in self._hashes(text):
+            self._blocks[h] = None
+            self._blocks.move_to_end(h)
+        while len(self._blocks) > self.max_blocks:
+            self._blocks.popitem(last=False)
+
+    @property
+    def blocks(self) -> int:
+        return len(self._blocks)
 
 
 class Ticket:
@@ -211,7 +228,8 @@ class Engine:
         self.running: list[Ticket] = []
         self.reserved = 0
         self.resident: OrderedDict[str, None] = OrderedDict()  # LoRA adapters loaded, least recently used first
-        self.prefix = PrefixCache(cfg.prefix_cache_chars, cfg.prefix_cache_entries) if cfg.prefix_cache else None
+        self.prefix = (PrefixCache(cfg.prefix_cache_block_tokens, cfg.prefix_cache_tokens or cfg.kv_capacity_tokens)
+                       if cfg.prefix_cache else None)
         self.stats = {"steps": 0, "step_ms": 0.0, "lag_ms": 0.0, "max_lag_ms": 0.0, "lora_loads": 0,
                       "admitted": 0, "finished": 0, "aborted": 0}
         self._stopped = False
@@ -273,7 +291,7 @@ class Engine:
         """One step without sleeping (for tests of an engine made with ``start=False``); returns its duration."""
         with self.lock:
             step = self._schedule()
-            self._advance(step)
+            self._advance(step, step.ms)
             return step.ms
 
     # ---- the engine thread
@@ -295,7 +313,7 @@ class Engine:
             with self.lock:
                 if self._stopped:
                     return
-                self._advance(step)
+                self._advance(step, step.ms + lag)
                 self.stats["steps"] += 1
                 self.stats["step_ms"] += step.ms
                 self.stats["lag_ms"] += lag
@@ -354,12 +372,14 @@ class Engine:
         self.stats["lora_loads"] += 1
         return 1
 
-    def _advance(self, step: _Step) -> None:
+    def _advance(self, step: _Step, took_ms: float) -> None:
         moved: list[Ticket] = []
         for t in step.decoding:
             if not t.done:
                 t.generated += 1
                 moved.append(t)
+        if moved:  # each decoded token came one step after the previous one
+            self.metrics.tpot.observe(took_ms / 1000, len(moved))
         for t, chunk in step.chunks:
             if t.done:
                 continue

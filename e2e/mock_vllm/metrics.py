@@ -13,6 +13,8 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
                 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
                480.0, 960.0, 1920.0, 7680.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+                80.0)  # vLLM's
 
 
 class Histogram:
@@ -22,12 +24,13 @@ class Histogram:
         self.sum = 0.0
         self.count = 0
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, n: int = 1) -> None:
+        """``n`` observations of ``value``."""
         for i, le in enumerate(self.buckets):
             if value <= le:
-                self.counts[i] += 1
-        self.sum += value
-        self.count += 1
+                self.counts[i] += n
+        self.sum += value * n
+        self.count += n
 
     def render(self, name: str, help_text: str, labels: str) -> list[str]:
         lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
@@ -60,6 +63,7 @@ class Metrics:
         self.success = {"stop": 0, "length": 0, "abort": 0}
         self.ttft = Histogram(TTFT_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
+        self.tpot = Histogram(TPOT_BUCKETS)  # time per output token after the first (the load model's steps)
         self.started = time.time()
         self._lora_now = ("", "")
         self._lora_series: dict[tuple[str, str], float] = {}  # earlier label values -> when they were last current
@@ -173,4 +177,6 @@ class Metrics:
                                       "Histogram of time to first token in seconds.", m)
             lines += self.e2e.render("vllm:e2e_request_latency_seconds",
                                      "Histogram of e2e request latency in seconds.", m)
+            lines += self.tpot.render("vllm:time_per_output_token_seconds",
+                                      "Histogram of time per output token in seconds.", m)
         return "\n".join(lines) + "\n"

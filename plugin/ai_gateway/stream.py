@@ -16,6 +16,7 @@ from .errors import JSON_HEADERS, GatewayError, shown
 from .fallback import Fallback
 from .observe import Observation, attempts_json, client_cancelled, publish, record_failed_attempts
 from .paths import normalize
+from .picker import finished as endpoint_finished
 from .picker import route as pick_endpoint
 from .reader import AnswerReader
 from .request import duplicate_model, json_media_type, needs_usage, parse_body, with_usage_requested
@@ -45,6 +46,7 @@ class GatewayStream(AnswerReader, HttpContext):
     body = b""  # the request as the client sent it (an input estimate reads it, when the server reports no usage)
     published = False
     key_idx: int | None = None  # index of the pool key this request went out with
+    endpoint = None  # (picker.state.Endpoint, upstream model): the pod picked, in flight there until on_log
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
     attempts: retries.Attempts | None = None  # fallback as Envoy retries: the attempts so far
     upstream: retries.UpstreamAttempt | None = None  # set when this context is the attempt filter's
@@ -138,8 +140,9 @@ class GatewayStream(AnswerReader, HttpContext):
         self.model, self.requested, self.doc, self.body = model, requested, doc, body
         picker = cfg.pickers.get(model.cluster) if cfg.pickers else None
         if picker is not None:  # the least loaded pod, or 429 for a sheddable request when all are saturated
-            h.set(picker.header, pick_endpoint(picker, model, doc, self.headers_in.get, self.started_ns // 1_000_000,
-                                               cfg.metrics))
+            ep = pick_endpoint(picker, model, doc, self.headers_in.get, self.started_ns // 1_000_000, cfg.metrics)
+            self.endpoint = (ep, model.upstream_model)
+            h.set(picker.header, ep.addr)
         now_ms = self.started_ns // 1_000_000
         # by position (keywords cost more per call): no source, the client's credential, no keys tried yet,
         # rewrite, the route keeps the host
@@ -251,6 +254,9 @@ class GatewayStream(AnswerReader, HttpContext):
     # -- end --
 
     def on_log(self) -> None:
+        if self.endpoint is not None:
+            endpoint_finished(*self.endpoint)
+            self.endpoint = None
         if self.tapped or self.counting:
             self.take_tap(False)
         if self.model is not None and not self.published:

@@ -5,7 +5,9 @@ and an Envoy ORIGINAL_DST cluster with ``use_http_header`` connects to that pod.
 ``config`` (``models[].endpoint_picker``, ``models[].criticality``), ``promtext`` (reading
 ``/metrics``), ``scrape`` (one worker per round, on ticks), ``state`` (shared data + per-VM view),
 ``score`` (the documented score and the rules for stale, down and saturated endpoints),
-``affinity`` (prompt-prefix affinity). The functions here are the gateway's hooks.
+``affinity`` (prompt-prefix affinity learned from the picker's own routing). The functions here are the
+gateway's hooks: ``route`` picks for a client request and ``finished`` is told when it ended (the picker
+counts its own requests in flight per pod).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from proxywasm import Counter, MetricCache
 from ..errors import GatewayError
 from ..observe import label
 from . import score, state
-from .affinity import prefix_hash
+from .affinity import chain
 from .config import EndpointPicker
 from .scrape import metric, period_ms, scrape
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-__all__ = ["EndpointPicker", "add_destination", "period_ms", "pick", "scrape"]
+__all__ = ["EndpointPicker", "add_destination", "finished", "period_ms", "pick", "scrape"]
 
 _COUNTERS = MetricCache(Counter)
 
@@ -47,36 +49,67 @@ def _endpoints(pool: EndpointPicker) -> list[state.Endpoint]:
 
 
 def pick(pool: EndpointPicker, model: str, upstream_model: str, doc: dict[str, Any], level: str, now_ms: int,
-         metrics: bool) -> str | None:
-    """The endpoint (``ip:port``) for a request to ``model`` on ``pool``; None: shed it."""
+         metrics: bool) -> state.Endpoint | None:
+    """The endpoint for a request to ``model`` on ``pool``; None: shed it."""
     eps = _endpoints(pool)
     view = pool.view
     view.refresh(now_ms)
-    prefix = prefix_hash(doc, upstream_model, pool.prefix_chars) if pool.prefix_chars else None
-    e, how = score.choose(view, pool, eps, now_ms, level == "sheddable", upstream_model, prefix)
+    prefix = chain(doc, upstream_model, pool.prefix_chars) if pool.prefix_chars else None
+    credit = (view.prefixes.credit(*prefix, (1 << len(view.endpoints)) - 1)
+              if prefix is not None and pool.weights.prefix > 0 else None)
+    e, how = score.choose(view, pool, eps, now_ms, level == "sheddable", upstream_model, credit)
     if e is None:
         if metrics:
             _COUNTERS(f"picker.{label(pool.cluster)}.metric.shed").increment()
         return None
     e.picks += 1
+    if prefix is not None:
+        view.prefixes.sent(prefix[0], e.bit)
     if metrics:
         if e.counter is None:
             e.counter = Counter(metric(pool.cluster, e.addr, "picks"))
         e.counter.increment()
         if how == score.UNSCORED:
             _COUNTERS(f"picker.{label(pool.cluster)}.metric.unscored").increment()
-    return e.addr
+    return e
+
+
+def started(e: state.Endpoint, model: str) -> None:
+    """A client request to ``model`` went to ``e``: it counts as in flight there until ``finished``."""
+    e.inflight += 1
+    if e.model and model != e.model:  # an adapter (the pod reported its base model): for adapter affinity
+        e.adapters[model] = e.adapters.get(model, 0) + 1
+        recent = e.recent
+        if model in recent:
+            recent.remove(model)
+        recent.append(model)
+        if len(recent) > score.RECENT_ADAPTERS:
+            del recent[0]
+
+
+def finished(e: state.Endpoint, model: str) -> None:
+    """The request ``started`` on ``e`` ended (answered, failed, cut off or reset)."""
+    e.inflight -= 1
+    e.done += 1
+    n = e.adapters.get(model)
+    if n is not None:
+        if n > 1:
+            e.adapters[model] = n - 1
+        else:
+            del e.adapters[model]
 
 
 def route(pool: EndpointPicker, model: Any, doc: dict[str, Any], header: Callable[[str], str | None], now_ms: int,
-          metrics: bool) -> str:
-    """The endpoint for a client request; a sheddable one finding every endpoint saturated gets 429."""
+          metrics: bool) -> state.Endpoint:
+    """The endpoint for a client request (in flight there until ``finished``); a sheddable one finding every
+    endpoint saturated gets 429."""
     level = criticality(pool, model.name, header(pool.criticality_header) if pool.criticality_header else None)
     ep = pick(pool, model.name, model.upstream_model, doc, level, now_ms, metrics)
     if ep is None:
         raise GatewayError(429, f"every endpoint serving `{model.name}` is saturated; this request is sheddable, "
                                 "retry later", "endpoints_saturated",
                            retry_after_s=max(1, -(-pool.scrape_interval_ms // 1000)))  # the next scrape may free one
+    started(ep, model.upstream_model)
     return ep
 
 
@@ -91,4 +124,4 @@ def add_destination(pickers: dict[str, EndpointPicker], model: Any, doc: dict[st
     level = "sheddable" if sheddable else criticality(
         pool, model.name, next((v for k, v in headers if k == pool.criticality_header), None))
     ep = pick(pool, model.name, model.upstream_model, doc or {}, level, now_ms, metrics)
-    return None if ep is None else [*headers, (pool.header, ep)]
+    return None if ep is None else [*headers, (pool.header, ep.addr)]

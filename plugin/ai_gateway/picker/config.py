@@ -16,7 +16,8 @@ from ..fieldcheck import header_name
 
 CRITICALITIES = ("critical", "standard", "sheddable")
 DEFAULT_HEADER = "x-gateway-destination-endpoint"  # Gateway API inference extension, endpoint picker protocol
-WEIGHTS = {"queue": 2.0, "running": 1.0, "kv_cache": 2.0, "lora": 1.0, "prefix": 3.0}
+WEIGHTS = {"running": 1.0, "queue": 1.0, "kv_cache": 4.0, "lora": 4.0, "prefix": 8.0, "speed": 1.0}  # see score
+PREFIX_CHARS = 32_768  # prefix affinity over the prompt's first 32k characters by default
 MAX_ENDPOINTS = 64  # the shared record is one JSON document: keep it small
 
 
@@ -27,6 +28,7 @@ class Weights:
     kv_cache: float
     lora: float
     prefix: float
+    speed: float
 
 
 @record
@@ -42,7 +44,7 @@ class EndpointPicker:
     queue_threshold: int  # waiting requests at which an endpoint is saturated
     kv_cache_threshold: float  # KV-cache usage (0..1) at which an endpoint is saturated
     weights: Weights
-    prefix_chars: int  # 0: no prefix affinity
+    prefix_chars: int  # characters of the prompt's start prefix affinity hashes (0: none)
     criticality_header: str  # "" = criticality from the model only
     criticality: dict  # model name -> critical | standard | sheddable
 
@@ -99,7 +101,7 @@ def parse_picker(f: Fields, cluster: str, criticality: dict) -> EndpointPicker:
         scrape_interval_ms=interval, scrape_timeout_ms=timeout, stale_after_ms=stale,
         queue_threshold=f.int("queue_threshold", 5, min=1, max=1_000_000),
         kv_cache_threshold=float(f.number("kv_cache_threshold", 0.8, min=0.01, max=1)),
-        weights=weights, prefix_chars=f.int("prefix_chars", 0, min=0, max=1_000_000),
+        weights=weights, prefix_chars=f.int("prefix_chars", PREFIX_CHARS, min=0, max=1_000_000),
         criticality_header=header_name(f, "criticality_header", "x-gateway-criticality", optional=True),
         criticality=criticality,
     )

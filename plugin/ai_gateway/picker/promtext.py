@@ -25,6 +25,7 @@ WAITING = b"vllm:num_requests_waiting"
 RUNNING = b"vllm:num_requests_running"
 KV_CACHE = (b"vllm:kv_cache_usage_perc", b"vllm:gpu_cache_usage_perc")  # new name first (vLLM >= 0.10)
 LORA = b"vllm:lora_requests_info"
+ITL = (b"vllm:time_per_output_token_seconds", b"vllm:inter_token_latency_seconds")  # histograms: _sum, _count
 SGLANG = (b"sglang:num_queue_reqs", b"sglang:num_running_reqs", b"sglang:token_usage")
 TRT_REQUESTS = b"nv_trt_llm_request_metrics"  # request_type="waiting" | "scheduled" | ...
 TRT_KV_BLOCKS = b"nv_trt_llm_kv_cache_block_metrics"  # kv_cache_block_type="fraction" | ...
@@ -49,6 +50,8 @@ class ServerMetrics:
     max_lora: int  # adapters that fit on the GPU at once; -1: no LoRA info
     running_adapters: tuple  # adapters loaded and serving
     waiting_adapters: tuple  # adapters requests wait for
+    itl_sum: float = -1.0  # vllm:time_per_output_token_seconds_sum (seconds); -1: not exported
+    itl_count: float = -1.0  # its _count
 
 
 def _number(token: bytes) -> float | None:
@@ -163,10 +166,16 @@ def parse(text: bytes) -> ServerMetrics | None:
             max_lora = int(cap)
             run_ad = _adapters(labels.get("running_lora_adapters", ""))
             wait_ad = _adapters(labels.get("waiting_lora_adapters", ""))
+    itl_sum = itl_count = -1.0
+    for name in ITL:
+        total, count = samples(text, name + b"_sum"), samples(text, name + b"_count")
+        if total and count:
+            itl_sum, itl_count = max(0.0, sum(v for _, v in total)), max(0.0, sum(v for _, v in count))
+            break
     return ServerMetrics(
         waiting=max(0.0, sum(v for _, v in waiting)),
         running=max(0.0, sum(v for _, v in running)),
         kv_cache=min(1.0, max(0.0, max(v for _, v in kv))) if kv else 0.0,
         model=running[0][0].get("model_name", ""),
-        max_lora=max_lora, running_adapters=run_ad, waiting_adapters=wait_ad,
+        max_lora=max_lora, running_adapters=run_ad, waiting_adapters=wait_ad, itl_sum=itl_sum, itl_count=itl_count,
     )

@@ -49,12 +49,14 @@ class Scraper:
         before = state.record(pool.cluster, [(ep, t, m) for ep, t, m, _ in answers],
                               hc.get_current_time_ns() // 1_000_000, self.known)
         for ep, _, m, why in answers:
-            was_up, fails = before.get(ep, (False, 0))
+            was_up, fails, itl = before.get(ep, (False, 0, 0.0))
             _GAUGES(metric(pool.cluster, ep, "up")).set(int(m is not None))
             if m is not None:
                 _GAUGES(metric(pool.cluster, ep, "waiting")).set(int(m.waiting))
                 _GAUGES(metric(pool.cluster, ep, "running")).set(int(m.running))
                 _GAUGES(metric(pool.cluster, ep, "kv_cache_percent")).set(int(m.kv_cache * 100 + 0.5))
+                if itl > 0:
+                    _GAUGES(metric(pool.cluster, ep, "itl_ms")).set(int(itl + 0.5))
                 if not was_up and fails:
                     hc.log(LogLevel.INFO, f"endpoint {ep} of {pool.cluster} is back (metrics scraped)")
             else:

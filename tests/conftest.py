@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from proxywasm.testing import Host, SharedState
 from proxywasm.testing.fake import FakeHost
+from tests.redis_server import Redis, redis_server
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGINS = REPO / "tests" / "plugins"
@@ -19,24 +20,24 @@ PLUGINS = REPO / "tests" / "plugins"
 PLUGIN_PATHS = {"probe": [PLUGINS], "examples.showcase": [], "ai_gateway": []}
 
 
-def build_wasm(entry: str) -> Path:
-    """Build (or reuse) dist/<name>.wasm for a plugin; failures stop the test with the build output."""
-    args = [sys.executable, str(REPO / "build" / "pwbuild"), entry]
+def build_wasm(entry: str, variant: str = "") -> Path:
+    """Build (or reuse) dist/<name>[-variant].wasm for a plugin; failures stop the test with the build output."""
+    args = [sys.executable, str(REPO / "build" / "pwbuild"), entry] + (["--variant", variant] if variant else [])
     for p in PLUGIN_PATHS.get(entry, []):
         args += ["--path", str(p)]
     r = subprocess.run(args, capture_output=True, text=True, cwd=REPO)
     if r.returncode != 0:
         pytest.fail(f"build of {entry} failed:\n{r.stdout}{r.stderr}")
-    return REPO / "dist" / (entry.rsplit(".", 1)[-1].replace("_", "-") + ".wasm")
+    return REPO / "dist" / (entry.rsplit(".", 1)[-1].replace("_", "-") + (f"-{variant}" if variant else "") + ".wasm")
 
 
-_built: dict[str, Path] = {}
+_built: dict[tuple[str, str], Path] = {}
 
 
-def wasm_path(entry: str) -> Path:
-    if entry not in _built:
-        _built[entry] = build_wasm(entry)
-    return _built[entry]
+def wasm_path(entry: str, variant: str = "") -> Path:
+    if (entry, variant) not in _built:
+        _built[entry, variant] = build_wasm(entry, variant)
+    return _built[entry, variant]
 
 
 HostFactory = Callable[..., Host]
@@ -47,7 +48,7 @@ def make_host(request: pytest.FixtureRequest) -> HostFactory:
     """``make_host(entry, shared=None)`` -> a Host running that plugin on this test's host kind."""
     kind = request.param
 
-    def make(entry: str, shared: SharedState | None = None) -> Host:
+    def make(entry: str, shared: SharedState | None = None, variant: str = "") -> Host:
         if kind == "fake":
             for p in PLUGIN_PATHS.get(entry, []):
                 if str(p) not in sys.path:
@@ -55,7 +56,14 @@ def make_host(request: pytest.FixtureRequest) -> HostFactory:
             return FakeHost(entry, shared)
         from proxywasm.testing.wasm import WasmHost
 
-        return WasmHost(wasm_path(entry), shared)
+        return WasmHost(wasm_path(entry, variant), shared)
 
     make.kind = kind  # type: ignore[attr-defined]
     return make
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[Redis]:
+    """A real redis-server on a free loopback port (no persistence), for the session."""
+    with redis_server() as r:
+        yield r

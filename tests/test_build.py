@@ -81,7 +81,8 @@ def test_built_module_fits_the_host() -> None:
     assert wasi <= KEEP <= abi.WASI_ALLOWED | KEEP
     assert wasi <= abi.WASI_ALLOWED
     env = {n for m, n in info.imports if m == "env"}
-    assert env == set(abi.IMPORTS_BY_NAME)  # every host call is offered to Python
+    assert env == {f.name for f in abi.imports_for("")}  # every stock host call is offered to Python
+    assert "proxy_redis_call" not in env  # Higress-only: stock Envoy would refuse the module
     for ex in abi.EXPORTS:
         if ex.name in info.exports or not ex.hot:
             assert info.exports[ex.name] == abi.export_signature(ex)
@@ -89,6 +90,17 @@ def test_built_module_fits_the_host() -> None:
     for name in ("proxy_on_log", "proxy_on_done", "proxy_on_request_trailers", "proxy_on_response_trailers"):
         assert name not in info.exports
     assert {"proxy_on_request_headers", "proxy_on_response_body", "proxy_on_delete"} <= set(info.exports)
+
+
+def test_higress_variant_imports_the_redis_calls_and_only_it() -> None:
+    info = audit(wasm_path("ai_gateway", "higress"), abi, "higress")
+    env = {n for m, n in info.imports if m == "env"}
+    assert {"proxy_redis_init", "proxy_redis_call"} <= env
+    assert info.exports["proxy_on_redis_call_response"] == (("i32",) * 4, ())
+    with pytest.raises(BuildError, match="only the higress host provides"):
+        audit(wasm_path("ai_gateway", "higress"), abi)  # judged as a stock-Envoy module: refused
+    stock = audit(wasm_path("ai_gateway"), abi)
+    assert not {n for m, n in stock.imports if n.startswith("proxy_redis")}
 
 
 def _module(imports: list[tuple[str, str]], exports: list[str] = ()) -> bytes:

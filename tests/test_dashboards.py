@@ -28,7 +28,10 @@ def test_every_dashboard_query_uses_emitted_metrics_and_labels() -> None:
     used = {m for e in exprs for m in re.findall(PREFIX + r"(\w+)", e)}
     assert used and used <= emitted(), used - emitted()
     labels = {lb for e in exprs for lb in re.findall(r"\b(ai_\w+)\b", e)}
-    assert labels <= {"ai_route", "ai_cluster", "ai_model", "ai_consumer"}
+    assert labels <= {"ai_route", "ai_cluster", "ai_model", "ai_consumer", "ai_reason"}
+    # consumers' rejections: wasmcustom.aigw.consumer.<c>.reason.<r>.rejected (ai_gateway.consumers.rejected)
+    others = {m for e in exprs for m in re.findall(r"\b(aigw_\w+)\{", e)}
+    assert others <= {"aigw_consumer_reason_rejected"}
     titles = " ".join(p["title"] for p in DASHBOARD["panels"]).lower()
     for need in ("tokens/s", "first token", "latency", "error", "fallback", "consumer", "cancelled", "estimated"):
         assert need in titles
@@ -37,7 +40,7 @@ def test_every_dashboard_query_uses_emitted_metrics_and_labels() -> None:
 def test_stats_tags_match_the_label_names() -> None:
     yaml = (REPO / "wasm-config" / "envoy" / "ai-gateway.yaml").read_text()
     assert re.findall(r"tag_name: (ai_\w+)", yaml) == ["ai_route", "ai_cluster", "ai_model", "ai_consumer",
-                                                       "ai_key_pool", "ai_key"]
+                                                       "ai_key_pool", "ai_key", "ai_consumer", "ai_reason"]
 
 
 def test_prometheus_scrapes_envoy_admin() -> None:

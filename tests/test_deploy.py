@@ -377,7 +377,15 @@ def validator_fields(doc: dict, monkeypatch: pytest.MonkeyPatch) -> set[str]:
 FULL = {"models": [{"name": "a", "cluster": "ca", "fallback": {"models": ["b"]}, "mirror": {"model": "b"},
                     "api_keys": {"keys": ["k1"], "probe": {}},
                     "endpoint_picker": {"endpoints": ["10.0.0.1:8000"], "weights": {}}}, {"name": "b", "cluster": "cb"}],
-        "aliases": [{"name": "al", "targets": [{"model": "a"}]}], "fallback": {}}
+        "aliases": [{"name": "al", "targets": [{"model": "a"}]}], "fallback": {},
+        "consumers": [{"name": "c", "keys": ["sk-0123456789"], "models": ["a"],
+                       "limits": [{"requests": 1, "per": "second"}, {"tokens": 1, "per": "minute"},
+                                  {"input_tokens": 1, "per": "hour"}, {"output_tokens": 1, "per": "day"}]}],
+        "auth": {"allow": ["c"]},
+        "limits": [{"requests": 1, "per": "second"}, {"tokens": 1, "per": "minute"},
+                   {"input_tokens": 1, "per": "hour"}, {"output_tokens": 1, "per": "day"}],
+        "store": {"redis": {"transport": "webdis", "cluster": "w"}},
+        "admin": {}}
 
 
 def test_schema_has_exactly_the_fields_the_validator_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -420,7 +428,11 @@ def required_paths(s: dict, prefix: str = "") -> set[str]:
 
 
 def test_schema_documents_every_field() -> None:
-    dynamic = {"models[].upstream_model", "models[].fallback.max_attempts", "fallback.max_attempts"}
+    dynamic = {"models[].upstream_model", "models[].fallback.max_attempts", "fallback.max_attempts",
+               # absent means "all" / "not this kind of limit": no value stands for that
+               "consumers[].models", "auth.allow", "consumers[].limits", "limits",
+               *(f"{scope}limits[].{kind}" for scope in ("", "consumers[].")
+                 for kind in ("requests", "tokens", "input_tokens", "output_tokens"))}
     required = required_paths(SCHEMA)
     assert {"models[].name", "models[].cluster", "models[].api_keys.keys", "aliases[].targets[].model"} <= required
     for path, s in schema_paths(SCHEMA).items():

@@ -16,7 +16,7 @@ EXAMPLES = dict(re.findall(r"<!-- ai-gateway-config: (\S+) -->\n```json\n(.*?)``
 
 
 def test_readme_has_examples() -> None:
-    assert {"demo", "lora-canary", "fallback"} <= set(EXAMPLES)
+    assert {"demo", "lora-canary", "fallback", "consumers"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -25,8 +25,12 @@ def test_readme_example_routes_every_model(name: str, make_host) -> None:
     cfg = parse(doc)
     h = make_host("ai_gateway")
     assert h.start(doc)
+    headers = {"x-user-id": "u1"}
+    if cfg.consumers is not None:  # the example's first consumer allowed every model, by its key in clear
+        first = next(c for c in doc["consumers"] if "models" not in c and not c["keys"][0].startswith("sha256:"))
+        headers["authorization"] = "Bearer " + first["keys"][0]
     for model in [*cfg.models, *cfg.aliases]:
-        s = chat(h, chat_body(model), {"x-user-id": "u1"})
+        s = chat(h, chat_body(model), headers)
         assert s.local_response is None
         routed = cfg.models[s.request_header("x-ai-model")]
         assert s.request_header("x-ai-upstream") == routed.cluster

@@ -43,6 +43,7 @@ class MeteredHost(FastWasmHost):
     def __init__(self, module: Path, fuel_clock: bool = False) -> None:
         super().__init__(module, fuel=FUEL, fuel_clock=fuel_clock)
         self.fuel_per: dict[str, int] = {}
+        self.extra_headers: dict[str, str] = {}
 
     def _export(self, name: str, *args: int) -> int | None:
         before = self.fuel_used()
@@ -55,7 +56,7 @@ class MeteredHost(FastWasmHost):
 def one(host: MeteredHost, wl: str) -> None:
     s = host.http_stream()
     body = BODIES[wl]
-    s.send_request_headers({**HEADERS, "content-length": str(len(body))})
+    s.send_request_headers({**HEADERS, **host.extra_headers, "content-length": str(len(body))})
     parts = [body[i : i + CHUNK] for i in range(0, len(body), CHUNK)]
     for i, part in enumerate(parts):
         s.send_request_body(part, i == len(parts) - 1)
@@ -71,9 +72,16 @@ def one(host: MeteredHost, wl: str) -> None:
     s.complete()
 
 
-def measure(module: Path, workloads: list[str], n: int = 100) -> dict[str, dict[str, float]]:
+def measure(module: Path, workloads: list[str], n: int = 100, config: dict | None = None,
+            headers: dict[str, str] | None = None, redis_port: int = 0) -> dict[str, dict[str, float]]:
+    """VM instructions per request; ``config`` / ``headers`` change the plugin's configuration and the requests'
+    headers; ``redis_port``: the cluster "redis" is that real redis-server (the Higress build's Redis calls)."""
     host = MeteredHost(module)
-    assert host.start(PLUGIN_CONFIG), host.logs
+    if redis_port:
+        host.use_redis("redis", redis_port)
+    if headers:
+        host.extra_headers = headers
+    assert host.start(config or PLUGIN_CONFIG), host.logs
     out = {}
     for wl in workloads:
         for _ in range(30):

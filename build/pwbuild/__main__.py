@@ -30,12 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--src", type=Path, default=REPO / "plugin", help="source root holding proxywasm/ and the plugin")
     p.add_argument("--path", type=Path, action="append", default=[], help="another source root (repeatable)")
     p.add_argument("--cache", type=Path, default=default_cache(), help="object cache directory")
+    p.add_argument("--variant", choices=("stock", "higress"), default="stock",
+                   help="host: stock Envoy, or Higress (adds its Redis calls; output NAME-higress.wasm)")
     p.add_argument("-v", "--verbose", action="store_true")
     a = p.parse_args(argv)
-    out = a.output or REPO / "dist" / (a.entry.rsplit(".", 1)[-1].replace("_", "-") + ".wasm")
+    variant = "" if a.variant == "stock" else a.variant
+    name = a.entry.rsplit(".", 1)[-1].replace("_", "-") + (f"-{variant}" if variant else "")
+    out = a.output or REPO / "dist" / (name + ".wasm")
     t0 = time.monotonic()
     try:
-        path, rebuilt = Builder(Toolchain.locate(), a.cache, a.verbose).build(a.src, a.entry, out, tuple(a.path))
+        path, rebuilt = Builder(Toolchain.locate(), a.cache, a.verbose).build(a.src, a.entry, out, tuple(a.path), variant)
     except BuildError as e:
         print(f"pwbuild: error: {e}", file=sys.stderr)
         return 1

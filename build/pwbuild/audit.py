@@ -97,12 +97,16 @@ def read_module(data: bytes) -> ModuleInfo:
     return info
 
 
-def audit(path: Path, abi: ModuleType) -> ModuleInfo:
-    """Fail unless imports are proxy-wasm or allowed WASI calls and exports match the ABI."""
+def audit(path: Path, abi: ModuleType, variant: str = "") -> ModuleInfo:
+    """Fail unless imports are proxy-wasm calls of the host ``variant`` or allowed WASI calls and exports match
+    the ABI (a stock-Envoy module importing a Higress-only call would not load in Envoy)."""
     info = read_module(path.read_bytes())
     problems = []
+    allowed = {f.name for f in abi.imports_for(variant)}
     for (mod, name), sig in sorted(info.imports.items()):
-        if mod == "env" and name in abi.IMPORTS_BY_NAME:
+        if mod == "env" and name in abi.IMPORTS_BY_NAME and name not in allowed:
+            problems.append(f"imports env.{name}, which only the {abi.IMPORTS_BY_NAME[name].variant} host provides")
+        elif mod == "env" and name in abi.IMPORTS_BY_NAME:
             want = abi.import_signature(abi.IMPORTS_BY_NAME[name])
             if sig != want:
                 problems.append(f"import env.{name} has signature {sig}, the ABI says {want}")

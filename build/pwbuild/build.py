@@ -93,14 +93,16 @@ class Builder:
             tmp.rename(patched)
         return [patched, *rest]
 
-    def build(self, src: Path, entry: str, out: Path, paths: tuple[Path, ...] = ()) -> tuple[Path, bool]:
+    def build(self, src: Path, entry: str, out: Path, paths: tuple[Path, ...] = (),
+              variant: str = "") -> tuple[Path, bool]:
         """Build ``entry`` (a module under ``src`` or ``paths``) into ``out``. Returns (out, rebuilt).
 
-        ``src`` holds the SDK (proxywasm/); ``paths`` are more source roots for plugin code.
+        ``src`` holds the SDK (proxywasm/); ``paths`` are more source roots for plugin code. ``variant``
+        "higress" offers Higress's own host calls (Redis) too; the module then loads only in Higress.
         """
         abi = load_abi(src)
         stdlib, plugin, exports = freeze.freeze(self.tc, [src, *paths], entry)
-        glue = shimgen.generate(abi, frozenset(exports))
+        glue = shimgen.generate(abi, frozenset(exports), variant)
         stubs = wasistubs.generate(self.tc.wasilibc_real)
         stdlib_c = freeze.to_c("pw_frozen_stdlib", stdlib)
         plugin_c = freeze.to_c("pw_frozen_plugin", plugin, entry)
@@ -123,7 +125,7 @@ class Builder:
         tmp = self.cache / f"link-{key}.wasm"
         self._run(self.tc.zig("cc", *LDFLAGS[:1], *[str(o) for o in objs], *map(str, self.libs()),
                               *LDFLAGS[1:], "-o", str(tmp)), "linking")
-        audit.audit(tmp, abi)
+        audit.audit(tmp, abi, variant)
         shutil.move(tmp, out)
         stamp.write_text(key)
         return out, True

@@ -250,7 +250,8 @@ static int pw_handled_in_c(int idx, const int32_t *v) {
                       idx == PW_EXPORT_ON_QUEUE_READY || idx == PW_EXPORT_ON_CONFIGURE ||
                       idx == PW_EXPORT_ON_DELETE || idx == PW_EXPORT_ON_FOREIGN_FUNCTION ||
                       idx == PW_EXPORT_ON_GRPC_RECEIVE_INITIAL_METADATA || idx == PW_EXPORT_ON_GRPC_RECEIVE ||
-                      idx == PW_EXPORT_ON_GRPC_RECEIVE_TRAILING_METADATA || idx == PW_EXPORT_ON_GRPC_CLOSE))
+                      idx == PW_EXPORT_ON_GRPC_RECEIVE_TRAILING_METADATA || idx == PW_EXPORT_ON_GRPC_CLOSE ||
+                      idx == PW_EXPORT_ON_REDIS_CALL_RESPONSE))
     pw_flush_deletes();
   return 0;
 }

@@ -7,6 +7,7 @@ from proxywasm import RootContext, set_root_context
 from proxywasm import hostcalls as hc
 
 from . import config, observe, picker, retries
+from .consumers.config import check_host
 from .probe import probe_keys, probe_period_ms
 from .stream import GatewayStream
 
@@ -15,7 +16,9 @@ class GatewayRoot(RootContext):
     http_context = GatewayStream
 
     def parse_config(self, doc: dict) -> config.Config:
-        return config.parse(doc)
+        cfg = config.parse(doc)
+        check_host(cfg.consumers)  # the "higress" Redis transport needs the Higress build
+        return cfg
 
     def configs(self) -> list[config.Config]:
         rules = self.rules

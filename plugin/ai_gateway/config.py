@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from proxywasm import ConfigError, Fields, factory, record
 
+from .consumers.config import Consumers
+from .consumers.config import parse as parse_consumers
 from .fieldcheck import echo, header_name, header_value, token, url_path
 from .keys import KeyPoolConfig, parse_pool
 from .picker.config import DEFAULT_HEADER as PICKER_HEADER
@@ -109,6 +111,7 @@ class Config:
     pickers: dict = factory(dict)  # cluster -> picker.EndpointPicker (models[].endpoint_picker)
     picker_headers: tuple = ()  # their destination headers: never accepted from clients
     request_headers: tuple = ()  # every request header the gateway reads (bytes): only these are decoded
+    consumers: Consumers | None = None  # the gateway's own API keys, limits and quotas (consumers/)
     strip_headers: tuple = ()  # routing, model and endpoint headers (of every configuration): removed from requests
     max_consumers: int = 1000  # distinct consumer labels in metrics (process-wide); then "_other"
     attempt_filter: bool = False  # this instance is the upstream (per-attempt) filter, not the router-level one
@@ -282,8 +285,12 @@ def parse(doc: dict[str, Any]) -> Config:
     consumer_header = header_name(f, "consumer_header", "")  # "" = no header is trusted to name the consumer
     picker_headers = tuple(sorted({p.header for p in pickers.values()}))
     _distinct_headers(f, models, route_header, model_header, consumer_header, pickers)
+    consumers = parse_consumers(f)
+    if consumers is not None and not consumer_header:
+        consumer_header = "x-mse-consumer"  # where the gateway names the authenticated consumer (Higress's header)
     read = {":method", ":path", "content-type", "content-length", "authorization", consumer_header, route_header,
             model_header, ATTEMPT_HEADER, *picker_headers, *(a.sticky_header for a in aliases.values()),
+            *(consumers.headers if consumers is not None else ()),
             *(p.criticality_header for p in pickers.values())}
     cfg = Config(
         models=models,
@@ -304,6 +311,7 @@ def parse(doc: dict[str, Any]) -> Config:
         # the endpoint picker's standard header even without a picker: an ORIGINAL_DST cluster may read it
         strip_headers=tuple(sorted({route_header, model_header, PICKER_HEADER, ATTEMPT_HEADER, *picker_headers})),
         max_consumers=f.int("max_consumers", 1000, min=1, max=100_000),
+        consumers=consumers,
     )
     f.done()
     return cfg

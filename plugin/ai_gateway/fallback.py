@@ -19,6 +19,7 @@ from proxywasm import hostcalls as hc
 
 from .attempt import address
 from .config import Config, Model, StatusSet
+from .consumers import rate_headers
 from .keys import KeyPool
 from .picker import add_destination
 from .upstream import callout_headers
@@ -124,6 +125,8 @@ class Fallback:
         headers = [(k, v) for k, v in resp.headers if k not in _HOP]
         if served.name != self.primary.name:
             headers.append(("x-ai-fallback-from", self.primary.name))
+        if self.stream.gate is not None:  # the consumer's limits, as on every answer
+            headers += rate_headers(self.stream)
         headers.append(("x-ai-served-model", served.name))
         body = self.reader.whole_answer(resp.header("content-type"), resp.body)
         self.stream.send_local_response(status, body, headers)

@@ -8,7 +8,7 @@ from proxywasm import Action, HttpContext, LogLevel
 from proxywasm import hostcalls as hc
 from proxywasm.properties import route_name
 
-from . import retries
+from . import consumers, retries
 from .attempt import NO_KEYS, address, pool_of
 from .catalog import MODELS_PATH, is_model_path, model_object, models_list
 from .config import Config, Model
@@ -50,6 +50,10 @@ class GatewayStream(AnswerReader, HttpContext):
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
     attempts: retries.Attempts | None = None  # fallback as Envoy retries: the attempts so far
     upstream: retries.UpstreamAttempt | None = None  # set when this context is the attempt filter's
+    who: consumers.Consumer | None = None  # the authenticated consumer (consumers/)
+    gate: consumers.Gate | None = None  # its limits' admission
+    admin_target = ""  # an admin API call for this consumer's balance waits for its body
+    sent_headers: list[tuple[str, str]] | None = None  # the request headers, kept when resumed from a callout
 
     # -- request --
 
@@ -70,6 +74,11 @@ class GatewayStream(AnswerReader, HttpContext):
         for name in cfg.strip_headers:
             if name in hd:
                 h.remove(name)
+        cc = cfg.consumers
+        if cc is not None:  # every request through the gateway names its consumer
+            done = consumers.authenticate(self, cc, hd, cfg.consumer_header)
+            if done is not None:
+                return done
         method = hd.get(":method")
         raw, _, query = hd.get(":path", "").partition("?")
         path = raw if raw in cfg.paths else normalize(raw)
@@ -105,6 +114,9 @@ class GatewayStream(AnswerReader, HttpContext):
         return Action.PAUSE  # hold the headers until the body names the model
 
     def on_request_body(self, body_size: int, end_of_stream: bool) -> Action:
+        if self.admin_target:
+            return consumers.admin.on_body(self, self.config.consumers, self.request_body.read()) \
+                if end_of_stream else Action.PAUSE
         if not self.active or self.model is not None:
             if self.upstream is not None:  # the attempt filter
                 return retries.on_attempt_body(self, self.upstream, end_of_stream)
@@ -118,6 +130,9 @@ class GatewayStream(AnswerReader, HttpContext):
             self._route(cfg, self.request_body.read())
         except GatewayError as e:
             return self._reject(e)
+        if cfg.consumers is not None and self.model is not None:  # before anything goes upstream
+            return consumers.admit(self, cfg.consumers, self.model.name, self._mirror)
+        self._mirror()
         return Action.CONTINUE
 
     def set_consumer(self, name: str) -> None:
@@ -131,6 +146,10 @@ class GatewayStream(AnswerReader, HttpContext):
         model = resolve(cfg, requested, self.headers_in.get, RNG)
         if model is None:
             raise GatewayError(404, f"The model `{shown(requested)}` does not exist.", "model_not_found", "model")
+        if self.who is not None:
+            denied = consumers.model_allowed(self, requested)
+            if denied is not None:
+                raise denied
         rewrite = model.upstream_model != requested or duplicate_model(doc)  # one "model" goes upstream
         self.stream = doc.get("stream") is True
         if cfg.inject_stream_usage and needs_usage(doc):
@@ -165,11 +184,15 @@ class GatewayStream(AnswerReader, HttpContext):
                 hc.log(LogLevel.WARN, f"models[{model.name}].fallback.cluster is set but no attempt filter runs in "
                                       "this VM (the router's upstream filter with {\"attempt_filter\": true} and "
                                       "the same vm_config): falling back through HTTP callouts")
-        if model.mirror and RNG.random() * 100 < model.mirror.percent:
+
+    def _mirror(self) -> None:
+        """Shadow traffic, once the request may go upstream."""
+        model, cfg = self.model, self.config
+        if model is not None and model.mirror and RNG.random() * 100 < model.mirror.percent:
             shadow = cfg.models[model.mirror.model]
-            copy = address(cfg, doc, shadow, now_ms, RNG, source=model)
+            copy = address(cfg, self.doc, shadow, self.started_ns // 1_000_000, RNG, source=model)
             if copy is not None:  # no copy without a usable key
-                mirror(self, shadow, callout_headers(h.items(), copy, cfg), copy.body, model.name)
+                mirror(self, shadow, callout_headers(self.request_headers.items(), copy, cfg), copy.body, model.name)
 
     # -- response --
 
@@ -197,11 +220,15 @@ class GatewayStream(AnswerReader, HttpContext):
                 hc.log(LogLevel.INFO, f"{model.name} answered {status}: "
                                       f"{'retrying' if key_failed else 'falling back'}")
                 # The request headers as sent upstream: Envoy keeps the map readable for the stream's life.
-                self.fallback = Fallback(self, self.config, model, self.doc, self.request_headers.items(), RNG,
+                self.fallback = Fallback(self, self.config, model, self.doc,
+                                         self.sent_headers or self.request_headers.items(), RNG,
                                          key_failed, self, self._fallback_done, self.key_idx, self.status)
                 self.fallback.start()
                 return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)
+        if self.gate is not None:
+            for k, v in consumers.rate_headers(self):
+                self.response_headers.set(k, v)
         self.start_answer(hd.get("content-type"))
         if end_of_stream:
             self._publish()
@@ -275,11 +302,16 @@ class GatewayStream(AnswerReader, HttpContext):
     def _publish(self, complete: bool = True, cancelled: bool = False) -> None:
         self.published = True
         cfg: Config = self.config
+        assert self.model is not None
+        charged = self.gate is not None and cfg.consumers is not None
+        if charged:  # once, to the consumer, for the model that answered (usage, or the estimate when served)
+            usage, estimated = self.answer_usage()
+            consumers.charge(self, cfg.consumers, usage, self.model.name)
         if not cfg.metrics and cfg.ai_log == "off":
             return
         now = hc.now_ns()
-        usage, estimated = self.answer_usage()
-        assert self.model is not None
+        if not charged:
+            usage, estimated = self.answer_usage()
         obs = Observation(
             model=self.requested, served=self.model.name, route=route_name(),
             cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, stream=self.stream,

@@ -77,6 +77,7 @@ class BufferType(IntEnum):
     VM_CONFIGURATION = 6
     PLUGIN_CONFIGURATION = 7
     CALL_DATA = 8
+    REDIS_CALL_RESPONSE = 9  # Higress only: the reply to proxy_redis_call (RESP bytes)
 
 
 class MetricType(IntEnum):
@@ -92,15 +93,16 @@ class StreamType(IntEnum):
     UPSTREAM = 3
 
 
-class Fn(namedtuple("Fn", "name params")):
-    """An import: its name and parameter kinds."""
+class Fn(namedtuple("Fn", "name params variant")):
+    """An import: its name, parameter kinds, and the host variant offering it ("" = every host)."""
 
     name: str
     params: tuple[str, ...]
+    variant: str
 
 
-def _fn(name: str, *params: str) -> Fn:
-    return Fn(name, params)
+def _fn(name: str, *params: str, variant: str = "") -> Fn:
+    return Fn(name, params, variant)
 
 
 # Host functions (module "env") that a plugin may import.
@@ -152,9 +154,21 @@ IMPORTS: tuple[Fn, ...] = (
     _fn("proxy_get_metric", "i32", "u64o"),
     # extension point
     _fn("proxy_call_foreign_function", "in", "in", "out"),
+    # Higress's Envoy only (higress-group/proxy-wasm-go-sdk): Redis through an Envoy cluster. Stock Envoy
+    # refuses a module importing these, so they go only into the "higress" build variant.
+    _fn("proxy_redis_init", "in", "in", "in", "i32", variant="higress"),  # cluster, username, password, timeout ms
+    _fn("proxy_redis_call", "in", "in", "u32o", variant="higress"),  # cluster, RESP query -> callout id
 )
 
 IMPORTS_BY_NAME = {f.name: f for f in IMPORTS}
+VARIANTS = ("", "higress")  # "": stock Envoy (the default build)
+
+
+def imports_for(variant: str = "") -> tuple[Fn, ...]:
+    """The imports a module built for ``variant`` may use."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown host variant {variant!r} (known: {', '.join(v or 'stock' for v in VARIANTS)})")
+    return tuple(f for f in IMPORTS if not f.variant or f.variant == variant)
 
 
 class Export(namedtuple("Export", "name nparams returns default hot")):
@@ -199,6 +213,7 @@ EXPORTS: tuple[Export, ...] = (
     _ex("proxy_on_grpc_receive", 3),
     _ex("proxy_on_grpc_receive_trailing_metadata", 3),
     _ex("proxy_on_grpc_close", 3),
+    _ex("proxy_on_redis_call_response", 4),  # Higress: (root id, callout id, status, reply size)
 )
 
 # Wasm value types of an import's parameters, as the host declares them.

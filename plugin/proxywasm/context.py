@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     C = TypeVar("C")
     CalloutCallback = Callable[["CalloutResponse"], None]
+    RedisCallback = Callable[[int, bytes], None]
 
 
 class _Generic:
@@ -74,6 +75,14 @@ class _Context:
         token = hc.grpc_stream(cluster.encode(), service, method, metadata)
         vm.grpc_calls[token] = grpc.GrpcCall(self, token, on_close, on_message)
         return grpc.GrpcStream(token)
+
+    def redis_call(self, cluster: str, query: bytes, callback: RedisCallback | None = None) -> int:
+        """Send a RESP command through Higress's Redis client for ``cluster`` (see hostcalls.redis_init);
+        ``callback(status, reply)`` runs bound to this context: status 0 and the reply's RESP bytes, or
+        a non-zero status (no connection, timeout) and b""."""
+        token = hc.redis_call(cluster, query)
+        vm.redis_callouts[token] = (self, callback)
+        return token
 
     @staticmethod
     def log(level: LogLevel, message: str) -> None:

@@ -20,6 +20,7 @@ _contexts = vm.contexts  # the same dict object for the VM's life (vm.reset clea
 _roots = vm.roots
 _callouts = vm.callouts
 _grpc_calls = vm.grpc_calls
+_redis_callouts = vm.redis_callouts
 _FAIL_BODY = b'{"error":{"message":"internal plugin error","type":"server_error","code":500}}'
 
 
@@ -187,17 +188,23 @@ def proxy_on_response_trailers(context_id: int, num_trailers: int) -> int:
         return _failed(ctx, "on_response_trailers")
 
 
-def proxy_on_http_call_response(root_id: int, token: int, num_headers: int, body_size: int,
-                                num_trailers: int) -> None:
-    ctx, callback = _callouts.pop(token, (None, None))
+def _answer(pending: dict, token: int, root_id: int, where: str, deliver: Callable[[Callable], None]) -> None:
+    """A callout's answer to the callback registered for ``token``, bound to the context that made the call."""
+    ctx, callback = pending.pop(token, (None, None))
     if ctx is None or callback is None or ctx.context_id not in _contexts:
-        return  # the stream that made the call is gone
+        return  # the context that made the call is gone
     try:
         if ctx.context_id != root_id:
             hc.set_effective_context(ctx.context_id)
-        callback(read_callout_response(num_headers, body_size, num_trailers))
+        deliver(callback)
     except Exception:
-        _failed(ctx, "on_http_call_response")
+        _failed(ctx, where)
+
+
+def proxy_on_http_call_response(root_id: int, token: int, num_headers: int, body_size: int,
+                                num_trailers: int) -> None:
+    _answer(_callouts, token, root_id, "on_http_call_response",
+            lambda callback: callback(read_callout_response(num_headers, body_size, num_trailers)))
 
 
 def _grpc(context_id: int, token: int, step: Callable[[GrpcCall, int], None], arg: int) -> None:
@@ -231,6 +238,14 @@ def proxy_on_grpc_receive_trailing_metadata(context_id: int, token: int, num_tra
 def proxy_on_grpc_close(context_id: int, token: int, status_code: int) -> None:
     _grpc(context_id, token, GrpcCall.close, status_code)
 
+
+def proxy_on_redis_call_response(root_id: int, token: int, status: int, size: int) -> None:
+    """Higress: a Redis reply (RESP in buffer 9) or, with a non-zero status, the call's failure."""
+    def deliver(callback: Callable[[int, bytes], None]) -> None:
+        ok = status == 0 and size
+        callback(status, (hc.get_buffer(BufferType.REDIS_CALL_RESPONSE, 0, size) or b"") if ok else b"")
+
+    _answer(_redis_callouts, token, root_id, "on_redis_call_response", deliver)
 
 def proxy_on_done(context_id: int) -> int:
     ctx = _contexts.get(context_id) or _lazy(context_id)

@@ -440,6 +440,32 @@ def get_metric(metric_id: int) -> int:
     return value
 
 
+# --- Redis (Higress's Envoy only; absent from modules built for stock Envoy) ---
+
+def has_redis() -> bool:
+    """Whether this module and host offer Higress's Redis calls (the "higress" build variant)."""
+    return hasattr(_h, "proxy_redis_call")
+
+
+def redis_init(cluster: str, username: str = "", password: str = "", timeout_ms: int = 1000) -> None:
+    """Set up the host's Redis client for ``cluster`` (Higress: ``name?db=N`` picks a database)."""
+    if not has_redis():
+        raise HostError("proxy_redis_init", int(Result.UNIMPLEMENTED))
+    st = _h.proxy_redis_init(_b(cluster), _b(username), _b(password), timeout_ms)
+    if st:
+        raise _error("proxy_redis_init", st)
+
+
+def redis_call(cluster: str, query: bytes) -> int:
+    """Send a RESP-encoded command; the reply comes to proxy_on_redis_call_response with this callout id."""
+    if not has_redis():
+        raise HostError("proxy_redis_call", int(Result.UNIMPLEMENTED))
+    st, token = _h.proxy_redis_call(_b(cluster), query)
+    if st:
+        raise _error("proxy_redis_call", st)
+    return token
+
+
 def call_foreign_function(name: str, args: bytes) -> bytes | None:
     st, out = _h.proxy_call_foreign_function(_b(name), args)
     if st == _NOT_FOUND:

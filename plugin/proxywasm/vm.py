@@ -16,6 +16,7 @@ contexts: dict[int, Any] = {}  # context id -> RootContext | HttpContext
 roots: list[Any] = []  # the root contexts, in creation order
 callouts: dict[int, tuple[Any, Callable[..., None] | None]] = {}  # callout token -> (context, callback)
 grpc_calls: dict[int, Any] = {}  # gRPC call/stream token -> proxywasm.grpc.GrpcCall
+redis_callouts: dict[int, tuple[Any, Callable[..., None] | None]] = {}  # Higress Redis call -> (context, callback)
 
 
 def set_root_context(factory: Callable[[int], Any]) -> None:
@@ -34,4 +35,5 @@ def reset() -> None:
     contexts.clear()
     callouts.clear()
     grpc_calls.clear()
+    redis_callouts.clear()
     roots.clear()

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..abi import Action, BufferType, LogLevel, MapType, MetricType, StreamType
-from .state import Callout, GrpcCallout, HostState, LocalResponse, SharedState, StreamState
+from .state import Callout, GrpcCallout, HostState, LocalResponse, RedisCall, SharedState, StreamState, redis_roundtrip
 
 HeadersIn = Iterable[tuple[str, str]] | Mapping[str, str]
 
@@ -43,6 +43,7 @@ class Host(ABC):
         self.state = HostState(shared, vm_id)
         self.root_id = 1
         self._next_id = 2
+        self.redis_auto = True  # answer Redis calls as soon as the callback that made them returns
 
     @abstractmethod
     def _export(self, name: str, *args: int) -> int | None: ...
@@ -59,6 +60,8 @@ class Host(ABC):
             root, qid = st.queue_ready.pop(0)
             if root == self.root_id:
                 self.call("proxy_on_queue_ready", root, qid)
+        while self.redis_auto and st.redis_calls:
+            self.answer_redis(st.redis_calls[0])
         return result
 
     # -- lifecycle --
@@ -158,6 +161,25 @@ class Host(ABC):
             self.call(export, self.root_id, token, arg)
         finally:
             self.state.grpc_response = None
+
+    # -- Redis (Higress host calls) --
+
+    def use_redis(self, cluster: str, port: int, host: str = "127.0.0.1") -> None:
+        """Make Envoy cluster ``cluster`` a real redis-server (what Higress's redis cluster config does)."""
+        self.state.shared.redis_clusters[cluster] = (host, port)
+
+    def answer_redis(self, call: RedisCall, status: int | None = None) -> None:
+        """Run a pending Redis call against the real server (or fail it with ``status``) and deliver the reply."""
+        self.state.redis_calls.remove(call)
+        if status is None:
+            status, reply = redis_roundtrip(self.state.redis_clients[call.cluster], call.query)
+        else:
+            reply = b""
+        self.state.redis_response = reply
+        try:
+            self.call("proxy_on_redis_call_response", self.root_id, call.token, status, len(reply))
+        finally:
+            self.state.redis_response = None
 
     # -- inspection --
 

@@ -10,11 +10,13 @@ are recorded in ``unimplemented`` and fail the test when the callback returns.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass, field
 
 from ..abi import IMPORTS, BufferType, MapType, MetricType, Result, StreamType
 from ..hostcalls import pack_pairs, unpack_pairs
+from ..resp import Incomplete, command, parse
 
 Pairs = list[tuple[str, str]]
 OK = int(Result.OK)
@@ -41,6 +43,61 @@ class Callout:
 
     def header(self, name: str) -> str | None:
         return next((v for k, v in self.headers if k == name), None)
+
+
+@dataclass
+class RedisCall:
+    token: int
+    context_id: int  # the context effective when the call was made
+    cluster: str
+    query: bytes
+
+
+@dataclass
+class RedisClient:
+    """What proxy_redis_init set up for a cluster (Higress: one client per cluster name, options after '?')."""
+
+    address: tuple[str, int]
+    username: str
+    password: str
+    timeout_ms: int
+    db: int
+
+
+def redis_roundtrip(client: RedisClient, query: bytes) -> tuple[int, bytes]:
+    """Run one RESP query against a real redis-server as Higress's host does: (0, reply bytes), or (1, b"")
+    when the server cannot be reached or does not answer within the client's timeout."""
+    try:
+        with socket.create_connection(client.address, timeout=client.timeout_ms / 1000) as sock:
+            pre = b""
+            if client.password:
+                pre += command("AUTH", *((client.username,) if client.username else ()), client.password)
+            if client.db:
+                pre += command("SELECT", client.db)
+            sock.sendall(pre + query)
+            data, pos = b"", 0
+            for _ in range((1 if client.password else 0) + (1 if client.db else 0)):
+                while True:
+                    try:
+                        _, pos = parse(data, pos)
+                        break
+                    except Incomplete:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            return 1, b""
+                        data += chunk
+            start = pos
+            while True:
+                try:
+                    _, end = parse(data, start)
+                    return 0, data[start:end]
+                except Incomplete:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return 1, b""
+                    data += chunk
+    except OSError:
+        return 1, b""
 
 
 @dataclass
@@ -91,6 +148,7 @@ class SharedState:
         self.metric_ids: dict[str, int] = {}
         self.clock_ns = time.time_ns()
         self.next_token = 1
+        self.redis_clusters: dict[str, tuple[str, int]] = {}  # Envoy cluster name -> a real redis-server
 
 
 def _sl(start: int, max_size: int, data: bytes) -> bytes:
@@ -120,6 +178,9 @@ class HostState:
         self.clusters: set[str] | None = None  # None: any cluster name is accepted
         self.unimplemented: list[str] = []
         self.queue_ready: list[tuple[int, int]] = []  # (root id, queue id) to deliver
+        self.redis_clients: dict[str, RedisClient] = {}
+        self.redis_calls: list[RedisCall] = []  # made and not yet answered
+        self.redis_response: bytes | None = None  # buffer 9 while a reply is delivered
 
     # -- helpers used by drivers --
 
@@ -193,6 +254,8 @@ class HostState:
             return self.vm_config
         if bt == BufferType.PLUGIN_CONFIGURATION:
             return self.plugin_config
+        if bt == BufferType.REDIS_CALL_RESPONSE:
+            return self.redis_response
         if bt == BufferType.HTTP_CALL_RESPONSE_BODY:
             return self.callout_response.buffers.get(BufferType(bt), b"") if self.callout_response else None
         if bt == BufferType.GRPC_RECEIVE_BUFFER:
@@ -371,6 +434,28 @@ class HostState:
 
     def proxy_call_foreign_function(self, name: bytes, args: bytes) -> tuple[int, None]:
         return int(Result.NOT_FOUND), None  # Envoy: unknown foreign function
+
+    # -- Redis (Higress's host calls), against a real redis-server --
+
+    def proxy_redis_init(self, upstream: bytes, username: bytes, password: bytes, timeout_ms: int) -> int:
+        name, _, opts = upstream.decode().partition("?")
+        address = self.shared.redis_clusters.get(name)
+        if address is None:
+            return int(Result.BAD_ARGUMENT)  # no such cluster
+        params = dict(p.partition("=")[::2] for p in opts.split("&") if p)
+        db = params.get("db", "0")
+        self.redis_clients[name] = RedisClient(address, username.decode(), password.decode(), timeout_ms,
+                                               int(db) if db.isdigit() else 0)
+        return OK
+
+    def proxy_redis_call(self, upstream: bytes, query: bytes) -> tuple[int, int | None]:
+        name = upstream.decode().partition("?")[0]
+        if name not in self.redis_clients or not query:
+            return int(Result.BAD_ARGUMENT), None
+        token = self.shared.next_token
+        self.shared.next_token += 1
+        self.redis_calls.append(RedisCall(token, self.current, name, query))
+        return OK, token
 
     # -- shared data and queues --
 

@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from e2e.ai_stack import GEMMA, HELLO, QWEN, AiStack, running_ai_stack, send
+from e2e.envoy import REPO, validate
 
 LLAMA = "llama-3-8b"
 CONFIG_PATH = "wasm-config/envoy/ai-gateway-fallback.yaml"
@@ -31,8 +33,6 @@ PER_REQUEST = {"date", "x-envoy-upstream-service-time", "x-ai-fallback-from"}
 
 @pytest.fixture(scope="module")
 def stack(ai_gateway_wasm: Any) -> Iterator[AiStack]:
-    from e2e.envoy import REPO
-
     replace = {'"first_byte_timeout_ms": 10000': f'"first_byte_timeout_ms": {FIRST_BYTE_MS}'}
     with running_ai_stack(replace=replace, config=REPO / CONFIG_PATH, model_ports=PORTS) as s:
         yield s
@@ -157,10 +157,6 @@ def test_every_attempt_fails(gw: AiStack) -> None:
 
 def test_higress_envoyfilter_patches_load_in_envoy(tmp_path: Any) -> None:
     """The EnvoyFilter's cluster, route and router patches of the Higress setup, in a stock Envoy bootstrap."""
-    import yaml
-
-    from e2e.envoy import REPO, validate
-
     docs = list(yaml.safe_load_all((REPO / "wasm-config/higress/streaming-fallback.yaml").read_text()))
     (ef,) = [d for d in docs if d["kind"] == "EnvoyFilter"]
     patches = {p["applyTo"]: p for p in ef["spec"]["configPatches"]}
@@ -193,8 +189,6 @@ QWEN_KEYS, GEMMA_KEY = ("sk-qwen-one-7c1e", "sk-qwen-two-94ad"), "sk-gemma-only-
 @pytest.fixture(scope="module")
 def keyed(ai_gateway_wasm: Any) -> Iterator[AiStack]:
     """The same stack with key pools: two keys for qwen2-1-5b, one for gemma-2-2b."""
-    from e2e.envoy import REPO
-
     replace = {'{"name": "qwen2-1-5b", "cluster": "qwen2-1-5b",':
                f'{{"name": "qwen2-1-5b", "cluster": "qwen2-1-5b", "api_keys": {{"keys": {json.dumps(QWEN_KEYS)}}},',
                '{"name": "gemma-2-2b", "cluster": "gemma-2-2b",':

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from proxywasm import Action, StreamType
+from proxywasm import Action, LogLevel, StreamType
 
 from .gateway import CONFIG, chat, chat_body
 
@@ -158,3 +158,24 @@ def test_mirror_percentage(make_host) -> None:
     for _ in range(400):
         chat(h, chat_body("llama-3"))
     assert 50 <= len(h.callouts) <= 150  # 25% of 400 = 100, within ~6 sigma
+
+
+def test_fallback_cluster_without_an_attempt_filter_falls_back_through_callouts(make_host) -> None:
+    """No attempt filter in the VM (this host runs one plugin): Envoy retries would carry the primary's body and
+    key to the fallback clusters, so the gateway keeps its route and falls back through a callout instead."""
+    cfg = json.loads(json.dumps(CONFIG))
+    cfg["models"][0]["fallback"] = {"models": ["gemma-2-2b"], "cluster": "qwen-fallback"}
+    h = make_host("ai_gateway")
+    assert h.start(cfg), h.logs
+    s = chat(h, chat_body("qwen2-1-5b"))
+    assert s.request_header("x-ai-upstream") == "qwen" and s.request_header("x-ai-attempt-ticket") is None
+    assert s.request_header("x-envoy-retry-on") is None
+    assert s.send_response_headers({":status": "503", "content-type": "application/json"}) == Action.PAUSE
+    (call,) = h.callouts
+    assert call.cluster == "gemma" and json.loads(call.body)["model"] == "google/gemma-2-2b-it"
+    assert any("no attempt filter runs in this VM" in m for m in h.logs_at(LogLevel.WARN))
+
+
+def test_client_cannot_send_an_attempt_ticket(gw) -> None:
+    s = chat(gw, chat_body("qwen2-1-5b"), {"x-ai-attempt-ticket": "0123456789abcdef"})
+    assert s.request_header("x-ai-attempt-ticket") is None

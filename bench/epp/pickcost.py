@@ -29,6 +29,9 @@ from tests.picker import page, scrape_round  # noqa: E402
 
 FUEL = 10**15
 EPS = [f"10.0.0.{i}:8000" for i in range(1, 5)]
+ANSWER = (b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'  # with the usage vLLM sends when asked
+          b'data: {"choices":[],"usage":{"prompt_tokens":1900,"completion_tokens":1,"total_tokens":1901}}\n\n'
+          b"data: [DONE]\n\n")
 HEADERS = {":method": "POST", ":path": "/v1/chat/completions", ":authority": "gw", ":scheme": "http",
            "content-type": "application/json"}
 
@@ -53,7 +56,7 @@ def measure(module: Path, picker: dict[str, Any] | None, bodies: list[bytes], wa
         s.send_request_body(body, end_of_stream=True)
         assert s.local_response is None, s.local_response
         s.send_response_headers({":status": "200", "content-type": "text/event-stream"})
-        s.send_response_body(b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\ndata: [DONE]\n\n', end_of_stream=True)
+        s.send_response_body(ANSWER, end_of_stream=True)
         s.complete()
         if i >= warmup:
             used += h.fuel_used() - before

@@ -42,6 +42,7 @@ typedef struct {
     uint32_t len;
   } keys[6];
   uint8_t first_lo[16], first_hi[16]; /* the keys' first letters, by nibble: bit k for key k */
+  uint8_t second_lo[16], second_hi[16]; /* and their second letters */
   char *line; /* the chunk's last line, not ended yet */
   uint32_t line_len, line_cap;
   uint64_t strings, string_bytes;
@@ -139,23 +140,27 @@ static int pw_tap_feed(pw_tap *t, const char *p, uint32_t size) {
   return pw_tap_append(t, p + start, size - start);
 }
 
-/* The first quote at or after q followed by the first letter of a counted key (end: none), 16 bytes a step: a
- * letter c is a key's first when lo[c & 15] & hi[c >> 4] has that key's bit (tables made by tap_count). */
+/* The first quote at or after q followed by the first two letters of a counted key (end: none), 16 bytes a
+ * step: letters c, d are a key's first two when (lo1[c & 15] & hi1[c >> 4] & lo2[d & 15] & hi2[d >> 4]) has that
+ * key's bit (tables made by tap_count). */
 static const char *pw_next_key(const pw_tap *t, const char *q, const char *end) {
   const v128_t quote = wasm_i8x16_splat('"'), low = wasm_i8x16_splat(0x0F), zero = wasm_i8x16_splat(0);
-  const v128_t lo = wasm_v128_load(t->first_lo), hi = wasm_v128_load(t->first_hi);
-  while (end - q >= 17) {
-    v128_t next = wasm_v128_load(q + 1);
-    v128_t first = wasm_v128_and(wasm_i8x16_swizzle(lo, wasm_v128_and(next, low)),
-                                 wasm_i8x16_swizzle(hi, wasm_u8x16_shr(next, 4)));
+  const v128_t lo1 = wasm_v128_load(t->first_lo), hi1 = wasm_v128_load(t->first_hi);
+  const v128_t lo2 = wasm_v128_load(t->second_lo), hi2 = wasm_v128_load(t->second_hi);
+  while (end - q >= 18) {
+    v128_t c = wasm_v128_load(q + 1), d = wasm_v128_load(q + 2);
+    v128_t keys = wasm_v128_and(
+        wasm_v128_and(wasm_i8x16_swizzle(lo1, wasm_v128_and(c, low)), wasm_i8x16_swizzle(hi1, wasm_u8x16_shr(c, 4))),
+        wasm_v128_and(wasm_i8x16_swizzle(lo2, wasm_v128_and(d, low)), wasm_i8x16_swizzle(hi2, wasm_u8x16_shr(d, 4))));
     uint32_t bits = wasm_i8x16_bitmask(wasm_v128_andnot(wasm_i8x16_eq(wasm_v128_load(q), quote),
-                                                        wasm_i8x16_eq(first, zero)));
+                                                        wasm_i8x16_eq(keys, zero)));
     if (bits) return q + __builtin_ctz(bits);
     q += 16;
   }
-  for (; end - q >= 2; q++) {
-    unsigned char c = (unsigned char)q[1];
-    if (*q == '"' && (t->first_lo[c & 15] & t->first_hi[c >> 4])) return q;
+  for (; end - q >= 3; q++) {
+    unsigned char c = (unsigned char)q[1], d = (unsigned char)q[2];
+    if (*q == '"' && (t->first_lo[c & 15] & t->first_hi[c >> 4] & t->second_lo[d & 15] & t->second_hi[d >> 4]))
+      return q;
   }
   return end;
 }
@@ -178,8 +183,9 @@ static const char *pw_next_quote_or_eol(const char *q, const char *end) {
 static void pw_count_strings(pw_tap *t, const char *p, size_t n) {
   const char *end = p + n, *q = p;
   while ((q = pw_next_key(t, q, end)) < end) {
-    unsigned char c = (unsigned char)q[1];
-    uint32_t maybe = t->first_lo[c & 15] & t->first_hi[c >> 4]; /* the keys starting with that letter */
+    unsigned char c = (unsigned char)q[1], d = (unsigned char)q[2];
+    uint32_t maybe = /* the keys starting with these two letters */
+        t->first_lo[c & 15] & t->first_hi[c >> 4] & t->second_lo[d & 15] & t->second_hi[d >> 4];
     int k = -1;
     while (maybe) {
       int i = __builtin_ctz(maybe);
@@ -389,6 +395,8 @@ static PyObject *pw_tap_count_keys(PyObject *self, PyObject *const *args, Py_ssi
   t->nkeys = 0;
   memset(t->first_lo, 0, sizeof t->first_lo);
   memset(t->first_hi, 0, sizeof t->first_hi);
+  memset(t->second_lo, 0, sizeof t->second_lo);
+  memset(t->second_hi, 0, sizeof t->second_hi);
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys); i++) {
     PyObject *k = PyTuple_GET_ITEM(keys, i);
     uint32_t len = (uint32_t)PyBytes_GET_SIZE(k);
@@ -399,6 +407,9 @@ static PyObject *pw_tap_count_keys(PyObject *self, PyObject *const *args, Py_ssi
     unsigned char c = (unsigned char)t->keys[i].name[1];
     t->first_lo[c & 15] |= (uint8_t)(1u << i);
     t->first_hi[c >> 4] |= (uint8_t)(1u << i);
+    unsigned char d = (unsigned char)t->keys[i].name[2]; /* a 1-letter key: its closing quote */
+    t->second_lo[d & 15] |= (uint8_t)(1u << i);
+    t->second_hi[d >> 4] |= (uint8_t)(1u << i);
     t->nkeys++;
   }
   Py_RETURN_NONE;

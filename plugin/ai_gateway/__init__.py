@@ -6,7 +6,7 @@ from __future__ import annotations
 from proxywasm import RootContext, set_root_context
 from proxywasm import hostcalls as hc
 
-from . import config, observe, picker
+from . import config, observe, picker, retries
 from .consumers.config import check_host
 from .probe import probe_keys, probe_period_ms
 from .stream import GatewayStream
@@ -36,6 +36,9 @@ class GatewayRoot(RootContext):
 
     def on_config_loaded(self) -> None:
         configs = self.configs()
+        if any(c.attempt_filter for c in configs):  # the attempt filter: it addresses Envoy's retries in this VM,
+            retries.IN_VM[0] = True  # and has no settings of its own (VM-wide ones are the router-level filter's)
+            return
         union = tuple(sorted({n for c in configs for n in c.strip_headers}))
         for c in configs:  # _rules_ with other header names: each configuration strips every one of them
             if c.strip_headers != union:

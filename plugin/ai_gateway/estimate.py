@@ -14,13 +14,13 @@ with their bytes. For a stream the response tap counts them in C as the chunks g
   give more bytes per member: then the bytes are divided by ``BYTES_PER_TOKEN``.
 
 The switch is ``TOKEN_MEMBER_BYTES``: at most that many bytes per member on average reads as one token each.
-Measured on the mock vLLM (one event per word, words of 3-12 bytes): the count is exact; see README "Usage
-estimates" for the ratios on the demo workloads.
+Measured on the mock vLLM through Envoy (bench/ai/estimate_accuracy.py, table in the README under Benchmarks):
+streams of one event per token are exact; the byte rule reads the mock's word-sized tokens ~1.4x high.
 
-Input tokens come from the request as routed: the bytes of its text (``content``, completion ``prompt``, content
-``text`` parts) over ``BYTES_PER_TOKEN``, plus ``MESSAGE_OVERHEAD`` per chat message and once for the reply (the chat
-template's role markers: 3 each, as OpenAI documents for its chat models). This is read from the request document
-only when an estimate is needed.
+Input tokens come from the request as the client sent it: the bytes of its text (``content``, completion
+``prompt``, content ``text`` parts) over ``BYTES_PER_TOKEN``, plus ``MESSAGE_OVERHEAD`` per chat message and once for
+the reply (the chat template's role markers: 3 each, as OpenAI documents for its chat models). The body is read for
+this only when an estimate is needed.
 """
 
 from __future__ import annotations

@@ -241,5 +241,7 @@ DOWNSTREAM_TERMINATION = 0x4000  # Envoy's legacy response flag DC (downstream c
 
 def client_cancelled() -> bool:
     """On a stream that ended early: whether the client left (Envoy's DC flag, or a downstream reason in the
-    response code details), rather than the upstream or Envoy failing."""
+    response code details), rather than the upstream or Envoy failing. Seen in Envoy 1.40: a client closing a
+    stream gives flags 0x4000 and ``downstream_remote_disconnect``; an upstream cutting its chunked stream gives
+    0x800000 and ``upstream_reset_after_response_started{protocol_error}``."""
     return bool(response_flags() & DOWNSTREAM_TERMINATION) or response_code_details().startswith("downstream_")

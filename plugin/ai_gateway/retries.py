@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 HOST_MODEL = ("xds", "upstream_host_metadata", "filter_metadata", "ai_gateway", "model")
 LIVE: dict[str, Attempts] = {}  # ticket -> the request's attempts (this VM: both filters share it)
+# An attempt filter was configured in this VM: without one, a model's fallback.cluster is not used (Envoy would
+# retry with the primary's body and key on the fallback clusters) and its fallback goes through callouts.
+IN_VM = [False]
 _warned = [False]
 
 

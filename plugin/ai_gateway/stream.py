@@ -201,7 +201,13 @@ class GatewayStream(AnswerReader, HttpContext):
             self.key_idx = attempt.key[1]
         fb = model.fallback
         if fb is not None and fb.cluster:  # fallback as Envoy retries: the attempt filter addresses each one
-            self.attempts = retries.expect(self, attempt, h, fb, doc, RNG)
+            if retries.IN_VM[0]:
+                self.attempts = retries.expect(self, attempt, h, fb, doc, RNG)
+            elif not _warned_no_filter[0]:  # its fallback goes through callouts
+                _warned_no_filter[0] = True
+                hc.log(LogLevel.WARN, f"models[{model.name}].fallback.cluster is set but no attempt filter runs in "
+                                      "this VM (the router's upstream filter with {\"attempt_filter\": true} and "
+                                      "the same vm_config): falling back through HTTP callouts")
 
     def _mirror(self) -> None:
         """Shadow traffic, once the request may go upstream (after the consumer's limits admitted it)."""
@@ -273,11 +279,7 @@ class GatewayStream(AnswerReader, HttpContext):
     def _answered(self, att: retries.Attempts, primary: Model) -> Model:
         """After Envoy's attempts: the model that answered, ``x-ai-fallback-from`` or ``x-ai-fallback-exhausted``."""
         served, failed = att.answered()
-        if served is None:  # no attempt filter ran: the answer is the primary's
-            if not _warned_no_filter[0]:
-                _warned_no_filter[0] = True
-                hc.log(LogLevel.WARN, f"models[{primary.name}].fallback.cluster is set but no attempt filter ran: "
-                                      "add the plugin as an upstream filter of the router ({\"attempt_filter\": true})")
+        if served is None:  # no attempt ran (e.g. a local reply before any): the answer is the primary's
             return primary
         fb = primary.fallback
         assert fb is not None

@@ -59,6 +59,10 @@ oci tag="1.0.0": (build "ai_gateway")
 bench-consumers *args: (build "ai_gateway")
     python bench/ai/consumers.py "$@"
 
+# Response cache benchmark: a hit's latency vs the upstream, a miss's cost vs the gateway without a cache, RSS bound (bench/results/ai-cache.md)
+bench-cache: (build "ai_gateway")
+    python bench/ai/cache.py
+
 # Endpoint picker benchmark: round robin vs load-aware picking over mock vLLM servers (bench/results/endpoint-picker.md)
 bench-epp *args: (build "ai_gateway")
     python bench/epp/run.py "$@"

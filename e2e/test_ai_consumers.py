@@ -75,17 +75,25 @@ def replicas(ai_gateway_wasm: Path) -> Iterator[Replicas]:
         stack.callback(lambda: [m.stop() for m in mocks.values()])
         urls, envoys = [], []
         for _ in range(2):
-            listener, admin = free_port(), free_port()
-            envoy = Envoy("", admin, 2)
-            replace = {**plugin_config(json.dumps(gateway(keys))),
-                       CLUSTERS_LINE: CLUSTERS_LINE + WEBDIS_CLUSTER.format(port=webdis_port)}
-            envoy.config = ai_config(listener, admin, {m: mk.port for m, mk in mocks.items()}, None, replace)
-            stack.callback(shutil.rmtree, envoy.dir, True)
-            stack.callback(envoy.stop)
-            envoy.start()
-            urls.append(f"http://127.0.0.1:{listener}")
+            url, envoy = envoy_with_webdis(stack, gateway(keys), mocks, webdis_port)
+            urls.append(url)
             envoys.append(envoy)
         yield Replicas(urls, envoys, mocks, redis, keys)
+
+
+def envoy_with_webdis(stack: ExitStack, doc: dict[str, Any], mocks: dict[str, Mock], webdis_port: int,
+                      access_log: bool = False) -> tuple[str, Envoy]:
+    """An Envoy running the gateway with ``doc``, a ``webdis`` cluster, the mocks' ports (and the AI log written
+    to ``envoy.dir / "ai_log.txt"``), stopped when ``stack`` closes; (its URL, the Envoy)."""
+    listener, admin = free_port(), free_port()
+    envoy = Envoy("", admin, 2)
+    replace = {**plugin_config(json.dumps(doc)), CLUSTERS_LINE: CLUSTERS_LINE + WEBDIS_CLUSTER.format(port=webdis_port)}
+    envoy.config = ai_config(listener, admin, {m: mk.port for m, mk in mocks.items()},
+                             envoy.dir / "ai_log.txt" if access_log else None, replace)
+    stack.callback(shutil.rmtree, envoy.dir, True)
+    stack.callback(envoy.stop)
+    envoy.start()
+    return f"http://127.0.0.1:{listener}", envoy
 
 
 def test_one_limit_across_two_envoys(replicas: Replicas) -> None:

@@ -385,7 +385,10 @@ FULL = {"models": [{"name": "a", "cluster": "ca", "fallback": {"models": ["b"]},
         "limits": [{"requests": 1, "per": "second"}, {"tokens": 1, "per": "minute"},
                    {"input_tokens": 1, "per": "hour"}, {"output_tokens": 1, "per": "day"}],
         "store": {"redis": {"transport": "webdis", "cluster": "w"}},
-        "admin": {}}
+        "admin": {},
+        "cache": {"ttl_s": 1, "store": {"redis": {"transport": "webdis", "cluster": "w"}}},
+        "content_routing": [{"name": "auto", "default": "a", "rules": [{"model": "b", "tools": True}],
+                             "classifier": {"model": "a", "categories": {"x": "b"}}}]}
 
 
 def test_schema_has_exactly_the_fields_the_validator_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -432,7 +435,9 @@ def test_schema_documents_every_field() -> None:
                # absent means "all" / "not this kind of limit": no value stands for that
                "consumers[].models", "auth.allow", "consumers[].limits", "limits",
                *(f"{scope}limits[].{kind}" for scope in ("", "consumers[].")
-                 for kind in ("requests", "tokens", "input_tokens", "output_tokens"))}
+                 for kind in ("requests", "tokens", "input_tokens", "output_tokens")),
+               # absent means "either": a request with or without tools / images
+               "content_routing[].rules[].tools", "content_routing[].rules[].images", "content_routing[].rules"}
     required = required_paths(SCHEMA)
     assert {"models[].name", "models[].cluster", "models[].api_keys.keys", "aliases[].targets[].model"} <= required
     for path, s in schema_paths(SCHEMA).items():

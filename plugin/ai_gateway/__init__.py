@@ -17,7 +17,9 @@ class GatewayRoot(RootContext):
 
     def parse_config(self, doc: dict) -> config.Config:
         cfg = config.parse(doc)
-        check_host(cfg.consumers)  # the "higress" Redis transport needs the Higress build
+        # the "higress" Redis transport needs the Higress build
+        check_host(cfg.consumers.store if cfg.consumers is not None else None)
+        check_host(cfg.cache.store if cfg.cache is not None else None, "cache.store")
         return cfg
 
     def configs(self) -> list[config.Config]:

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from proxywasm import ConfigError, Fields, factory, record
 
+from .cache import CacheConfig
+from .cache import parse as parse_cache
 from .consumers.config import Consumers
 from .consumers.config import parse as parse_consumers
+from .content_routing import parse as parse_content_routes
 from .fieldcheck import echo, header_name, header_value, token, url_path
 from .keys import KeyPoolConfig, parse_pool
 from .picker.config import DEFAULT_HEADER as PICKER_HEADER
@@ -114,6 +117,8 @@ class Config:
     consumers: Consumers | None = None  # the gateway's own API keys, limits and quotas (consumers/)
     strip_headers: tuple = ()  # routing, model and endpoint headers (of every configuration): removed from requests
     max_consumers: int = 1000  # distinct consumer labels in metrics (process-wide); then "_other"
+    cache: CacheConfig | None = None  # the response cache (cache.py)
+    content_routes: dict = factory(dict)  # name -> content_routing.ContentRoute
     attempt_filter: bool = False  # this instance is the upstream (per-attempt) filter, not the router-level one
 
     @property
@@ -280,18 +285,21 @@ def parse(doc: dict[str, Any]) -> Config:
         if m.mirror and m.mirror.model not in models:
             raise ConfigError(f"{where[m.name]}.mirror.model: unknown model {m.mirror.model!r}")
     pickers = pools.finish()
+    content_routes = parse_content_routes(f, set(models), {*models, *aliases})
     route_header = header_name(f, "route_header", "x-ai-upstream")
     model_header = header_name(f, "model_header", "x-ai-model")
     consumer_header = header_name(f, "consumer_header", "")  # "" = no header is trusted to name the consumer
     picker_headers = tuple(sorted({p.header for p in pickers.values()}))
     _distinct_headers(f, models, route_header, model_header, consumer_header, pickers)
     consumers = parse_consumers(f)
+    cache_cfg = parse_cache(f)
     if consumers is not None and not consumer_header:
         consumer_header = "x-mse-consumer"  # where the gateway names the authenticated consumer (Higress's header)
     read = {":method", ":path", "content-type", "content-length", "authorization", consumer_header, route_header,
             model_header, ATTEMPT_HEADER, *picker_headers, *(a.sticky_header for a in aliases.values()),
             *(consumers.headers if consumers is not None else ()),
-            *(p.criticality_header for p in pickers.values())}
+            *(p.criticality_header for p in pickers.values()),
+            *(("cache-control", cache_cfg.header) if cache_cfg is not None else ())}
     cfg = Config(
         models=models,
         aliases=aliases,
@@ -312,6 +320,8 @@ def parse(doc: dict[str, Any]) -> Config:
         strip_headers=tuple(sorted({route_header, model_header, PICKER_HEADER, ATTEMPT_HEADER, *picker_headers})),
         max_consumers=f.int("max_consumers", 1000, min=1, max=100_000),
         consumers=consumers,
+        cache=cache_cfg,
+        content_routes=content_routes,
     )
     f.done()
     return cfg

@@ -31,6 +31,9 @@ class AnswerReader:
     out_strings = out_bytes = 0  # what it counted: members, their bytes
     first_out_ns = 0  # when the first event carrying output came (time to first token)
     ended = False  # the response body reached its end (also when held back while falling back)
+    keep_whole = 0  # the response cache keeps this answer whole up to this many bytes (cache.py); 0: not kept
+    cache_raw = b""  # a kept streamed answer, whole (from the response tap, or chunk by chunk in cache_buf)
+    cache_buf: list[bytes] | None = None
 
     def start_answer(self: Any, content_type: str | None, tap: bool = True) -> None:
         """An answer begins (its response headers): SSE or JSON, tapped unless ``tap`` is False."""
@@ -40,8 +43,10 @@ class AnswerReader:
                 self.count_response_strings(OUTPUT_KEYS)
                 self.counting = True
             if tap and not self.drop_usage:
-                self.tap_response_body(TAIL_KEEP)
+                self.tap_response_body(TAIL_KEEP, self.keep_whole)
                 self.tapped = True
+            elif self.keep_whole:
+                self.cache_buf = []
         else:
             self.collector = JsonCollector()
             if tap:
@@ -58,6 +63,8 @@ class AnswerReader:
         self.out_strings, self.out_bytes, self.first_out_ns = got.strings, got.string_bytes, got.first_string_ns
         if not tapped:
             return
+        if self.keep_whole and self.sse is not None and not got.trimmed:
+            self.cache_raw = got.data
         if self.sse is not None:
             self.sse.trimmed = got.trimmed  # the kept bytes may start inside an event
             self.sse.feed(got.data, ended)
@@ -74,15 +81,24 @@ class AnswerReader:
         chunk = self.response_body.read() if body_size else b""
         sse = self.sse
         if sse is not None:
+            if self.cache_buf is not None:
+                self._keep(chunk)
             out = sse.feed(chunk, end_of_stream)
             if out is not chunk and out != chunk:
                 self.response_body.replace(out)
-            if not end_of_stream and sse.idle:  # whole events without marks can pass without Python
+            if not end_of_stream and sse.idle and self.cache_buf is None:  # whole events without marks pass
                 self.skip_response_events(SKIP_MARKERS)
         elif self.collector is not None:
             self.collector.feed(chunk)
         if end_of_stream and self.counting:
             self.take_tap(True)
+
+    def _keep(self, chunk: bytes) -> None:
+        buf = self.cache_buf
+        assert buf is not None
+        buf.append(chunk)
+        if len(buf) > 1 and sum(map(len, buf)) > self.keep_whole:
+            self.cache_buf, self.keep_whole = None, 0  # too large to keep: not stored
 
     def whole_answer(self, content_type: str | None, body: bytes) -> bytes:
         """An answer that came whole (a callout); returns the body the client gets."""

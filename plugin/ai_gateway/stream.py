@@ -8,10 +8,12 @@ from proxywasm import Action, HttpContext, LogLevel
 from proxywasm import hostcalls as hc
 from proxywasm.properties import route_name
 
-from . import consumers, retries
+from . import cache, consumers, retries
 from .attempt import NO_KEYS, address, pool_of
 from .catalog import MODELS_PATH, is_model_path, model_object, models_list
+from .classify import classify
 from .config import Config, Model
+from .content_routing import choose
 from .errors import JSON_HEADERS, GatewayError, shown
 from .fallback import Fallback
 from .observe import Observation, attempts_json, client_cancelled, publish, record_failed_attempts
@@ -48,12 +50,14 @@ class GatewayStream(AnswerReader, HttpContext):
     key_idx: int | None = None  # index of the pool key this request went out with
     endpoint = None  # (picker.state.Endpoint, upstream model): the pod picked, in flight there until on_log
     headers_in: dict[str, str] = {}  # the request headers the gateway reads (Config.request_headers), as sent
-    attempts: retries.Attempts | None = None  # fallback as Envoy retries: the attempts so far
-    upstream: retries.UpstreamAttempt | None = None  # set when this context is the attempt filter's
     who: consumers.Consumer | None = None  # the authenticated consumer (consumers/)
     gate: consumers.Gate | None = None  # its limits' admission
     admin_target = ""  # an admin API call for this consumer's balance waits for its body
     sent_headers: list[tuple[str, str]] | None = None  # the request headers, kept when resumed from a callout
+    cache_key = ""  # a cacheable request's key (cache.py): its whole 200 answer is stored
+    cache_state = ""  # hit | miss | skip (x-ai-cache), "" without a cache
+    attempts: retries.Attempts | None = None  # fallback as Envoy retries: the attempts so far
+    upstream: retries.UpstreamAttempt | None = None  # set when this context is the attempt filter's
 
     # -- request --
 
@@ -126,10 +130,23 @@ class GatewayStream(AnswerReader, HttpContext):
             return self._reject(self._too_large(cfg))
         if not end_of_stream:
             return Action.PAUSE
+        body = self.request_body.read()
         try:
-            self._route(cfg, self.request_body.read())
+            self._route(cfg, body)
         except GatewayError as e:
             return self._reject(e)
+        if self.model is None:  # content routing asks its classifier first
+            return classify(self, cfg, body)
+        return self._proceed()
+
+    def _proceed(self) -> Action:
+        cfg: Config = self.config
+        if cfg.cache is not None and self.model is not None:  # a hit answers here (cache.py)
+            return cache.lookup(self, cfg.cache, self._admit)
+        return self._admit()
+
+    def _admit(self) -> Action:
+        cfg: Config = self.config
         if cfg.consumers is not None and self.model is not None:  # before anything goes upstream
             return consumers.admit(self, cfg.consumers, self.model.name, self._mirror)
         self._mirror()
@@ -140,10 +157,17 @@ class GatewayStream(AnswerReader, HttpContext):
         gateway's own authentication. Metric labels are bounded and sanitised in observe.consumer_label."""
         self.consumer = name
 
-    def _route(self, cfg: Config, body: bytes) -> None:
+    def _route(self, cfg: Config, body: bytes, target: str | None = None) -> None:
+        """Route by the body's model (``target``: the one content routing's classifier picked)."""
         doc, requested = parse_body(body)
         h = self.request_headers
-        model = resolve(cfg, requested, self.headers_in.get, RNG)
+        routed = cfg.content_routes.get(requested) if cfg.content_routes else None
+        if routed is not None and target is None:
+            target = choose(routed, doc)
+            if target is None:
+                self.requested, self.doc = requested, doc  # the classifier decides (classify)
+                return
+        model = resolve(cfg, target or requested, self.headers_in.get, RNG)
         if model is None:
             raise GatewayError(404, f"The model `{shown(requested)}` does not exist.", "model_not_found", "model")
         if self.who is not None:
@@ -186,7 +210,7 @@ class GatewayStream(AnswerReader, HttpContext):
                                       "the same vm_config): falling back through HTTP callouts")
 
     def _mirror(self) -> None:
-        """Shadow traffic, once the request may go upstream."""
+        """Shadow traffic, once the request may go upstream (after the consumer's limits admitted it)."""
         model, cfg = self.model, self.config
         if model is not None and model.mirror and RNG.random() * 100 < model.mirror.percent:
             shadow = cfg.models[model.mirror.model]
@@ -219,13 +243,16 @@ class GatewayStream(AnswerReader, HttpContext):
             if self.fallback is None and (key_failed or (fb is not None and self.status in fb.on_status)):
                 hc.log(LogLevel.INFO, f"{model.name} answered {status}: "
                                       f"{'retrying' if key_failed else 'falling back'}")
-                # The request headers as sent upstream: Envoy keeps the map readable for the stream's life.
+                # The request headers as sent upstream: Envoy keeps the map readable for the stream's life, unless
+                # the request was resumed from a callout's answer (consumers' Redis check): then they were kept then.
                 self.fallback = Fallback(self, self.config, model, self.doc,
                                          self.sent_headers or self.request_headers.items(), RNG,
                                          key_failed, self, self._fallback_done, self.key_idx, self.status)
                 self.fallback.start()
                 return Action.PAUSE
         self.response_headers.set("x-ai-served-model", model.name)
+        if self.cache_state:
+            self.response_headers.set(cache.RESPONSE_HEADER, self.cache_state)
         if self.gate is not None:
             for k, v in consumers.rate_headers(self):
                 self.response_headers.set(k, v)
@@ -304,13 +331,17 @@ class GatewayStream(AnswerReader, HttpContext):
         cfg: Config = self.config
         assert self.model is not None
         charged = self.gate is not None and cfg.consumers is not None
-        if charged:  # once, to the consumer, for the model that answered (usage, or the estimate when served)
+        cached = self.keep_whole and cfg.cache is not None
+        if charged or cached:
             usage, estimated = self.answer_usage()
+        if cached and complete and self.status == 200 and not self.fallback_from:
+            cache.store_answer(self, cfg.cache, self._cache_body(), None if estimated else usage)
+        if charged:  # once, to the consumer, for the model that answered (usage, or the estimate when served)
             consumers.charge(self, cfg.consumers, usage, self.model.name)
         if not cfg.metrics and cfg.ai_log == "off":
             return
         now = hc.now_ns()
-        if not charged:
+        if not (charged or cached):
             usage, estimated = self.answer_usage()
         obs = Observation(
             model=self.requested, served=self.model.name, route=route_name(),
@@ -326,6 +357,12 @@ class GatewayStream(AnswerReader, HttpContext):
                 models = cfg.models
                 record_failed_attempts(obs, [(m, models[m].cluster) for m, _ in tried[:-1] if m in models])
         publish(obs, cfg.metrics, cfg.ai_log in ("filter_state", "both"), cfg.ai_log in ("log", "both"))
+
+    def _cache_body(self) -> bytes:
+        if self.sse is not None:
+            return self.cache_raw or (b"".join(self.cache_buf) if self.cache_buf else b"")
+        c = self.collector
+        return c.body() if c is not None and c.parts else b""
 
     def _reject(self, err: GatewayError) -> Action:
         self.send_local_response(err.status, err.body, err.headers, err.code)

@@ -86,7 +86,7 @@ def model_allowed(stream: Any, requested: str) -> GatewayError | None:
     return None
 
 
-def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], None]) -> Action:
+def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], bool | None]) -> Action:
     """Check the limits before the request goes upstream. CONTINUE (``proceed`` ran), or PAUSE: refused (the
     answer is sent) or waiting for Redis (the request resumes, after ``proceed``, or is refused then)."""
     who = stream.who
@@ -128,7 +128,8 @@ def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], None]) -
             except hc.HostError:
                 return  # the stream is gone (client left)
             if g.outcome is True:
-                proceed()
+                if proceed() is False:  # it answered the request itself (a cache hit)
+                    return
                 # Envoy 1.40 (measured): once a request is resumed from a callout's answer, its header map reads
                 # empty in the response callbacks; fallback needs the headers as sent: kept here.
                 stream.sent_headers = stream.request_headers.items()

@@ -119,12 +119,16 @@ def _store(f: Fields | None) -> Store:
     return store
 
 
-def check_host(cc: Consumers | None) -> None:
-    """What only the running module can tell: whether it was built with Higress's Redis calls."""
-    redis = cc.store.redis if cc is not None else None
+def check_host(store: Store | None, where: str = "store") -> None:
+    """What only the running module can tell: whether it was built with Higress's Redis calls (a store of the
+    consumers, or of the response cache)."""
+    redis = store.redis if store is not None else None
     if redis is not None and redis.transport == "higress" and not hc.has_redis():
-        raise ConfigError("store.redis.transport: \"higress\" needs Higress's Redis host calls: load the "
+        raise ConfigError(f"{where}.redis.transport: \"higress\" needs Higress's Redis host calls: load the "
                           "ai-gateway-higress.wasm build in Higress, or use \"webdis\" with stock Envoy")
+
+
+parse_store = _store  # the response cache keeps its answers in a store of its own kind (cache.py)
 
 
 def parse(f: Fields) -> Consumers | None:

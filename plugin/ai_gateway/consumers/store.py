@@ -8,6 +8,10 @@ host calls, or webdis over an HTTP callout on stock Envoy); a failed or late sto
   ``done((values, balance, admitted))``.
 * ``charge(ctx, items, quota, tokens, now_s, done)``: add tokens to counters, take them off the balance.
 * ``balance(ctx, name, op, n, done)``: the admin API: ``get``, ``set`` or ``add``.
+* ``get(ctx, key, done)`` / ``put(ctx, key, value, ttl_s, slots, done)``: byte values with a TTL (the response
+  cache); ``get`` answers the value, ``b""`` when there is none, ``None`` when the store failed. ``shared`` keeps
+  at most ``slots`` entries (a new entry takes its key's slot: the older one there is evicted); Redis evicts by
+  TTL (and its own maxmemory policy).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 
 _REC = struct.Struct("<qq")  # window index, value
 _BAL = struct.Struct("<q")
+_ENTRY = struct.Struct("<q32s")  # expiry (s), key; then the value
 TTL_SLACK_S = 5  # Redis keys outlive their window a little (replicas' clocks differ)
 
 
@@ -107,6 +112,26 @@ class SharedStore:
         new = shared.update(key, lambda raw: _BAL.pack(n if op == "set" else self._unpack_bal(raw) + n))
         done(_BAL.unpack(new)[0])
 
+    # -- byte values with a TTL (the response cache) --
+
+    @staticmethod
+    def _slot(key: str, slots: int) -> str:
+        return f"aigw.v.{int(key[:12], 16) % slots}"
+
+    def get(self, ctx: Any, key: str, done: Done, slots: int = 1) -> None:
+        raw, _ = hc.get_shared_data(self._slot(key, slots))
+        if raw is None or len(raw) < _ENTRY.size:
+            done(b"")
+            return
+        expires, got = _ENTRY.unpack_from(raw)
+        fresh = got == key.encode()[:32] and expires > hc.now_ns() // 1_000_000_000
+        done(raw[_ENTRY.size:] if fresh else b"")
+
+    def put(self, ctx: Any, key: str, value: bytes, ttl_s: int, slots: int, done: Done) -> None:
+        expires = hc.now_ns() // 1_000_000_000 + ttl_s
+        shared.set(self._slot(key, slots), _ENTRY.pack(expires, key.encode()[:32]) + value)
+        done(True)
+
 
 # Redis: one script per decision, so reading, checking and counting are one atomic step for every replica.
 # KEYS: the counters, then the balance (when the consumer has a quota). ARGV: the number of counters,
@@ -148,12 +173,11 @@ def _int(r: Any) -> int | None:
     return int(r) if isinstance(r, bytes) and r.lstrip(b"-").isdigit() and len(r) < 20 else None
 
 
-def _webdis_path(args: tuple[str | int, ...]) -> str:
+def _webdis_path(args: tuple[str | bytes | int, ...]) -> str:
     """webdis's command form: words separated by '/', each percent-encoded; ``.raw`` asks for RESP."""
-    def enc(a: str | int) -> str:
-        s = str(a)
-        return "".join(c if c.isascii() and (c.isalnum() or c in "-_~") else "".join(f"%{b:02X}" for b in
-                       c.encode()) for c in s)
+    def enc(a: str | bytes | int) -> str:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        return "".join(chr(c) if c < 128 and (chr(c).isalnum() or c in b"-_~") else f"%{c:02X}" for c in b)
 
     return "/".join(enc(a) for a in args) + ".raw"
 
@@ -173,22 +197,22 @@ class RedisStore:
             hc.redis_init(name, cfg.username, cfg.password, self.timeout_ms)
             self.ready = True
 
-    def call(self, ctx: Any, done: Done, *args: str | int) -> None:
-        """Run one command; ``done(reply)`` with the decoded reply, or ``None`` when Redis failed."""
+    def call(self, ctx: Any, done: Done, *args: str | bytes | int, failed: Any = None) -> None:
+        """Run one command; ``done(reply)`` with the decoded reply, or ``failed`` (None) when Redis failed."""
         cfg = self.cfg
 
         def value(raw: bytes) -> Any:
             try:
                 got = reply(raw)
             except ValueError:
-                return None
-            return None if isinstance(got, ReplyError) else got
+                return failed
+            return failed if isinstance(got, ReplyError) else got
 
         try:
             if cfg.transport == "higress":
                 self._init()
                 ctx.redis_call(cfg.cluster, command(*args), lambda status, raw: done(value(raw) if status == 0
-                                                                                     else None))
+                                                                                     else failed))
                 return
             # The command goes in the path of a GET: webdis 0.1.9 (Debian 12) loses many POST bodies (measured:
             # ~70% of bodies between 100 B and 3 KB never got an answer), never a path.
@@ -199,12 +223,12 @@ class RedisStore:
                 headers.append(("authorization", "Basic " + cred))
 
             def answered(resp: CalloutResponse) -> None:
-                done(value(resp.body) if resp.status == 200 else None)
+                done(value(resp.body) if resp.status == 200 else failed)
 
             ctx.http_call(cfg.cluster, headers, b"", callback=answered, timeout_ms=self.timeout_ms)
         except hc.HostError:
             self.ready = False  # e.g. the cluster is unknown: init again next time
-            done(None)
+            done(failed)
 
     def _key(self, lim: Limit, now_s: int) -> tuple[str, int]:
         idx, left = window(lim, now_s)
@@ -248,6 +272,15 @@ class RedisStore:
             self.call(ctx, lambda r: done(n if r == "OK" else None), "SET", key, n)
         else:
             self.call(ctx, lambda r: done(_int(r)), "INCRBY", key, n)
+
+    def get(self, ctx: Any, key: str, done: Done, slots: int = 1) -> None:
+        def got(r: Any) -> None:
+            done(r if isinstance(r, bytes) else b"" if r is None else None)
+
+        self.call(ctx, got, "GET", self.cfg.prefix + "v:" + key, failed=False)
+
+    def put(self, ctx: Any, key: str, value: bytes, ttl_s: int, slots: int, done: Done) -> None:
+        self.call(ctx, lambda r: done(r == "OK"), "SET", self.cfg.prefix + "v:" + key, value, "EX", ttl_s)
 
 
 _STORES: dict[int, tuple[Store, SharedStore | RedisStore]] = {}

@@ -1,0 +1,175 @@
+"""Cached answers in both shapes: a streamed answer folded into the JSON answer it stands for, and a JSON answer
+played back as an OpenAI-style SSE stream (several chunks, the usage chunk when asked for, ``data: [DONE]``).
+
+Only the response cache (cache.py) uses this, on a cacheable miss's end and on a hit: never on the usual path.
+"""
+
+from __future__ import annotations
+
+import json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+PIECE = 24  # characters of text per replayed chunk (cut at a space when there is one)
+
+
+def _events(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
+    """The JSON objects of an SSE body's data lines, and whether it reached ``data: [DONE]``."""
+    out, done = [], False
+    for event in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(ln[5:].lstrip(b" ") for ln in event.split(b"\n") if ln.startswith(b"data:"))
+        if not data:
+            continue
+        if data.strip() == b"[DONE]":
+            done = True
+            continue
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            return [], False
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out, done
+
+
+def _merge_tool_calls(have: list[dict[str, Any]], deltas: list[Any]) -> None:
+    for d in deltas:
+        if not isinstance(d, dict):
+            continue
+        idx = d.get("index", len(have))
+        while len(have) <= idx:
+            have.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        tc = have[idx]
+        if d.get("id"):
+            tc["id"] = d["id"]
+        if d.get("type"):
+            tc["type"] = d["type"]
+        fn = d.get("function")
+        if isinstance(fn, dict):
+            tc["function"]["name"] += fn.get("name") or ""
+            tc["function"]["arguments"] += fn.get("arguments") or ""
+
+
+def from_sse(raw: bytes) -> dict[str, Any] | None:
+    """The answer a whole stream stands for (``chat.completion`` or ``text_completion``); None when the stream
+    was cut off (no ``[DONE]``, or a choice without its finish_reason) or holds an error."""
+    events, done = _events(raw)
+    if not done or not events:
+        return None
+    first = events[0]
+    text = first.get("object") == "text_completion"
+    choices: dict[int, dict[str, Any]] = {}
+    usage = None
+    for ev in events:
+        if "error" in ev:
+            return None
+        if isinstance(ev.get("usage"), dict):
+            usage = ev["usage"]
+        for ch in ev.get("choices") or ():
+            if not isinstance(ch, dict):
+                return None
+            i = ch.get("index", 0)
+            c = choices.setdefault(i, {"index": i, "parts": [], "reasoning": [], "tools": [], "finish": None,
+                                       "role": "assistant", "reasoning_key": "reasoning_content"})
+            if text:
+                c["parts"].append(ch.get("text") or "")
+            else:
+                delta = ch.get("delta") or {}
+                if delta.get("role"):
+                    c["role"] = delta["role"]
+                c["parts"].append(delta.get("content") or "")
+                for k in ("reasoning_content", "reasoning"):
+                    if delta.get(k):
+                        c["reasoning"].append(delta[k])
+                        c["reasoning_key"] = k
+                if delta.get("tool_calls"):
+                    _merge_tool_calls(c["tools"], delta["tool_calls"])
+            if ch.get("finish_reason"):
+                c["finish"] = ch["finish_reason"]
+    if not choices or any(c["finish"] is None for c in choices.values()):
+        return None
+    out_choices = []
+    for i in sorted(choices):
+        c = choices[i]
+        if text:
+            out_choices.append({"index": i, "text": "".join(c["parts"]), "logprobs": None,
+                                "finish_reason": c["finish"]})
+            continue
+        msg: dict[str, Any] = {"role": c["role"], "content": "".join(c["parts"]) or None}
+        if c["reasoning"]:
+            msg[c["reasoning_key"]] = "".join(c["reasoning"])
+        if c["tools"]:
+            msg["tool_calls"] = c["tools"]
+        out_choices.append({"index": i, "message": msg, "logprobs": None, "finish_reason": c["finish"]})
+    answer = {"id": first.get("id", ""), "object": "text_completion" if text else "chat.completion",
+              "created": first.get("created", 0), "model": first.get("model", ""), "choices": out_choices}
+    if first.get("system_fingerprint"):
+        answer["system_fingerprint"] = first["system_fingerprint"]
+    if usage is not None:
+        answer["usage"] = usage
+    return answer
+
+
+def to_json(answer: dict[str, Any]) -> bytes:
+    return _ENCODE(answer).encode()
+
+
+def pieces(s: str) -> list[str]:
+    """Text cut in chunks of about PIECE characters, each ending after a space where it can."""
+    out, i = [], 0
+    while i < len(s):
+        j = min(len(s), i + PIECE)
+        if j < len(s):
+            sp = s.rfind(" ", i + 1, j)
+            j = sp + 1 if sp > i else j
+        out.append(s[i:j])
+        i = j
+    return out
+
+
+def to_sse(answer: dict[str, Any], include_usage: bool) -> bytes:
+    """The answer as the stream an OpenAI-compatible server would send for it."""
+    text = answer.get("object") == "text_completion"
+    head = {"id": answer.get("id", ""), "object": "text_completion" if text else "chat.completion.chunk",
+            "created": answer.get("created", 0), "model": answer.get("model", "")}
+    if answer.get("system_fingerprint"):
+        head["system_fingerprint"] = answer["system_fingerprint"]
+    out: list[bytes] = []
+
+    def emit(choice: dict[str, Any] | None, usage: Any = None) -> None:
+        chunk = {**head, "choices": [choice] if choice is not None else []}
+        if include_usage:
+            chunk["usage"] = usage
+        out.append(b"data: " + _ENCODE(chunk).encode() + b"\n\n")
+
+    for ch in answer.get("choices") or ():
+        i = ch.get("index", 0)
+        if text:
+            for p in pieces(ch.get("text") or ""):
+                emit({"index": i, "text": p, "logprobs": None, "finish_reason": None})
+            emit({"index": i, "text": "", "logprobs": None, "finish_reason": ch.get("finish_reason")})
+            continue
+        msg = ch.get("message") or {}
+        emit({"index": i, "delta": {"role": msg.get("role", "assistant"), "content": ""}, "logprobs": None,
+              "finish_reason": None})
+        for k in ("reasoning_content", "reasoning"):
+            for p in pieces(msg.get(k) or ""):
+                emit({"index": i, "delta": {k: p}, "logprobs": None, "finish_reason": None})
+        for p in pieces(msg.get("content") or ""):
+            emit({"index": i, "delta": {"content": p}, "logprobs": None, "finish_reason": None})
+        for n, tc in enumerate(msg.get("tool_calls") or ()):
+            emit({"index": i, "delta": {"tool_calls": [{"index": n, **tc}]}, "logprobs": None, "finish_reason": None})
+        emit({"index": i, "delta": {}, "logprobs": None, "finish_reason": ch.get("finish_reason")})
+    if include_usage:
+        emit(None, answer.get("usage"))
+    out.append(b"data: [DONE]\n\n")
+    return b"".join(out)
+
+
+def has_tool_calls(answer: dict[str, Any]) -> bool:
+    return any(isinstance(c, dict) and ((c.get("message") or {}).get("tool_calls") or
+                                        c.get("finish_reason") == "tool_calls")
+               for c in answer.get("choices") or ())

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -121,8 +122,8 @@ def test_service_down_or_slow_gets_503_not_a_hang(grpc_check_wasm: Path) -> None
     with stack(PolicyService(delay_s=1.0), timeout_ms=200) as (port, _, upstream):
         t0 = time.monotonic()
         r = request(port, "/ok")
-        # Envoy 1.40 reports a unary call's timeout as 14 UNAVAILABLE (not 4 DEADLINE_EXCEEDED), after the
-        # call's own timeout_ms, not the service's 1 s
-        assert r.status == 503 and b"gRPC status 14" in r.body, r.body
+        # Envoy 1.40 reports a unary call's timeout as 14 UNAVAILABLE or as 4 DEADLINE_EXCEEDED (it depends on
+        # which of its timers fires first; both seen in CI), after the call's own timeout_ms, not the service's 1 s
+        assert r.status == 503 and re.search(rb"gRPC status (4|14)\b", r.body), r.body
         assert time.monotonic() - t0 < 0.9
         assert not upstream.seen

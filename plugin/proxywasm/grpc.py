@@ -10,7 +10,7 @@ or raw bytes for a generic handler).
 How Envoy reports them (ABI 0.2.1, measured in Envoy 1.40): a unary call that succeeds gets one
 ``proxy_on_grpc_receive`` with the answer and nothing else (no metadata, no close); one that fails gets only
 ``proxy_on_grpc_close`` with the gRPC status (the message from ``proxy_get_status``): 14 UNAVAILABLE when nothing
-answers and also when the call's ``timeout_ms`` passes (not 4 DEADLINE_EXCEEDED). A stream gets its initial metadata, each message, its trailing metadata
+answers; when the call's ``timeout_ms`` passes, 14 or 4 DEADLINE_EXCEEDED (Envoy 1.40 gives either). A stream gets its initial metadata, each message, its trailing metadata
 and a close. Either way the callback sees one ``GrpcResponse``.
 """
 

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxywasm import abi
-from proxywasm.hostcalls import pack_pairs, unpack_pairs
+from proxywasm.hostcalls import pack_pairs
+from proxywasm.testing.shim_twins import unpack_pairs
 from pwbuild.audit import audit, read_module
 from pwbuild.toolchain import BuildError
 from pwbuild.wasistubs import KEEP

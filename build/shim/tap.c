@@ -20,8 +20,8 @@
  * estimate for servers that send no usage.
  *
  * Taps live in an open-addressing table keyed by context id (linear probing, deletion by backward shift), freed
- * when the stream's context is deleted or the plugin takes the tap. proxywasm/taps.py has the same rules in
- * Python for the in-process test host. */
+ * when the stream's context is deleted or the plugin takes the tap. proxywasm/testing/shim_twins.py has the same
+ * rules in Python for the in-process test host. */
 
 typedef struct {
   int32_t id; /* 0: free slot */
@@ -118,7 +118,7 @@ static int64_t pw_now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Keep what the rules say of the current response chunk, p[0:size] (the rules of proxywasm.taps._Tap.feed). */
+/* Keep what the rules say of the current response chunk, p[0:size] (twin: proxywasm.testing.shim_twins.Tap.feed). */
 static int pw_tap_feed(pw_tap *t, const char *p, uint32_t size) {
   if (!size) return 0;
   if (!t->total) t->first_ns = pw_now_ns();

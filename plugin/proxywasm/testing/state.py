@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 
 from ..abi import IMPORTS, BufferType, MapType, MetricType, Result, StreamType
-from ..hostcalls import pack_pairs, unpack_pairs
+from ..hostcalls import pack_pairs
 from ..resp import Incomplete, command, parse
+from .shim_twins import unpack_pairs
 
 Pairs = list[tuple[str, str]]
 OK = int(Result.OK)

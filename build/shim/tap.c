@@ -4,7 +4,7 @@
  * to first token) asks for a tap: from then on each response chunk goes on to the client without a Python call;
  * C keeps every byte while the body is at most whole_upto bytes long, then only the last `keep` bytes, and the
  * time the first bytes came. Python is called again at the end of the body (the last chunk already kept). Per
- * chunk this costs one host call and a copy instead of a Python callback (an LLM stream has one chunk per token).
+ * chunk this costs one host call and a copy instead of a Python callback (an SSE answer has one chunk per token).
  *
  * A tap can instead skip SSE events (tap_skip): while armed, each chunk that ends an event (a blank line) and holds
  * none of the plugin's markers goes on without Python; the first that does not, and the end of the body, reach

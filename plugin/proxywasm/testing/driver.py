@@ -123,7 +123,7 @@ class Host(ABC):
 
     @property
     def grpc_calls(self) -> list[GrpcCallout]:
-        """gRPC calls and streams open (not closed by the service, not cancelled), oldest first."""
+        """gRPC calls and gRPC streams open (not closed by the service, not cancelled), oldest first."""
         return list(self.state.grpc_calls.values())
 
     def grpc_metadata(self, token: int, initial: HeadersIn = (), trailing: bool = False) -> None:
@@ -135,13 +135,13 @@ class Host(ABC):
         self._grpc_deliver(resp, name, token, len(resp.maps[mt]))
 
     def grpc_message(self, token: int, message: bytes) -> None:
-        """Deliver one message of a call or stream."""
+        """Deliver one message of a gRPC call or gRPC stream."""
         resp = StreamState()
         resp.buffers[BufferType.GRPC_RECEIVE_BUFFER] = message
         self._grpc_deliver(resp, "proxy_on_grpc_receive", token, len(message))
 
     def close_grpc(self, token: int, status: int = 0, message: str = "") -> None:
-        """The service (or Envoy) closes a stream, or fails a unary call, with a gRPC status."""
+        """The service (or Envoy) closes a gRPC stream, or fails a unary call, with a gRPC status."""
         self.state.grpc_calls.pop(token)
         self.state.status = (status, message.encode())
         try:
@@ -151,7 +151,7 @@ class Host(ABC):
 
     def respond_grpc(self, token: int, message: bytes) -> None:
         """A unary call's answer as Envoy delivers it: the message alone (no metadata, no close)."""
-        assert self.state.grpc_calls[token].timeout_ms is not None, "a stream: use grpc_message / close_grpc"
+        assert self.state.grpc_calls[token].timeout_ms is not None, "a gRPC stream: use grpc_message / close_grpc"
         self.state.grpc_calls.pop(token)
         self.grpc_message(token, message)
 

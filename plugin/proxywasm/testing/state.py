@@ -103,7 +103,7 @@ def redis_roundtrip(client: RedisClient, query: bytes) -> tuple[int, bytes]:
 
 @dataclass
 class GrpcCallout:
-    """A gRPC call or stream the plugin opened (``timeout_ms`` None: a stream)."""
+    """A gRPC call or gRPC stream the plugin opened (``timeout_ms`` None: a gRPC stream)."""
 
     token: int
     context_id: int  # the context that was effective when the call was made

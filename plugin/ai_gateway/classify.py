@@ -11,6 +11,7 @@ from proxywasm import hostcalls as hc
 from .attempt import address
 from .content_routing import classified, classifier_request
 from .errors import GatewayError
+from .metric_names import classifier_metric
 from .upstream import callout_headers
 
 TYPE_CHECKING = False
@@ -29,12 +30,12 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
     c = route.classifier
     model = cfg.models[c.model]
     # addressed like any request the gateway sends itself: cluster and model headers, a pool key, the upstream name
-    att = address(cfg, classifier_request(c, stream.doc), model, hc.now_ns() // 1_000_000, _RNG,
+    att = address(cfg, classifier_request(c, stream.doc), model, hc.now_ms(), _RNG,
                   client_auth="authorization" in stream.headers_in)
     waiting = [False]
 
     def decided(target: str | None) -> None:
-        _COUNTERS("aigw.content_routing.classifier." + ("ok" if target else "failed")).increment(1)  # type: ignore[attr-defined]
+        _COUNTERS(classifier_metric(target is not None)).increment(1)  # type: ignore[attr-defined]
         if target is None:
             hc.log(LogLevel.INFO, f"content routing: the classifier did not answer usably: {route.default}")
         try:

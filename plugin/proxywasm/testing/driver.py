@@ -289,6 +289,12 @@ class Stream:
     def response_header(self, name: str) -> str | None:
         return self._get(MapType.RESPONSE_HEADERS, name)
 
+    def request_trailer(self, name: str) -> str | None:
+        return self._get(MapType.REQUEST_TRAILERS, name)
+
+    def response_trailer(self, name: str) -> str | None:
+        return self._get(MapType.RESPONSE_TRAILERS, name)
+
     @property
     def request_body(self) -> bytes:
         """Request body bytes passed upstream plus any still held by the plugin."""
@@ -308,5 +314,6 @@ class Stream:
     def continued(self) -> list[StreamType]:
         return list(self.s.continued)
 
-    def property(self, path: str) -> bytes | None:
+    def get_property(self, path: str) -> bytes | None:
+        """What the plugin set with set_property (``path`` dotted), None if it did not."""
         return self.s.properties.get(tuple(path.split(".")))

@@ -141,6 +141,7 @@ class SdkOps(HttpContext[dict]):
 
     def op_time(self) -> Action:
         self.request_headers.set("x-now", str(hostcalls.get_current_time_ns()))
+        self.request_headers.set("x-now-ms", str(hostcalls.now_ms()))  # the same clock (WASI's inside the VM), in ms
         return Action.CONTINUE
 
     def op_contexts(self) -> Action:

@@ -46,6 +46,21 @@ def test_replace_all_headers(host) -> None:
     assert s.request_headers == [(":path", "/new"), (":method", "GET"), ("x-only", "1")]
 
 
+def test_trailers_read_and_rewritten(make_host) -> None:
+    """Trailers in a plugin of their own: sdk_ops leaves the trailer callbacks out of its module (test_build)."""
+    h = make_host("sdk_trailers")
+    assert h.start({})
+    s = h.http_stream()
+    s.send_request_headers(REQ)
+    assert s.send_request_trailers({"grpc-status": "0", "x-drop": "1"}) == Action.CONTINUE
+    assert s.request_trailer("x-trailers-seen") == "2"
+    assert s.request_trailer("x-added") == "0"
+    assert s.request_trailer("x-drop") is None
+    s.send_response_headers({":status": "200"})
+    assert s.send_response_trailers({"a": "1", "b": "2"}) == Action.CONTINUE
+    assert s.response_trailer("x-response-trailers") == "a,b"
+
+
 def test_request_body_buffered_then_rewritten(host) -> None:
     s, _ = send(host, "body")
     assert s.send_request_body(b"abc", end_of_stream=False) == Action.PAUSE
@@ -260,7 +275,7 @@ def test_properties(make_host) -> None:
     s.send_request_headers({**REQ, "x-op": "property"})
     assert s.request_header("x-route") == "chat-route"
     assert s.request_header("x-prop") == "v1"
-    assert s.property("sdk_ops.value") == b"v1"
+    assert s.get_property("sdk_ops.value") == b"v1"
 
 
 def test_metrics_counter_gauge_histogram(host) -> None:
@@ -355,6 +370,8 @@ def test_time(host) -> None:
     host.advance(1500)
     s2, _ = send(host, "time")
     assert int(s2.request_header("x-now")) - before == 1_500_000_000
+    assert int(s2.request_header("x-now-ms")) - int(s.request_header("x-now-ms")) == 1500
+    assert int(s.request_header("x-now-ms")) == before // 1_000_000
 
 
 def test_tick(host) -> None:

@@ -1,6 +1,7 @@
 """The response cache in a real Envoy, answers kept in a real redis-server (through webdis, stock Envoy's way to
 Redis), seen by the official openai client: misses then hits, streamed and not (either way round), two consumers
-apart, TTL expiry, Redis down (requests still served), content-based routing's choice in the headers, the intent classifier (asked through a callout, timed out)."""
+apart, TTL expiry, Redis down (requests still served), content-based routing's choice in the headers, the intent
+classifier (asked through a callout; a category, none, a timeout)."""
 
 from __future__ import annotations
 

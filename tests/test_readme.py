@@ -95,3 +95,19 @@ def test_readme_abi_table_names_what_exists() -> None:
             file, test = t.split("::")
             assert re.search(rf"^def {test}\(", (REPO / file).read_text(), re.M), (part, t)
     assert abi_names - named_abi <= {"proxy_get_buffer_status", "proxy_get_header_map_size"}  # the rest is covered
+
+
+def test_files_named_in_docs_and_comments_exist() -> None:
+    """Every repository path (``plugin/…``, ``build/…``, ``tests/…``, ``e2e/…``, ``bench/…``, ``wasm-config/…``) that a
+    source file, README or config names exists: a file renamed or removed takes its mentions along."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    path = re.compile(r"(?<![\w./-])((?:plugin|build|tests|e2e|bench|wasm-config)/[\w./-]*[\w/])(?![{<*\w-]|\.[{\w])")
+    missing = []
+    for name in files:
+        if not name.endswith((".py", ".c", ".md", ".yaml", ".yml", ".lua", ".toml")) or not (REPO / name).is_file():
+            continue
+        for n, line in enumerate((REPO / name).read_text().splitlines(), 1):
+            missing += [f"{name}:{n}: {m}" for m in path.findall(line) if not (REPO / m.rstrip(".")).exists()]
+    assert not missing, "\n".join(missing)

@@ -1,4 +1,5 @@
-"""The mock vLLM server (e2e/mock_vllm.py) speaks OpenAI/vLLM faithfully: checked with the official client and raw HTTP."""
+"""The mock vLLM server (e2e/mock_vllm/) speaks OpenAI/vLLM faithfully: checked with the official client and raw
+HTTP."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Per-request observations: token usage, latency, the AI log record, and metrics.
 
-Metric names follow Higress's AI statistics so Envoy ``stats_tags`` turn the name
-segments into Prometheus labels (see wasm-config/envoy/stats-tags.yaml):
+Metric names (built in metric_names.py) follow Higress's AI statistics so Envoy ``stats_tags`` turn the name
+segments into Prometheus labels (see wasm-config/envoy/ai-gateway-metrics.yaml):
 
     route.<route>.upstream.<cluster>.model.<model>.consumer.<consumer>.metric.<name>
 
@@ -20,25 +20,18 @@ from __future__ import annotations
 import re
 from json.encoder import encode_basestring_ascii
 
-from proxywasm import LogLevel, MetricType, shared
+from proxywasm import LogLevel, shared
 from proxywasm import hostcalls as hc
 from proxywasm.properties import response_code_details, response_flags
 
+from .metric_names import MAX_LABEL, METRICS, series_prefix
 from .usage import Usage
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.@:|\-/]")
-MAX_LABEL = 64
 _str = encode_basestring_ascii  # a JSON string literal, in C
-
-
-def label(value: str) -> str:
-    """A stat-name segment from the configuration: bounded, no spaces or control characters ('.' is kept for
-    model and cluster names, which the operator chooses)."""
-    return _UNSAFE.sub("_", value)[:MAX_LABEL] or "none"
 
 
 # -- the consumer label: a client-influenced value, so sanitised to the label alphabet and bounded --
@@ -154,13 +147,6 @@ class _Series:
         return mid
 
 
-_COUNTER, _HISTOGRAM = int(MetricType.COUNTER), int(MetricType.HISTOGRAM)
-METRICS = ((_COUNTER, "request_total"), (_COUNTER, "llm_duration_count"), (_COUNTER, "llm_service_duration"),
-            (_COUNTER, "input_token"), (_COUNTER, "output_token"), (_COUNTER, "total_token"),
-            (_COUNTER, "error_total"), (_COUNTER, "fallback_total"), (_COUNTER, "llm_first_token_duration"),
-            (_COUNTER, "llm_stream_duration_count"), (_HISTOGRAM, "llm_first_token_latency"),
-            (_HISTOGRAM, "llm_latency"), (_COUNTER, "usage_estimated_total"), (_COUNTER, "cancelled_total"),
-            (_COUNTER, "estimated_token"), (_COUNTER, "attempt_failure_total"))
 _ATTEMPT_FAILURE = len(METRICS) - 1
 _SERIES: dict[tuple[str, str, str, str], _Series] = {}
 MAX_SERIES = 10_000  # label sets cached per VM
@@ -173,8 +159,7 @@ def _series(o: Observation) -> _Series:
     if s is None:
         if len(_SERIES) >= MAX_SERIES:
             _SERIES.clear()
-        s = _SERIES[key] = _Series(f"route.{label(o.route)}.upstream.{label(o.cluster)}.model.{label(o.served)}"
-                                   f".consumer.{consumer}.metric.")
+        s = _SERIES[key] = _Series(series_prefix(o.route, o.cluster, o.served, consumer))
     return s
 
 

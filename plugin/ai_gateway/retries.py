@@ -117,7 +117,7 @@ def on_attempt_headers(ctx: HttpContext) -> Action:
     if n == 0 and target is att.primary:
         ctx.upstream = UpstreamAttempt(att.first, record, None)  # addressed by the router-level filter already
         return Action.CONTINUE
-    a = address(att.cfg, att.doc, target, hc.now_ns() // 1_000_000, att.rng, source=att.primary,
+    a = address(att.cfg, att.doc, target, hc.now_ms(), att.rng, source=att.primary,
                 tried_keys=frozenset(att.tried_keys.get(target.name, ())))
     if a is None:  # no usable key for this model: it goes without one (and fails), never with another model's
         hc.log(LogLevel.WARN, f"attempt {n + 1} on {target.name}: no upstream API key is available")
@@ -152,5 +152,5 @@ def on_attempt_response(ctx: HttpContext, up: UpstreamAttempt) -> Action:
     s = hd.get(":status", "0")
     status = int(s) if s.isascii() and s.isdigit() else 0
     up.record[1] = status
-    up.attempt.report(status, hc.now_ns() // 1_000_000, hd.get("retry-after") if status == 429 else None)
+    up.attempt.report(status, hc.now_ms(), hd.get("retry-after") if status == 429 else None)
     return Action.CONTINUE

@@ -8,7 +8,7 @@ import random
 from proxywasm import Action, CalloutResponse, Counter, LogLevel, MetricCache
 from proxywasm import hostcalls as hc
 
-from .attempt import address
+from .attempt import address, path_of
 from .content_routing import classified, classifier_request
 from .errors import GatewayError
 from .upstream import callout_headers
@@ -29,8 +29,11 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
     c = route.classifier
     model = cfg.models[c.model]
     # addressed like any request the gateway sends itself: cluster and model headers, a pool key, the upstream name
-    att = address(cfg, classifier_request(c, stream.doc), model, hc.now_ns() // 1_000_000, _RNG,
-                  client_auth="authorization" in stream.headers_in)
+    try:
+        att = address(cfg, classifier_request(c, stream.doc), model, hc.now_ns() // 1_000_000, _RNG,
+                      client_auth="authorization" in stream.headers_in)
+    except GatewayError:  # the classifier's provider cannot carry the question: as if it did not answer
+        att = None
     waiting = [False]
 
     def decided(target: str | None) -> None:
@@ -48,13 +51,17 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
         waiting.append(act)
 
     def answered(resp: CalloutResponse) -> None:
-        decided(classified(c, resp.status, resp.body))
+        status, body = resp.status, resp.body
+        if att is not None and att.answer is not None and status:  # the provider's answer as OpenAI's
+            status, _, translator = att.answer.begin(status, resp.header("content-type"), hc.now_ns() // 10**9)
+            body = translator.feed(body, True)
+        decided(classified(c, status, body))
 
     try:
         if att is None:  # no usable key for the classifier
             raise hc.HostError("no key")
         headers = [(k, v) for k, v in callout_headers(stream.request_headers.items(), att, cfg)
-                   if k not in (":method", ":path")] + [(":method", "POST"), (":path", "/v1/chat/completions")]
+                   if k not in (":method", ":path")] + [(":method", "POST"), (":path", path_of(att))]
         stream.http_call(model.cluster, headers, att.body, callback=answered, timeout_ms=c.timeout_ms)
     except hc.HostError:
         decided(None)

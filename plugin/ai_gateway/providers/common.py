@@ -1,0 +1,276 @@
+"""What every upstream-protocol translator shares: OpenAI's side of the translation.
+
+A request translator reads the OpenAI request (a dict) and rejects, with a 400 naming the field, what the provider
+cannot carry (``untranslatable``); an answer translator builds OpenAI shapes (``chunk``, ``usage``, ``error``)
+from the provider's, and reads the provider's SSE events as they complete, whatever the splits (``EventSplitter``).
+"""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import GatewayError, error_body
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+ENCODE_ASCII = json.JSONEncoder(separators=(",", ":")).encode
+DONE = b"data: [DONE]\n\n"
+CHAT = "chat"  # the request kinds a translator is asked for (from the client's path)
+COMPLETIONS = "completions"
+EMBEDDINGS = "embeddings"
+_KINDS = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS, "/v1/embeddings": EMBEDDINGS}
+MAX_EVENT = 1 << 20  # a provider event longer than this ends the stream with an error (no unbounded buffering)
+
+
+def kind_of(path: str) -> str:
+    """The request kind of a client's path (``/v1/chat/completions?x=1`` -> ``chat``); "" for any other path."""
+    return _KINDS.get(path.partition("?")[0], "")
+
+
+def encode(doc: Any) -> bytes:
+    try:
+        return ENCODE(doc).encode()
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form: keep it escaped, as sent
+        return ENCODE_ASCII(doc).encode()
+
+
+def untranslatable(provider: str, field: str, why: str) -> GatewayError:
+    return GatewayError(400, f"`{field}` cannot be sent to this model ({provider}): {why}", "unsupported_parameter",
+                        field)
+
+
+def check_kind(provider: str, kind: str) -> None:
+    if kind != CHAT:
+        raise GatewayError(400, f"this model ({provider}) serves /v1/chat/completions only", "unsupported_endpoint")
+
+
+def reject_unsupported(provider: str, doc: dict[str, Any], fields: tuple[str, ...]) -> None:
+    """A 400 for the first of ``fields`` set to something other than its neutral value (absent, null, 0, false,
+    empty, ``n`` 1, ``response_format`` text)."""
+    for f in fields:
+        v = doc.get(f)
+        if v is None or v is False or v == 0 or v == {} or v == [] or (f == "n" and v == 1):
+            continue
+        if f == "response_format" and isinstance(v, dict) and v.get("type") == "text":
+            continue
+        raise untranslatable(provider, f, "the provider has no equivalent")
+
+
+def max_tokens(doc: dict[str, Any], default: int) -> int:
+    for f in ("max_completion_tokens", "max_tokens"):
+        v = doc.get(f)
+        if v is not None:
+            if type(v) is not int or v < 1:
+                raise GatewayError(400, f"`{f}` must be a positive integer", "invalid_value", f)
+            return v
+    return default
+
+
+def stops(doc: dict[str, Any]) -> list[str]:
+    s = doc.get("stop")
+    if s is None:
+        return []
+    if isinstance(s, str):
+        return [s]
+    if isinstance(s, list) and all(isinstance(x, str) for x in s):
+        return s
+    raise GatewayError(400, "`stop` must be a string or a list of strings", "invalid_value", "stop")
+
+
+def text_of(content: Any, field: str) -> str:
+    """The text of a message's content (a string, or text parts); images are not allowed where this is used."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        out = []
+        for p in content:
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str):
+                out.append(p["text"])
+            else:
+                raise GatewayError(400, f"`{field}` may hold only text here", "invalid_value", field)
+        return "".join(out)
+    raise GatewayError(400, f"`{field}` must be a string or a list of parts", "invalid_value", field)
+
+
+def image_url(part: dict[str, Any], field: str) -> tuple[str, str, str]:
+    """An ``image_url`` part as (media type, base64 data, "") for a data URL, or ("", "", url) for a link."""
+    iu = part.get("image_url")
+    url = iu.get("url") if isinstance(iu, dict) else iu
+    if not isinstance(url, str) or not url:
+        raise GatewayError(400, f"`{field}.image_url.url` must be a URL", "invalid_value", f"{field}.image_url")
+    if url.startswith("data:"):
+        head, sep, data = url[5:].partition(",")
+        media, _, enc = head.partition(";")
+        if not sep or enc != "base64" or not media:
+            raise GatewayError(400, f"`{field}.image_url.url`: a data URL must be data:<type>;base64,<data>",
+                               "invalid_value", f"{field}.image_url")
+        return media, data, ""
+    return "", "", url
+
+
+def arguments(tc: Any, field: str) -> tuple[str, str, Any]:
+    """(id, name, arguments decoded) of an assistant message's tool call."""
+    fn = tc.get("function") if isinstance(tc, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise GatewayError(400, f"`{field}.function.name` is required", "invalid_value", field)
+    raw = fn.get("arguments") or "{}"
+    try:
+        args = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        raise GatewayError(400, f"`{field}.function.arguments` must be JSON", "invalid_value", field) from None
+    return str(tc.get("id") or ""), fn["name"], args
+
+
+def functions(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's tools, each ``{name, description?, parameters?}``; only function tools exist here."""
+    out = []
+    for i, t in enumerate(doc.get("tools") or ()):
+        fn = t.get("function") if isinstance(t, dict) and t.get("type", "function") == "function" else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise GatewayError(400, f"`tools[{i}]` must be a function tool with a name", "invalid_value", f"tools[{i}]")
+        out.append(fn)
+    return out
+
+
+def tool_choice(doc: dict[str, Any]) -> tuple[str, str]:
+    """(mode, function name): mode one of auto, none, required, function ("" when not set)."""
+    tc = doc.get("tool_choice")
+    if tc is None:
+        return "", ""
+    if tc in ("auto", "none", "required"):
+        return tc, ""
+    fn = tc.get("function") if isinstance(tc, dict) else None
+    if isinstance(fn, dict) and isinstance(fn.get("name"), str):
+        return "function", fn["name"]
+    raise GatewayError(400, "`tool_choice` must be auto, none, required or a function", "invalid_value", "tool_choice")
+
+
+def include_usage(doc: dict[str, Any]) -> bool:
+    opts = doc.get("stream_options")
+    return isinstance(opts, dict) and opts.get("include_usage") is True
+
+
+# -- answers --
+
+
+def usage(prompt: int, completion: int, total: int = 0, cached: int | None = None,
+          reasoning: int | None = None) -> dict[str, Any]:
+    u: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                         "total_tokens": total or prompt + completion}
+    if cached is not None:
+        u["prompt_tokens_details"] = {"cached_tokens": cached}
+    if reasoning is not None:
+        u["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+    return u
+
+
+def completion(rid: str, created: int, model: str, choices: list[dict[str, Any]],
+               use: dict[str, Any] | None) -> bytes:
+    doc = {"id": rid, "object": "chat.completion", "created": created, "model": model, "choices": choices}
+    if use is not None:
+        doc["usage"] = use
+    return encode(doc)
+
+
+def error(status: int, message: str, code: str, kind: str = "") -> bytes:
+    """An OpenAI-style error body for a provider's error."""
+    return error_body(status, message, code, None, kind)
+
+
+def event(doc: Any) -> bytes:
+    return b"data: " + encode(doc) + b"\n\n"
+
+
+class Chunks:
+    """Builds one answer's OpenAI stream chunks (``chat.completion.chunk``), as SSE events."""
+
+    __slots__ = ("created", "id", "model", "out", "usage_wanted")
+
+    def __init__(self, created: int, usage_wanted: bool) -> None:
+        self.id, self.model, self.created, self.usage_wanted = "", "", created, usage_wanted
+        self.out: list[bytes] = []
+
+    def delta(self, delta: dict[str, Any], finish: str | None = None, index: int = 0) -> None:
+        self.out.append(event({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                               "model": self.model, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                                                 "finish_reason": finish}]}))
+
+    def usage(self, use: dict[str, Any]) -> None:
+        if self.usage_wanted:
+            self.out.append(event({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                   "model": self.model, "choices": [], "usage": use}))
+
+    def error(self, message: str, kind: str, code: str) -> None:
+        """An error in the middle of a stream, as OpenAI sends one (clients raise it); no [DONE] follows."""
+        self.out.append(event({"error": {"message": message, "type": kind, "param": None, "code": code}}))
+
+    def take(self) -> bytes:
+        out = b"".join(self.out)
+        self.out.clear()
+        return out
+
+
+class EventSplitter:
+    """A provider's SSE stream in arbitrary splits -> its complete events as (event type, data bytes)."""
+
+    __slots__ = ("buf",)
+
+    def __init__(self) -> None:
+        self.buf = b""
+
+    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
+        buf = self.buf + chunk if self.buf else chunk
+        if b"\r" in buf:
+            if buf.endswith(b"\r"):  # maybe the first half of a CRLF: wait for the next byte
+                self.buf = buf
+                return []
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            if len(buf) > MAX_EVENT:
+                raise ValueError("provider event too long")
+            self.buf = buf
+            return []
+        self.buf = buf[end + 2 :]
+        out = []
+        for raw in buf[:end].split(b"\n\n"):
+            name, data = "", []
+            for line in raw.split(b"\n"):
+                if line.startswith(b"data:"):
+                    data.append(line[6:] if line[5:6] == b" " else line[5:])
+                elif line.startswith(b"event:"):
+                    name = line[6:].strip().decode("utf-8", "replace")
+            if data or name:
+                out.append((name, b"\n".join(data)))
+        return out
+
+
+def json_of(data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+class Whole:
+    """An answer translated once it is whole (a JSON answer, an error): ``convert(body) -> body``."""
+
+    __slots__ = ("convert", "parts")
+    emitted = False  # never streams output (TTFT is the tap's)
+
+    def __init__(self, convert: Callable[[bytes], bytes]) -> None:
+        self.convert, self.parts = convert, []
+
+    def feed(self, chunk: bytes, end: bool) -> bytes:
+        if chunk:
+            self.parts.append(chunk)
+        if not end:
+            return b""
+        body, self.parts = b"".join(self.parts), []
+        return self.convert(body)

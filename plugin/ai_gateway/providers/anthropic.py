@@ -234,7 +234,7 @@ class Stream:
                 c.delta({"content": d.get("text", "")})
             elif dk == "input_json_delta":
                 n = self.blocks.get(ev.get("index", -1))
-                if n is not None:
+                if n is not None and d.get("partial_json"):
                     c.delta({"tool_calls": [{"index": n, "function": {"arguments": d.get("partial_json", "")}}]})
             elif dk == "thinking_delta":
                 c.delta({"reasoning_content": d.get("thinking", "")})

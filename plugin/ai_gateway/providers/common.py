@@ -178,9 +178,12 @@ def completion(rid: str, created: int, model: str, choices: list[dict[str, Any]]
     return encode(doc)
 
 
-def error(status: int, message: str, code: str, kind: str = "") -> bytes:
-    """An OpenAI-style error body for a provider's error."""
-    return error_body(status, message, code, None, kind)
+def error(status: int, message: str, code: str) -> bytes:
+    """An OpenAI-style error body for a provider's error (``code``: the provider's error kind; a 429 is OpenAI's
+    ``rate_limit_exceeded``, which clients back off on)."""
+    if status == 429:
+        return error_body(status, message, "rate_limit_exceeded", None, "requests")
+    return error_body(status, message, code)
 
 
 def event(doc: Any) -> bytes:

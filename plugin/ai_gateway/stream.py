@@ -300,7 +300,8 @@ class GatewayStream(AnswerReader, HttpContext):
         else:
             self.read_answer(body_size, end_of_stream)
         if end_of_stream:
-            self._publish()
+            # a provider's stream is whole when its translation reached [DONE] (Gemini's has no end marker)
+            self._publish(self.translator is None or self.sse is None or self.sse.done)
         return Action.CONTINUE
 
     def _answered(self, att: retries.Attempts, primary: Model) -> Model:

@@ -13,26 +13,25 @@ each event completes. Errors: ``{"type": "error", "error": {"type", "message"}}`
 
 from __future__ import annotations
 
-from ..errors import GatewayError
 from .common import (
     DONE,
-    Chunks,
-    EventSplitter,
+    StreamTranslator,
     arguments,
     check_kind,
     completion,
+    conversation,
+    count,
     encode,
     error,
     functions,
-    image_url,
     json_of,
     max_tokens,
     reject_unsupported,
     stops,
     text_of,
     tool_choice,
-    untranslatable,
     usage,
+    user_parts,
 )
 
 TYPE_CHECKING = False
@@ -50,47 +49,33 @@ FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "
           "pause_turn": "stop", "refusal": "content_filter", "model_context_window_exceeded": "length"}
 
 
-def _user_blocks(content: Any, field: str) -> Any:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise GatewayError(400, f"`{field}` must be a string or a list of parts", "invalid_value", field)
-    out = []
-    for j, p in enumerate(content):
-        kind = p.get("type") if isinstance(p, dict) else None
-        if kind == "text" and isinstance(p.get("text"), str):
-            out.append({"type": "text", "text": p["text"]})
-        elif kind == "image_url":
-            media, data, url = image_url(p, f"{field}[{j}]")
-            source = {"type": "url", "url": url} if url else {"type": "base64", "media_type": media, "data": data}
-            out.append({"type": "image", "source": source})
-        else:
-            raise untranslatable(NAME, f"{field}[{j}]", f"a {kind!r} part has no Anthropic equivalent")
-    return out
+def _image(media: str, data: str, url: str) -> dict[str, Any]:
+    source = {"type": "url", "url": url} if url else {"type": "base64", "media_type": media, "data": data}
+    return {"type": "image", "source": source}
+
+
+def _text(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
 
 
 def _messages(msgs: Any) -> tuple[list[str], list[dict[str, Any]]]:
-    if not isinstance(msgs, list) or not msgs:
-        raise GatewayError(400, "`messages` must be a non-empty list", "invalid_value", "messages")
-    system: list[str] = []
+    system, rest = conversation(NAME, msgs)
     out: list[dict[str, Any]] = []
-    for i, m in enumerate(msgs):
-        field = f"messages[{i}]"
-        role = m.get("role") if isinstance(m, dict) else None
-        if role in ("system", "developer"):
-            system.append(text_of(m.get("content"), f"{field}.content"))
-        elif role == "user":
-            out.append({"role": "user", "content": _user_blocks(m.get("content"), f"{field}.content")})
+    for field, role, m in rest:
+        if role == "user":
+            content = m.get("content")
+            out.append({"role": "user", "content": content if isinstance(content, str) else
+                        user_parts(NAME, content, f"{field}.content", _text, _image)})
         elif role == "assistant":
             blocks: list[dict[str, Any]] = []
             text = text_of(m.get("content"), f"{field}.content")
             if text:
-                blocks.append({"type": "text", "text": text})
+                blocks.append(_text(text))
             for k, tc in enumerate(m.get("tool_calls") or ()):
                 cid, name, args = arguments(tc, f"{field}.tool_calls[{k}]")
                 blocks.append({"type": "tool_use", "id": cid, "name": name, "input": args})
             out.append({"role": "assistant", "content": text if len(blocks) == 1 and text else blocks})
-        elif role == "tool":
+        else:  # tool
             result = {"type": "tool_result", "tool_use_id": str(m.get("tool_call_id") or ""),
                       "content": text_of(m.get("content"), f"{field}.content")}
             last = out[-1] if out else None
@@ -99,10 +84,6 @@ def _messages(msgs: Any) -> tuple[list[str], list[dict[str, Any]]]:
                 last["content"].append(result)  # the results of one turn's calls go back in one user turn
             else:
                 out.append({"role": "user", "content": [result]})
-        else:
-            raise untranslatable(NAME, f"{field}.role", f"role {role!r} has no Anthropic equivalent")
-    if not out:
-        raise GatewayError(400, "`messages` needs a user message", "invalid_value", "messages")
     return system, out
 
 
@@ -151,13 +132,9 @@ def request(doc: dict[str, Any], p: Provider) -> bytes:
 
 def _usage(u: Any) -> dict[str, Any]:
     u = u if isinstance(u, dict) else {}
-    read, write = _int(u.get("cache_read_input_tokens")), _int(u.get("cache_creation_input_tokens"))
-    prompt = _int(u.get("input_tokens")) + read + write
-    return usage(prompt, _int(u.get("output_tokens")), cached=read)
-
-
-def _int(v: Any) -> int:
-    return v if type(v) is int and v >= 0 else 0
+    read, write = count(u.get("cache_read_input_tokens")), count(u.get("cache_creation_input_tokens"))
+    prompt = count(u.get("input_tokens")) + read + write
+    return usage(prompt, count(u.get("output_tokens")), cached=read)
 
 
 def answer(body: bytes, created: int) -> bytes:
@@ -194,37 +171,18 @@ def failure(status: int, body: bytes) -> bytes:
     return error(STATUS.get(status, status), str(err.get("message") or ""), str(err.get("type") or "upstream_error"))
 
 
-class Stream:
+class Stream(StreamTranslator):
     """Anthropic's event stream -> OpenAI chunks, event by event."""
 
-    __slots__ = ("blocks", "chunks", "done", "events", "finish", "use")
+    __slots__ = ("blocks", "finish", "use")
 
     def __init__(self, created: int, usage_wanted: bool) -> None:
-        self.chunks = Chunks(created, usage_wanted)
-        self.events = EventSplitter()
+        super().__init__(created, usage_wanted)
         self.blocks: dict[int, int] = {}  # content block index -> tool call index
         self.use: dict[str, Any] = {}
         self.finish: str | None = None
-        self.done = False
 
-    def feed(self, chunk: bytes, end: bool) -> bytes:
-        if self.done:
-            return b""
-        try:
-            events = self.events.feed(chunk)
-        except ValueError:
-            self.chunks.error("the provider's event is too long", "server_error", "bad_upstream_answer")
-            self.done = True
-            return self.chunks.take()
-        for _, data in events:
-            ev = json_of(data)
-            if isinstance(ev, dict):
-                self._event(ev)
-            if self.done:
-                break
-        return self.chunks.take()
-
-    def _event(self, ev: dict[str, Any]) -> None:
+    def event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("type")
         c = self.chunks
         if kind == "content_block_delta":

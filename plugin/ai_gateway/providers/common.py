@@ -114,6 +114,46 @@ def image_url(part: dict[str, Any], field: str) -> tuple[str, str, str]:
     return "", "", url
 
 
+def user_parts(provider: str, content: Any, field: str, text: Callable[[str], Any],
+               image: Callable[[str, str, str], Any]) -> list[Any]:
+    """A user message's parts, each made by ``text(text)`` or ``image(media type, base64 data, url)``; any other
+    part is a 400 naming it."""
+    if isinstance(content, str):
+        return [text(content)]
+    if not isinstance(content, list):
+        raise GatewayError(400, f"`{field}` must be a string or a list of parts", "invalid_value", field)
+    out = []
+    for j, p in enumerate(content):
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text" and isinstance(p.get("text"), str):
+            out.append(text(p["text"]))
+        elif kind == "image_url":
+            out.append(image(*image_url(p, f"{field}[{j}]")))
+        else:
+            raise untranslatable(provider, f"{field}[{j}]", f"a {kind!r} part has no equivalent there")
+    return out
+
+
+def conversation(provider: str, msgs: Any) -> tuple[list[str], list[tuple[str, str, dict[str, Any]]]]:
+    """The system and developer messages' texts, and the other messages as (field, role, message)."""
+    if not isinstance(msgs, list) or not msgs:
+        raise GatewayError(400, "`messages` must be a non-empty list", "invalid_value", "messages")
+    system: list[str] = []
+    rest = []
+    for i, m in enumerate(msgs):
+        field = f"messages[{i}]"
+        role = m.get("role") if isinstance(m, dict) else None
+        if role in ("system", "developer"):
+            system.append(text_of(m.get("content"), f"{field}.content"))
+        elif role in ("user", "assistant", "tool"):
+            rest.append((field, role, m))
+        else:
+            raise untranslatable(provider, f"{field}.role", f"role {role!r} has no equivalent there")
+    if not rest:
+        raise GatewayError(400, "`messages` needs a user message", "invalid_value", "messages")
+    return system, rest
+
+
 def arguments(tc: Any, field: str) -> tuple[str, str, Any]:
     """(id, name, arguments decoded) of an assistant message's tool call."""
     fn = tc.get("function") if isinstance(tc, dict) else None
@@ -252,6 +292,48 @@ class EventSplitter:
             if data or name:
                 out.append((name, b"\n".join(data)))
         return out
+
+
+def count(v: Any) -> int:
+    """A provider's token count (anything else: 0)."""
+    return v if type(v) is int and v >= 0 else 0
+
+
+class StreamTranslator:
+    """A provider's event stream -> OpenAI chunks as each event completes; subclasses read one event (``event``)
+    and may close the answer when the upstream body ends (``end``)."""
+
+    __slots__ = ("chunks", "done", "events")
+
+    def __init__(self, created: int, usage_wanted: bool) -> None:
+        self.chunks = Chunks(created, usage_wanted)
+        self.events = EventSplitter()
+        self.done = False  # [DONE] or an error was sent: nothing more goes to the client
+
+    def feed(self, chunk: bytes, end: bool) -> bytes:
+        if self.done:
+            return b""
+        try:
+            events = self.events.feed(chunk + b"\n\n" if end else chunk)  # at the end, a last event without its
+        except ValueError:  # blank line is whole
+            self.chunks.error("the provider's event is too long", "server_error", "bad_upstream_answer")
+            self.done = True
+            return self.chunks.take()
+        for _, data in events:
+            doc = json_of(data)
+            if isinstance(doc, dict):
+                self.event(doc)
+            if self.done:
+                return self.chunks.take()
+        if end:
+            self.end()
+        return self.chunks.take()
+
+    def event(self, doc: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """The upstream body ended (after every event was read)."""
 
 
 def json_of(data: bytes) -> Any:

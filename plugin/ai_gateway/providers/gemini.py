@@ -15,15 +15,15 @@ from __future__ import annotations
 from ..errors import GatewayError
 from .common import (
     DONE,
-    Chunks,
-    EventSplitter,
+    StreamTranslator,
     arguments,
     check_kind,
     completion,
+    conversation,
+    count,
     encode,
     error,
     functions,
-    image_url,
     json_of,
     max_tokens,
     reject_unsupported,
@@ -32,6 +32,7 @@ from .common import (
     tool_choice,
     untranslatable,
     usage,
+    user_parts,
 )
 
 TYPE_CHECKING = False
@@ -59,22 +60,12 @@ def headers(p: Provider) -> list[tuple[str, str]]:
     return []
 
 
-def _user_parts(content: Any, field: str) -> list[dict[str, Any]]:
-    if isinstance(content, str):
-        return [{"text": content}]
-    if not isinstance(content, list):
-        raise GatewayError(400, f"`{field}` must be a string or a list of parts", "invalid_value", field)
-    out = []
-    for j, p in enumerate(content):
-        kind = p.get("type") if isinstance(p, dict) else None
-        if kind == "text" and isinstance(p.get("text"), str):
-            out.append({"text": p["text"]})
-        elif kind == "image_url":
-            media, data, url = image_url(p, f"{field}[{j}]")
-            out.append({"fileData": {"fileUri": url}} if url else {"inlineData": {"mimeType": media, "data": data}})
-        else:
-            raise untranslatable(NAME, f"{field}[{j}]", f"a {kind!r} part has no Gemini equivalent here")
-    return out
+def _image(media: str, data: str, url: str) -> dict[str, Any]:
+    return {"fileData": {"fileUri": url}} if url else {"inlineData": {"mimeType": media, "data": data}}
+
+
+def _text(text: str) -> dict[str, Any]:
+    return {"text": text}
 
 
 def _response(content: str) -> dict[str, Any]:
@@ -83,29 +74,23 @@ def _response(content: str) -> dict[str, Any]:
 
 
 def _contents(msgs: Any) -> tuple[list[str], list[dict[str, Any]]]:
-    if not isinstance(msgs, list) or not msgs:
-        raise GatewayError(400, "`messages` must be a non-empty list", "invalid_value", "messages")
-    system: list[str] = []
+    system, rest = conversation(NAME, msgs)
     out: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # tool call id -> function name (a functionResponse names its function)
-    for i, m in enumerate(msgs):
-        field = f"messages[{i}]"
-        role = m.get("role") if isinstance(m, dict) else None
-        if role in ("system", "developer"):
-            system.append(text_of(m.get("content"), f"{field}.content"))
-        elif role == "user":
-            out.append({"role": "user", "parts": _user_parts(m.get("content"), f"{field}.content")})
+    for field, role, m in rest:
+        if role == "user":
+            out.append({"role": "user", "parts": user_parts(NAME, m.get("content"), f"{field}.content", _text, _image)})
         elif role == "assistant":
             parts: list[dict[str, Any]] = []
             text = text_of(m.get("content"), f"{field}.content")
             if text:
-                parts.append({"text": text})
+                parts.append(_text(text))
             for k, tc in enumerate(m.get("tool_calls") or ()):
                 cid, name, args = arguments(tc, f"{field}.tool_calls[{k}]")
                 names[cid] = name
                 parts.append({"functionCall": {"name": name, "args": args}})
-            out.append({"role": "model", "parts": parts or [{"text": ""}]})
-        elif role == "tool":
+            out.append({"role": "model", "parts": parts or [_text("")]})
+        else:  # tool
             name = names.get(str(m.get("tool_call_id") or ""))
             if name is None:
                 raise GatewayError(400, f"`{field}.tool_call_id` names no earlier tool call", "invalid_value",
@@ -117,10 +102,6 @@ def _contents(msgs: Any) -> tuple[list[str], list[dict[str, Any]]]:
                 last["parts"].append(part)  # one turn's results go back together
             else:
                 out.append({"role": "user", "parts": [part]})
-        else:
-            raise untranslatable(NAME, f"{field}.role", f"role {role!r} has no Gemini equivalent")
-    if not out:
-        raise GatewayError(400, "`messages` needs a user message", "invalid_value", "messages")
     return system, out
 
 
@@ -163,18 +144,14 @@ def request(doc: dict[str, Any], p: Provider) -> bytes:
 # -- answers --
 
 
-def _int(v: Any) -> int:
-    return v if type(v) is int and v >= 0 else 0
-
-
 def _usage(u: Any) -> dict[str, Any] | None:
     if not isinstance(u, dict):
         return None
-    thoughts = _int(u.get("thoughtsTokenCount"))
-    prompt, out = _int(u.get("promptTokenCount")), _int(u.get("candidatesTokenCount")) + thoughts
+    thoughts = count(u.get("thoughtsTokenCount"))
+    prompt, out = count(u.get("promptTokenCount")), count(u.get("candidatesTokenCount")) + thoughts
     cached = u.get("cachedContentTokenCount")
-    return usage(prompt, out, _int(u.get("totalTokenCount")) or prompt + out,
-                 cached=_int(cached) if cached is not None else None, reasoning=thoughts if thoughts else None)
+    return usage(prompt, out, count(u.get("totalTokenCount")) or prompt + out,
+                 cached=count(cached) if cached is not None else None, reasoning=thoughts if thoughts else None)
 
 
 def _call(fc: dict[str, Any], n: int) -> dict[str, Any]:
@@ -226,42 +203,25 @@ def failure(status: int, body: bytes) -> bytes:
     return error(status, str(err.get("message") or ""), str(err.get("status") or "upstream_error").lower())
 
 
-class Stream:
+class Stream(StreamTranslator):
     """Gemini's ``alt=sse`` stream (one GenerateContentResponse per event) -> OpenAI chunks."""
 
-    __slots__ = ("calls", "chunks", "done", "events", "finished", "use")
+    __slots__ = ("calls", "finished", "use")
 
     def __init__(self, created: int, usage_wanted: bool) -> None:
-        self.chunks = Chunks(created, usage_wanted)
-        self.events = EventSplitter()
+        super().__init__(created, usage_wanted)
         self.calls: dict[int, int] = {}  # candidate index -> tool calls so far
         self.finished: dict[int, bool] = {}  # candidate index -> its finishReason came
         self.use: dict[str, Any] | None = None
-        self.done = False
 
-    def feed(self, chunk: bytes, end: bool) -> bytes:
-        if self.done:
-            return b""
-        try:
-            events = self.events.feed(chunk + b"\n\n" if end else chunk)
-        except ValueError:
-            self.chunks.error("the provider's event is too long", "server_error", "bad_upstream_answer")
-            self.done = True
-            return self.chunks.take()
-        for _, data in events:
-            doc = json_of(data)
-            if isinstance(doc, dict):
-                self._response(doc)
-            if self.done:
-                return self.chunks.take()
-        if end and self.finished and all(self.finished.values()):  # every candidate finished: a whole answer
+    def end(self) -> None:
+        if self.finished and all(self.finished.values()):  # every candidate finished: a whole answer
             if self.use is not None:
                 self.chunks.usage(self.use)
             self.chunks.out.append(DONE)
             self.done = True
-        return self.chunks.take()
 
-    def _response(self, doc: dict[str, Any]) -> None:
+    def event(self, doc: dict[str, Any]) -> None:
         c = self.chunks
         err = doc.get("error")
         if isinstance(err, dict):

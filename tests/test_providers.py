@@ -10,7 +10,7 @@ import random
 import pytest
 
 from ai_gateway.errors import GatewayError
-from ai_gateway.providers import PAIRS, Answer, Provider, translate
+from ai_gateway.providers import PAIRS, Answer, Provider, anthropic, translate
 
 from .conftest import REPO
 
@@ -68,7 +68,7 @@ def test_stream_golden(case: str) -> None:
     provider = case.split("/")[0]
     raw = (GOLDEN / case).read_bytes()
     out = run_stream(provider, raw, [])
-    expected = GOLDEN / case.replace(".sse", ".openai.sse")
+    expected = GOLDEN / case.replace("-compact", "").replace(".sse", ".openai.sse")  # compact: the same chunks
     if REGEN:
         expected.write_bytes(out)
     assert out == expected.read_bytes()
@@ -185,3 +185,40 @@ def test_error_answer_of_an_unknown_shape_is_still_openai_shaped() -> None:
         status, _, tr = answer(provider).begin(502, "text/html", NOW)
         err = json.loads(tr.feed(b"<html>bad gateway</html>", True))["error"]
         assert status == 502 and err["type"] == "server_error" and "502" in err["message"]
+
+
+@pytest.mark.parametrize("name", ["stream-text", "stream-tool-use"])
+def test_anthropic_compact_wire_format_gives_the_same_chunks(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anthropic sends compact JSON (the text-token fast path reads it by its bytes); the docs show it spaced
+    (read through the JSON index): the same OpenAI chunks either way."""
+    compact = (GOLDEN / f"anthropic/{name}-compact.sse").read_bytes()
+    texts = compact.count(b',"delta":{"type":"text_delta","text":"')
+    assert texts >= 1
+    read = []
+    event = anthropic.Stream.event
+    monkeypatch.setattr(anthropic.Stream, "event", lambda self, ev: (read.append(1), event(self, ev)))
+    assert run_stream("anthropic", compact, []) == (GOLDEN / f"anthropic/{name}.openai.sse").read_bytes()
+    assert len(read) == compact.count(b"data: ") - texts  # text tokens never took the JSON index
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("plain", "plain"), ('He said "hi"', 'He said "hi"'), ("back\\slash\\", "back\\slash\\"),
+    ("é ✓ \u2028 \x01", "é ✓ \u2028 \x01"), ('"\\"', '"\\"')])
+def test_anthropic_text_token_fast_path_keeps_any_text(text: str, expected: str) -> None:
+    for ascii_only in (True, False):
+        delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
+        raw = b"data: " + json.dumps(delta, separators=(",", ":"), ensure_ascii=ascii_only).encode() + b"\n\n"
+        _, _, tr = answer("anthropic", stream=True).begin(200, "text/event-stream", NOW)
+        (chunk,) = [e for e in tr.feed(raw, False).split(b"\n\n") if e]
+        assert json.loads(chunk[6:])["choices"][0]["delta"] == {"content": expected}
+
+
+@pytest.mark.parametrize(("raw", "whole"), [
+    (b'"a"', True), (b'"a\\\\"', True), (b'"a\\""', True), (b'"a\\"', False), (b'"a","b"', False),
+    (b'"a\\\\\\"b"', True), (b'"', False), (b'a"', False), (b'"a\\\\"b"', False)])
+def test_json_string(raw: bytes, whole: bool) -> None:
+    from ai_gateway.providers.common import json_string
+
+    assert json_string(raw) is whole
+    if whole:
+        assert isinstance(json.loads(raw), str)

@@ -23,7 +23,8 @@ What each checks and answers, as the real API does (warts included):
 
 Faults (``fault(...)`` or ``POST /mock/fault``): ``status`` (answer this error, for ``count`` requests or all),
 ``cut_after`` (stream this many events, then close the connection without ending the body), ``stream_error``
-(Anthropic: an ``error`` event after the first delta), ``token_delay_ms`` (between streamed events).
+(Anthropic: an ``error`` event after the first delta), ``token_delay_ms`` (between streamed events), ``tokens``
+(words per answer, 12 by default).
 """
 
 from __future__ import annotations

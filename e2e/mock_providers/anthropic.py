@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from .server import Fault, ProviderMock, Reply, Request, input_tokens, words
+from .server import Fault, ProviderMock, Reply, Request, answer_tokens, input_tokens, words
 
 FIELDS = {"model", "max_tokens", "messages", "system", "metadata", "stop_sequences", "stream", "temperature",
           "top_k", "top_p", "tools", "tool_choice", "thinking", "service_tier", "container", "mcp_servers"}
@@ -90,7 +90,7 @@ def handle(mock: ProviderMock, req: Request, fault: Fault | None) -> Reply:
     if mock.models and body["model"] not in mock.models:
         return _error(404, f"model: {body['model']}")
     call = _tool_call(body)
-    text = words(_last_text(body["messages"]), min(12, body["max_tokens"]))
+    text = words(_last_text(body["messages"]), answer_tokens(fault, body["max_tokens"]))
     stop = "tool_use" if call else "max_tokens" if len(text) >= body["max_tokens"] else "end_turn"
     usage = {"input_tokens": input_tokens(req.raw), "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
     mid = "msg_" + uuid.uuid4().hex[:24]
@@ -105,7 +105,7 @@ def handle(mock: ProviderMock, req: Request, fault: Fault | None) -> Reply:
     ev = []
 
     def emit(name: str, data: dict[str, Any]) -> None:
-        ev.append(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
+        ev.append(f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode())  # compact, as sent
 
     emit("message_start", {"type": "message_start", "message": {
         "id": mid, "type": "message", "role": "assistant", "model": body["model"], "content": [],

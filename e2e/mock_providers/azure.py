@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any
 
-from .server import Fault, ProviderMock, Reply, Request, input_tokens, words
+from .server import Fault, ProviderMock, Reply, Request, answer_tokens, input_tokens, words
 
 _PATH = re.compile(r"^/openai/deployments/([A-Za-z0-9._-]+)/(chat/completions|completions|embeddings)$")
 FILTERS = {k: {"filtered": False, "severity": "safe"} for k in ("hate", "self_harm", "sexual", "violence")}
@@ -44,7 +44,7 @@ def handle(mock: ProviderMock, req: Request, fault: Fault | None) -> Reply:
     if m[2] != "chat/completions" or not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         return _error(400, "BadRequest", "'messages' is a required property")
     last = body["messages"][-1].get("content")
-    text = words(last if isinstance(last, str) else "parts")
+    text = words(last if isinstance(last, str) else "parts", answer_tokens(fault, body.get("max_tokens") or 4096))
     cid, created = "chatcmpl-" + uuid.uuid4().hex[:24], int(time.time())
     usage = {"prompt_tokens": input_tokens(req.raw), "completion_tokens": len(text),
              "total_tokens": input_tokens(req.raw) + len(text)}

@@ -7,7 +7,7 @@ import re
 import uuid
 from typing import Any
 
-from .server import Fault, ProviderMock, Reply, Request, input_tokens, words
+from .server import Fault, ProviderMock, Reply, Request, answer_tokens, input_tokens, words
 
 FIELDS = {"contents", "systemInstruction", "generationConfig", "tools", "toolConfig", "safetySettings",
           "cachedContent", "labels"}
@@ -74,7 +74,7 @@ def handle(mock: ProviderMock, req: Request, fault: Fault | None) -> Reply:
         schema = tools[0].get("parametersJsonSchema") or tools[0].get("parameters") or {}
         call = {"name": tools[0]["name"], "args": {k: "Paris" for k in schema.get("required", [])}}
     limit = (body.get("generationConfig") or {}).get("maxOutputTokens") or 8192
-    text = words(said, min(12, limit))
+    text = words(said, answer_tokens(fault, limit))
     prompt = input_tokens(req.raw)
     rid = uuid.uuid4().hex[:22]
     version = model

@@ -44,16 +44,21 @@ class Reply:
 
 class Fault:
     def __init__(self, status: int = 0, count: int | None = None, cut_after: int | None = None,
-                 stream_error: bool = False, token_delay_ms: int = 0, retry_after: str = "") -> None:
+                 stream_error: bool = False, token_delay_ms: int = 0, retry_after: str = "", tokens: int = 0) -> None:
         self.status, self.count, self.cut_after, self.stream_error = status, count, cut_after, stream_error
-        self.token_delay_ms, self.retry_after = token_delay_ms, retry_after
+        self.token_delay_ms, self.retry_after, self.tokens = token_delay_ms, retry_after, tokens
+
+
+def answer_tokens(fault: Fault | None, limit: int) -> int:
+    """How many word tokens an answer has: 12, or the fault's ``tokens``; at most ``limit``."""
+    return min(fault.tokens if fault is not None and fault.tokens else 12, limit)
 
 
 def words(req_text: str, n: int = 12) -> list[str]:
-    """The answer every mock gives: a fixed sentence naming what was asked, as word tokens."""
+    """The answer every mock gives: a fixed sentence naming what was asked (repeated), as ``n`` word tokens."""
     said = " ".join(req_text.split()[:4])
-    out = f"Hello! You said: {said}. This answer comes from a mock of a hosted model API.".split(" ")
-    return [w if i == 0 else " " + w for i, w in enumerate(out[:n])]
+    base = f"Hello! You said: {said}. This answer comes from a mock of a hosted model API.".split(" ")
+    return [base[i % len(base)] if i == 0 else " " + base[i % len(base)] for i in range(n)]
 
 
 def input_tokens(raw: bytes) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from proxywasm.jsonscan import JsonObject
+
 from ..errors import GatewayError, error_body
 
 TYPE_CHECKING = False
@@ -230,14 +232,29 @@ def event(doc: Any) -> bytes:
     return b"data: " + encode(doc) + b"\n\n"
 
 
+_MARK = b'"\\u0000":0'  # ({"\x00": 0} encoded) where a delta's members go in a chunk made once per answer (Chunks.member)
+
+
 class Chunks:
     """Builds one answer's OpenAI stream chunks (``chat.completion.chunk``), as SSE events."""
 
-    __slots__ = ("created", "id", "model", "out", "usage_wanted")
+    __slots__ = ("created", "head", "id", "model", "out", "tail", "usage_wanted")
 
     def __init__(self, created: int, usage_wanted: bool) -> None:
         self.id, self.model, self.created, self.usage_wanted = "", "", created, usage_wanted
         self.out: list[bytes] = []
+        self.head = self.tail = b""
+
+    def member(self, raw: bytes) -> None:
+        """A delta of choice 0 holding ``raw`` (``"content":"..."``: JSON as the provider sent it, not decoded):
+        the hot path of a stream, a copy into a chunk encoded once per answer."""
+        if not self.head:
+            whole = event({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                           "model": self.model, "choices": [{"index": 0, "delta": {"\x00": 0}, "logprobs": None,
+                                                             "finish_reason": None}]})
+            i = whole.rindex(_MARK)
+            self.head, self.tail = whole[:i], whole[i + len(_MARK) :]
+        self.out.append(self.head + raw + self.tail)
 
     def delta(self, delta: dict[str, Any], finish: str | None = None, index: int = 0) -> None:
         self.out.append(event({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
@@ -260,14 +277,15 @@ class Chunks:
 
 
 class EventSplitter:
-    """A provider's SSE stream in arbitrary splits -> its complete events as (event type, data bytes)."""
+    """A provider's SSE stream in arbitrary splits -> the data of its complete events (the ``event:`` line is not
+    needed: both providers' data say what they are)."""
 
     __slots__ = ("buf",)
 
     def __init__(self) -> None:
         self.buf = b""
 
-    def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
+    def feed(self, chunk: bytes) -> list[bytes]:
         buf = self.buf + chunk if self.buf else chunk
         if b"\r" in buf:
             if buf.endswith(b"\r"):  # maybe the first half of a CRLF: wait for the next byte
@@ -283,15 +301,31 @@ class EventSplitter:
         self.buf = buf[end + 2 :]
         out = []
         for raw in buf[:end].split(b"\n\n"):
-            name, data = "", []
-            for line in raw.split(b"\n"):
-                if line.startswith(b"data:"):
-                    data.append(line[6:] if line[5:6] == b" " else line[5:])
-                elif line.startswith(b"event:"):
-                    name = line[6:].strip().decode("utf-8", "replace")
-            if data or name:
-                out.append((name, b"\n".join(data)))
+            i = raw.find(b"data:")
+            if i < 0:
+                continue
+            j = raw.find(b"\n", i)
+            if (i == 0 or raw[i - 1] == 10) and (j < 0 or raw.find(b"data:", j) < 0):  # one data line: the usual
+                d = raw[i + 5 :] if j < 0 else raw[i + 5 : j]
+                out.append(d[1:] if d[:1] == b" " else d)
+                continue
+            lines = [ln[6:] if ln[5:6] == b" " else ln[5:] for ln in raw.split(b"\n") if ln.startswith(b"data:")]
+            if lines:
+                out.append(b"\n".join(lines))
         return out
+
+
+def json_string(raw: bytes) -> bool:
+    """Whether ``raw`` (from a JSON document) is one whole JSON string: quoted, no unescaped quote inside."""
+    if len(raw) < 2 or raw[0] != 34 or raw[-1] != 34:
+        return False
+    inner = raw[1:-1]
+    if 92 in inner:  # backslashes: drop escaped backslashes, then escaped quotes
+        inner = inner.replace(b"\\\\", b"")
+        if inner.endswith(b"\\"):
+            return False  # the closing quote was escaped
+        inner = inner.replace(b'\\"', b"")
+    return 34 not in inner
 
 
 def count(v: Any) -> int:
@@ -319,17 +353,25 @@ class StreamTranslator:
             self.chunks.error("the provider's event is too long", "server_error", "bad_upstream_answer")
             self.done = True
             return self.chunks.take()
-        for _, data in events:
-            doc = json_of(data)
-            if isinstance(doc, dict):
-                self.event(doc)
+        for data in events:
+            if not self.fast(data):
+                try:  # indexed natively; members are decoded only when read
+                    doc = JsonObject.parse(data)
+                except ValueError:
+                    doc = None
+                if doc is not None:
+                    self.event(doc)
             if self.done:
                 return self.chunks.take()
         if end:
             self.end()
         return self.chunks.take()
 
-    def event(self, doc: dict[str, Any]) -> None:
+    def fast(self, data: bytes) -> bool:
+        """Translate the most common event by its bytes alone; False: not that one (``event`` reads it)."""
+        return False
+
+    def event(self, doc: JsonObject) -> None:
         raise NotImplementedError
 
     def end(self) -> None:

@@ -39,6 +39,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from proxywasm.jsonscan import JsonObject
+
     from .config import Provider
 
 NAME = "gemini"
@@ -221,7 +223,8 @@ class Stream(StreamTranslator):
             self.chunks.out.append(DONE)
             self.done = True
 
-    def event(self, doc: dict[str, Any]) -> None:
+    def event(self, ev: JsonObject) -> None:
+        doc = ev.full()
         c = self.chunks
         err = doc.get("error")
         if isinstance(err, dict):
@@ -248,7 +251,11 @@ class Stream(StreamTranslator):
                     self.calls[i] = k + 1
                     c.delta({"tool_calls": [{"index": k, **_call(part["functionCall"], k)}]}, index=i)
                 elif isinstance(part.get("text"), str) and part["text"]:
-                    c.delta({"reasoning_content" if part.get("thought") else "content": part["text"]}, index=i)
+                    key = "reasoning_content" if part.get("thought") else "content"
+                    if i == 0:  # the hot path: one encode of the text into a chunk made once per answer
+                        c.member(b'"%s":%s' % (key.encode(), encode(part["text"])))
+                    else:
+                        c.delta({key: part["text"]}, index=i)
             if cand.get("finishReason"):
                 self.finished[i] = True
                 c.delta({}, _finish(cand["finishReason"], bool(self.calls.get(i))), index=i)

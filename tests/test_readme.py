@@ -35,8 +35,10 @@ def test_readme_example_routes_every_model(name: str, make_host) -> None:
         routed = cfg.models[s.request_header("x-ai-model")]
         assert s.request_header("x-ai-upstream") == routed.cluster
         sent = json.loads(s.request_body)
-        if routed.provider is None or routed.provider.kind != "gemini":  # Gemini's model id is in the path
-            assert sent["model"] == (routed.provider.model if routed.provider else routed.upstream_model)
+        if routed.provider is None or routed.provider.kind == "azure-openai":  # Azure: the deployment's in the path
+            assert sent["model"] == routed.upstream_model
+        elif routed.provider.kind == "anthropic":
+            assert sent["model"] == routed.provider.model
         else:
             assert f"/models/{routed.upstream_model}:" in s.request_header(":path") and "contents" in sent
 

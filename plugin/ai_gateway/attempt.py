@@ -18,7 +18,7 @@ from __future__ import annotations
 from .config import Config, Model
 from .keys import KeyPool
 from .providers import PROVIDER_HEADERS, Answer, translate
-from .request import as_dict, with_model
+from .request import with_model
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -117,10 +117,11 @@ def address(cfg: Config, doc: Any, model: Model, now_ms: int, rng: random.Random
     if authority and model.authority:
         headers.append((":authority", model.authority))
     if model.provider is not None:
-        t = translate(model.provider, as_dict(doc), path)
+        t = translate(model.provider, doc, path)
         headers.append((":path", t.path))
         headers += t.headers
-        return Attempt(model, headers, drop - {k for k, _ in headers}, t.body, key, t.answer)
+        body = t.body if t.body is not None else with_model(doc, model.upstream_model) if rewrite else None
+        return Attempt(model, headers, drop - {k for k, _ in headers}, body, key, t.answer)
     if source is not None and source.provider is not None:  # back to the client's path, without its headers
         headers.append((":path", path))
     return Attempt(model, headers, drop, with_model(doc, model.upstream_model) if rewrite else None, key)

@@ -21,6 +21,7 @@ and metrics see OpenAI's shapes).
 
 from __future__ import annotations
 
+from ..request import as_dict
 from . import anthropic, azure, gemini
 from .common import Whole, include_usage, kind_of
 from .config import Provider
@@ -29,7 +30,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-# provider -> (its module, whether its answers are translated back)
+# provider -> (its module, whether bodies are translated: requests there, answers back)
 PAIRS: dict[str, tuple[Any, bool]] = {"azure-openai": (azure, False), "anthropic": (anthropic, True),
                                       "gemini": (gemini, True)}
 # Every header a provider's request carries besides its key: an attempt on another model goes without them.
@@ -56,25 +57,27 @@ class Answer:
 
 
 class Translation:
-    """A request for a provider: its ``:path``, the headers to set, the body; ``answer`` None: answers as they are."""
+    """A request for a provider: its ``:path``, the headers to set, the body (None: the client's, as OpenAI's
+    protocol has it); ``answer`` None: answers as they are."""
 
     __slots__ = ("answer", "body", "headers", "path")
 
-    def __init__(self, path: str, headers: list[tuple[str, str]], body: bytes, answer: Answer | None) -> None:
+    def __init__(self, path: str, headers: list[tuple[str, str]], body: bytes | None, answer: Answer | None) -> None:
         self.path, self.headers, self.body, self.answer = path, headers, body, answer
 
 
-def translate(p: Provider, doc: dict[str, Any], client_path: str) -> Translation:
-    """The request ``doc`` (sent by the client to ``client_path``) as ``p``'s protocol has it; a GatewayError (400,
-    naming the field) for what it cannot carry."""
-    module, answers = PAIRS[p.kind]
+def translate(p: Provider, doc: Any, client_path: str) -> Translation:
+    """The request ``doc`` (a dict or a lazy RequestDoc, sent by the client to ``client_path``) as ``p``'s protocol
+    has it; a GatewayError (400, naming the field) for what it cannot carry."""
+    module, translated = PAIRS[p.kind]
     stream = doc.get("stream") is True
     path = module.path(p, kind_of(client_path), stream)
-    body = module.request(doc, p)
     headers = module.headers(p)
-    if answers:
-        headers.append(IDENTITY)
-    return Translation(path, headers, body, Answer(module, stream, include_usage(doc)) if answers else None)
+    if not translated:
+        return Translation(path, headers, None, None)
+    full = as_dict(doc)
+    headers.append(IDENTITY)
+    return Translation(path, headers, module.request(full, p), Answer(module, stream, include_usage(full)))
 
 
 __all__ = ["PAIRS", "PROVIDER_HEADERS", "Answer", "Provider", "Translation", "translate"]

@@ -1,20 +1,19 @@
 """OpenAI -> Azure OpenAI: the same bodies and answers, another address.
 
 Azure serves a model as a *deployment*: ``/openai/deployments/{deployment}/chat/completions?api-version=...``
-(also ``/completions`` and ``/embeddings``), with the key in ``api-key``. Its answers and errors are OpenAI's
-shapes (with Azure's extra members, e.g. ``prompt_filter_results``, which OpenAI clients ignore), so nothing is
-translated back.
+(also ``/completions`` and ``/embeddings``), with the key in ``api-key``. The body goes as it is (Azure serves
+the deployment the path names, whatever ``model`` says: no decoding, no re-encoding). Its answers and errors are
+OpenAI's shapes (with Azure's extra members, e.g. ``prompt_filter_results``, which OpenAI clients ignore), so
+nothing is translated back.
 """
 
 from __future__ import annotations
 
 from ..errors import GatewayError
-from .common import CHAT, COMPLETIONS, EMBEDDINGS, encode
+from .common import CHAT, COMPLETIONS, EMBEDDINGS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
-
     from .config import Provider
 
 NAME = "azure-openai"
@@ -31,8 +30,3 @@ def path(p: Provider, kind: str, stream: bool) -> str:
 
 def headers(p: Provider) -> list[tuple[str, str]]:
     return []
-
-
-def request(doc: dict[str, Any], p: Provider) -> bytes:
-    """The body as it is, ``model`` naming the deployment (Azure ignores it; logs show it)."""
-    return encode({**doc, "model": p.model})

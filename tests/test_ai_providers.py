@@ -255,3 +255,40 @@ def test_key_pool_uses_the_providers_header(provider: str, header: str) -> None:
     cfg = parse({"models": [{"name": "m", "cluster": "c", "provider": provider, "api_keys": {"keys": ["k"]}}]})
     pool = cfg.models["m"].keys
     assert pool.header == header and pool.prefix == ("Bearer " if header == "authorization" else "")
+
+
+def test_callout_fallback_from_anthropic_to_vllm_keeps_the_gateways_usage_to_itself(gw) -> None:
+    s = chat(gw, chat_body("claude", stream=True))  # the client asked for no usage; the gateway did
+    assert s.send_response_headers({":status": "529", "content-type": "application/json"}) == Action.PAUSE
+    (call,) = gw.callouts
+    sent = json.loads(call.body)
+    assert call.cluster == "vllm" and sent["stream_options"] == {"include_usage": True}
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "qwen"}
+    raw = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in (
+        {**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]},
+        {**chunk, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})) + \
+        b"data: [DONE]\n\n"
+    gw.respond_callout(call.token, 200, {"content-type": "text/event-stream"}, raw)
+    body = s.local_response.body
+    assert b'"usage"' not in body and body.endswith(b"data: [DONE]\n\n")
+    s.complete()
+    log = log_of(s)
+    assert (log["served_model"], log["input_tokens"], log["output_tokens"]) == ("qwen", 5, 1)
+
+
+def test_stream_usage_counted_without_a_usage_chunk_for_the_client(gw) -> None:
+    s = chat(gw, chat_body("claude", stream=True))
+    s.send_response_headers({":status": "200", "content-type": "text/event-stream"})
+    raw = (GOLDEN / "anthropic/stream-text-compact.sse").read_bytes()
+    events = [e + b"\n\n" for e in raw.split(b"\n\n") if e]
+    for i, e in enumerate(events):  # one event per chunk, as Anthropic streams
+        s.send_response_body(e, end_of_stream=i == len(events) - 1)
+    s.complete()
+    assert b'"usage"' not in s.response_body and s.response_body.endswith(b"data: [DONE]\n\n")
+    assert s.response_body == (GOLDEN / "anthropic/stream-text.openai.sse").read_bytes().replace(
+        b'data: {"id":"msg_1nZdL29xx5MUA1yADyHTEsnR8uuvGzszyY","object":"chat.completion.chunk","created":1700000000,'
+        b'"model":"claude-sonnet-4-5","choices":[],"usage":{"prompt_tokens":25,"completion_tokens":15,'
+        b'"total_tokens":40,"prompt_tokens_details":{"cached_tokens":0}}}\n\n', b"").replace(
+        b'"created":1700000000', b'"created":%d' % json.loads(s.response_body[6:s.response_body.index(b"\n")])["created"])
+    log = log_of(s)
+    assert (log["input_tokens"], log["output_tokens"], log["usage_source"], log["complete"]) == (25, 15, "server", True)

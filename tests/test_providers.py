@@ -11,6 +11,7 @@ import pytest
 
 from ai_gateway.errors import GatewayError
 from ai_gateway.providers import PAIRS, Answer, Provider, anthropic, translate
+from ai_gateway.providers.common import StreamTranslator
 
 from .conftest import REPO
 
@@ -199,6 +200,14 @@ def test_anthropic_compact_wire_format_gives_the_same_chunks(name: str, monkeypa
     monkeypatch.setattr(anthropic.Stream, "event", lambda self, ev: (read.append(1), event(self, ev)))
     assert run_stream("anthropic", compact, []) == (GOLDEN / f"anthropic/{name}.openai.sse").read_bytes()
     assert len(read) == compact.count(b"data: ") - texts  # text tokens never took the JSON index
+    # one event per chunk, as servers stream: a text token's chunk is matched whole, never split into events
+    events = [e + b"\n\n" for e in compact.split(b"\n\n") if e]
+    cuts = [sum(map(len, events[:i])) for i in range(1, len(events))]
+    split = []
+    feed = StreamTranslator.feed
+    monkeypatch.setattr(StreamTranslator, "feed", lambda self, chunk, end: (split.append(1), feed(self, chunk, end))[1])
+    assert run_stream("anthropic", compact, cuts) == (GOLDEN / f"anthropic/{name}.openai.sse").read_bytes()
+    assert len(split) == len(events) - texts
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -40,7 +40,8 @@ class AnswerReader:
     def start_answer(self: Any, content_type: str | None, tap: bool = True) -> None:
         """An answer begins (its response headers): SSE or JSON, tapped unless ``tap`` is False."""
         if "text/event-stream" in (content_type or ""):
-            self.sse = SseScanner(self.drop_usage)
+            # a translated stream holds no usage chunk the client did not ask for: nothing to drop
+            self.sse = SseScanner(self.drop_usage and self.translator is None)
             if tap:  # output is counted (TTFT, estimates) in C, however the chunks go on
                 self.count_response_strings(OUTPUT_KEYS)
                 self.counting = True
@@ -109,6 +110,7 @@ class AnswerReader:
 
     def whole_answer(self, content_type: str | None, body: bytes) -> bytes:
         """An answer that came whole (a callout); returns the body the client gets."""
+        self.translator = None  # translated already, if it had to be (Fallback): not the primary's translator
         self.start_answer(content_type, tap=False)
         if self.sse is not None:
             self.out_strings, self.out_bytes = body_output(body)
@@ -121,6 +123,9 @@ class AnswerReader:
     def answer_usage(self: Any) -> tuple[Usage | None, bool]:
         """(usage, estimated): the server's, else estimated for a served answer whose server said nothing."""
         usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
+        chunks = getattr(self.translator, "chunks", None)  # a translated stream: its provider's usage, as reported
+        if usage is None and chunks is not None and chunks.final is not None:
+            usage = Usage.from_obj(chunks.final)
         estimated = usage is None and 200 <= self.status < 300
         if estimated:
             out = (self.out_strings, self.out_bytes) if self.sse is not None else (

@@ -279,7 +279,9 @@ class GatewayStream(AnswerReader, HttpContext):
         return Action.CONTINUE
 
     def _translated(self, answer: Answer, ctype: str | None) -> str:
-        status, ctype, self.translator = answer.begin(self.status, ctype, hc.now_ns() // 1_000_000_000)
+        # the translator reports usage to the gateway itself: no usage chunk the client did not ask for
+        status, ctype, self.translator = answer.begin(self.status, ctype, hc.now_ns() // 1_000_000_000,
+                                                      not self.drop_usage)
         h = self.response_headers
         if status != self.status:
             self.status = status

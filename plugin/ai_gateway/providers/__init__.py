@@ -46,13 +46,16 @@ class Answer:
     def __init__(self, module: Any, stream: bool, usage_wanted: bool) -> None:
         self.module, self.stream, self.usage_wanted = module, stream, usage_wanted
 
-    def begin(self, status: int, content_type: str | None, now_s: int) -> tuple[int, str, Any]:
-        """(status for the client, its content type, the translator: ``feed(chunk, end) -> bytes``)."""
+    def begin(self, status: int, content_type: str | None, now_s: int,
+              usage_chunk: bool = True) -> tuple[int, str, Any]:
+        """(status for the client, its content type, the translator: ``feed(chunk, end) -> bytes``). A stream's
+        translator keeps its usage (``chunks.final``); ``usage_chunk`` False: no usage chunk even when the request
+        asks for one (the gateway asked, not the client)."""
         m = self.module
         if not 200 <= status < 300:
             return m.STATUS.get(status, status), "application/json", Whole(lambda body: m.failure(status, body))
         if "text/event-stream" in (content_type or ""):
-            return status, "text/event-stream", m.Stream(now_s, self.usage_wanted)
+            return status, "text/event-stream", m.Stream(now_s, self.usage_wanted and usage_chunk)
         return status, "application/json", Whole(lambda body: m.answer(body, now_s))
 
 

@@ -238,12 +238,13 @@ _MARK = b'"\\u0000":0'  # ({"\x00": 0} encoded) where a delta's members go in a 
 class Chunks:
     """Builds one answer's OpenAI stream chunks (``chat.completion.chunk``), as SSE events."""
 
-    __slots__ = ("created", "head", "id", "model", "out", "tail", "usage_wanted")
+    __slots__ = ("created", "final", "head", "id", "model", "out", "tail", "usage_wanted")
 
     def __init__(self, created: int, usage_wanted: bool) -> None:
         self.id, self.model, self.created, self.usage_wanted = "", "", created, usage_wanted
         self.out: list[bytes] = []
         self.head = self.tail = b""
+        self.final: dict[str, Any] | None = None  # the answer's usage, once the provider reported it whole
 
     def member(self, raw: bytes) -> None:
         """A delta of choice 0 holding ``raw`` (``"content":"..."``: JSON as the provider sent it, not decoded):
@@ -262,6 +263,7 @@ class Chunks:
                                                                  "finish_reason": finish}]}))
 
     def usage(self, use: dict[str, Any]) -> None:
+        self.final = use
         if self.usage_wanted:
             self.out.append(event({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
                                    "model": self.model, "choices": [], "usage": use}))

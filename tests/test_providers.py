@@ -231,3 +231,18 @@ def test_json_string(raw: bytes, whole: bool) -> None:
     assert json_string(raw) is whole
     if whole:
         assert isinstance(json.loads(raw), str)
+
+
+def test_gemini_token_chunks_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemini streams one response per chunk: after the first, a text-only one is matched whole in C; the chunks are
+    those the JSON path makes of the same stream, and the usage is the last one reported."""
+    raw = (GOLDEN / "gemini/stream-tokens.sse").read_bytes()
+    events = [e + b"\r\n\r\n" for e in raw.split(b"\r\n\r\n") if e]
+    cuts = [sum(map(len, events[:i])) for i in range(1, len(events))]
+    slow = []
+    feed = StreamTranslator.feed
+    monkeypatch.setattr(StreamTranslator, "feed", lambda self, chunk, end: (slow.append(1), feed(self, chunk, end))[1])
+    out = run_stream("gemini", raw, cuts)
+    assert out == (GOLDEN / "gemini/stream-tokens.openai.sse").read_bytes()
+    assert len(slow) == 2  # the first (role, id) and the last (finishReason) only
+    assert out.endswith(b"data: [DONE]\n\n") and b'"completion_tokens":10,' in out

@@ -12,6 +12,8 @@ OpenAI stream gets its usage chunk and ``[DONE]`` when the upstream body ends af
 
 from __future__ import annotations
 
+import re
+
 from ..errors import GatewayError
 from .common import (
     DONE,
@@ -49,6 +51,11 @@ STATUS: dict[int, int] = {}
 FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "RECITATION": "content_filter",
           "BLOCKLIST": "content_filter", "PROHIBITED_CONTENT": "content_filter", "SPII": "content_filter",
           "IMAGE_SAFETY": "content_filter"}
+# one text part of candidate 0 and the usage so far, as Gemini streams a token or a few (", " or ","; ": " or ":")
+_TEXT_CHUNK = re.compile(
+    rb'data: ?\{"candidates": ?\[\{"content": ?\{"parts": ?\[\{"text": ?("(?:[^"\\\x00-\x1f]|\\.)*")\}\], ?'
+    rb'"role": ?"model"\}, ?"index": ?0\}\], ?"usageMetadata": ?(\{(?:[^{}]|\{[^{}]*\})*\})'
+    rb'(?:, ?"modelVersion": ?"[^"\\]*")?(?:, ?"responseId": ?"[^"\\]*")?\}\r?\n\r?\n')
 _CONFIG = (("temperature", "temperature"), ("top_p", "topP"), ("n", "candidateCount"), ("seed", "seed"),
            ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"))
 
@@ -208,18 +215,31 @@ def failure(status: int, body: bytes) -> bytes:
 class Stream(StreamTranslator):
     """Gemini's ``alt=sse`` stream (one GenerateContentResponse per event) -> OpenAI chunks."""
 
-    __slots__ = ("calls", "finished", "use")
+    __slots__ = ("calls", "finished", "use", "use_raw")
 
     def __init__(self, created: int, usage_wanted: bool) -> None:
         super().__init__(created, usage_wanted)
         self.calls: dict[int, int] = {}  # candidate index -> tool calls so far
         self.finished: dict[int, bool] = {}  # candidate index -> its finishReason came
         self.use: dict[str, Any] | None = None
+        self.use_raw = b""  # the last usageMetadata a text chunk carried, not decoded (newer than ``use``)
+
+    def feed(self, chunk: bytes, end: bool) -> bytes:
+        # A chunk that is one text response of the one candidate, after its first: matched whole in C, its text
+        # copied into a chunk of ours; its usage kept undecoded (the last one is read when the stream ends)
+        c = self.chunks
+        if c.head and not end and not self.events.buf and len(self.finished) == 1 and not self.finished.get(0, True):
+            m = _TEXT_CHUNK.fullmatch(chunk)
+            if m is not None and m[1] != b'""':
+                self.use_raw = m[2]
+                return c.head + b'"content":' + m[1] + c.tail
+        return super().feed(chunk, end)
 
     def end(self) -> None:
         if self.finished and all(self.finished.values()):  # every candidate finished: a whole answer
-            if self.use is not None:
-                self.chunks.usage(self.use)
+            use = _usage(json_of(self.use_raw)) if self.use_raw else self.use
+            if use is not None:
+                self.chunks.usage(use)
             self.chunks.out.append(DONE)
             self.done = True
 
@@ -233,7 +253,7 @@ class Stream(StreamTranslator):
             return
         c.id, c.model = str(doc.get("responseId", c.id)), str(doc.get("modelVersion", c.model))
         if doc.get("usageMetadata") is not None:
-            self.use = _usage(doc["usageMetadata"])
+            self.use, self.use_raw = _usage(doc["usageMetadata"]), b""
         cands = doc.get("candidates")
         if not cands and (doc.get("promptFeedback") or {}).get("blockReason"):
             c.delta({"role": "assistant", "content": ""})

@@ -53,7 +53,7 @@ STATUS = {529: 503}  # overloaded: a 5xx OpenAI clients know (and retry)
 _TEXT_DELTA = b'{"type":"content_block_delta","index":'
 # a whole chunk that is one text token, as Anthropic sends it (compact JSON); group 1: the text, one JSON string
 _TOKEN = re.compile(rb'(?:event: ?content_block_delta\r?\n)?data: ?\{"type":"content_block_delta","index":\d+,'
-                    rb'"delta":\{"type":"text_delta","text":("(?:[^"\\\x00-\x1f]|\\.)*")\}\}\r?\n\r?\n')
+                    rb'"delta":\{"type":"text_delta","text":("(?:[^"\\\x00-\x1f]++|\\.)*+")\}\}\r?\n\r?\n')
 _TEXT = b',"delta":{"type":"text_delta","text":'
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
           "pause_turn": "stop", "refusal": "content_filter", "model_context_window_exceeded": "length"}

@@ -53,8 +53,8 @@ FINISH = {"STOP": "stop", "MAX_TOKENS": "length", "SAFETY": "content_filter", "R
           "IMAGE_SAFETY": "content_filter"}
 # one text part of candidate 0 and the usage so far, as Gemini streams a token or a few (", " or ","; ": " or ":")
 _TEXT_CHUNK = re.compile(
-    rb'data: ?\{"candidates": ?\[\{"content": ?\{"parts": ?\[\{"text": ?("(?:[^"\\\x00-\x1f]|\\.)*")\}\], ?'
-    rb'"role": ?"model"\}, ?"index": ?0\}\], ?"usageMetadata": ?(\{(?:[^{}]|\{[^{}]*\})*\})'
+    rb'data: ?\{"candidates": ?\[\{"content": ?\{"parts": ?\[\{"text": ?("(?:[^"\\\x00-\x1f]++|\\.)*+")\}\], ?'
+    rb'"role": ?"model"\}, ?"index": ?0\}\], ?"usageMetadata": ?(\{(?:[^{}]++|\{[^{}]*+\})*+\})'
     rb'(?:, ?"modelVersion": ?"[^"\\]*")?(?:, ?"responseId": ?"[^"\\]*")?\}\r?\n\r?\n')
 _CONFIG = (("temperature", "temperature"), ("top_p", "topP"), ("n", "candidateCount"), ("seed", "seed"),
            ("presence_penalty", "presencePenalty"), ("frequency_penalty", "frequencyPenalty"))

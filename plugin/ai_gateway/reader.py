@@ -123,9 +123,10 @@ class AnswerReader:
     def answer_usage(self: Any) -> tuple[Usage | None, bool]:
         """(usage, estimated): the server's, else estimated for a served answer whose server said nothing."""
         usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
-        chunks = getattr(self.translator, "chunks", None)  # a translated stream: its provider's usage, as reported
-        if usage is None and chunks is not None and chunks.final is not None:
-            usage = Usage.from_obj(chunks.final)
+        if usage is None and self.translator is not None:  # a translated stream: its provider's usage, as reported
+            final = self.translator.final_usage
+            if final is not None:
+                usage = Usage.from_obj(final)
         estimated = usage is None and 200 <= self.status < 300
         if estimated:
             out = (self.out_strings, self.out_bytes) if self.sse is not None else (

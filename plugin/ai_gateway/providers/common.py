@@ -373,6 +373,11 @@ class StreamTranslator:
         """Translate the most common event by its bytes alone; False: not that one (``event`` reads it)."""
         return False
 
+    @property
+    def final_usage(self) -> dict[str, Any] | None:
+        """The answer's usage (OpenAI's shape) once the provider reported it whole."""
+        return self.chunks.final
+
     def event(self, doc: JsonObject) -> None:
         raise NotImplementedError
 
@@ -391,7 +396,7 @@ class Whole:
     """An answer translated once it is whole (a JSON answer, an error): ``convert(body) -> body``."""
 
     __slots__ = ("convert", "parts")
-    emitted = False  # never streams output (TTFT is the tap's)
+    final_usage = None  # read from the translated answer, as from any JSON answer
 
     def __init__(self, convert: Callable[[bytes], bytes]) -> None:
         self.convert, self.parts = convert, []

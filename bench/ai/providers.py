@@ -7,8 +7,8 @@
    servers send them), JSON and streamed with 20 and 200 tokens; per streamed token = the difference / 180.
 2. Envoy CPU per request in a real Envoy (wasm-config/envoy/ai-gateway-providers.yaml, 2 workers): mock vLLM
    (pass-through) and the provider mocks on loopback, requests one after another on a keep-alive connection,
-   JSON and streamed with 10 and 60 tokens (per token: the difference / 50); the median of --rounds interleaved
-   rounds of --requests requests.
+   JSON and streamed with 10 and 60 tokens 1 ms apart (per token: the difference / 50); the median of --rounds
+   interleaved rounds of --requests requests.
 3. Time to the first content chunk of a stream through a fallback vLLM -> Anthropic (qwen2-1-5b answers 503;
    Envoy retry through the attempt filter, and HTTP callout) against asking Anthropic directly; the Anthropic
    mock sends one token every 20 ms; the median of --runs interleaved requests.
@@ -33,7 +33,6 @@ for _p in (REPO, REPO / "plugin", REPO / "build"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from bench.ai.cache import cpu_s  # noqa: E402
 from bench.ai.instructions import MeteredHost  # noqa: E402
 from e2e import mock_providers  # noqa: E402
 from e2e.ai_stack import HELLO, QWEN, running_ai_stack  # noqa: E402
@@ -46,6 +45,7 @@ PROVIDER_PORTS = {"anthropic": 18111, "gemini": 18112, "azure": 18113}
 KEYS = {"anthropic": "sk-ant-mock-1", "gemini": "AIza-mock-1", "azure": "azure-mock-1"}
 MODELS = {"openai": QWEN, "azure-openai": "gpt-4o", "anthropic": "claude-sonnet", "gemini": "gemini-flash"}
 MOCK = {"azure-openai": "azure", "anthropic": "anthropic", "gemini": "gemini"}
+TOKEN_MS = 1  # between streamed events in the Envoy CPU cells
 QUESTION = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "lorem ipsum dolor sit amet " * 68}]
 
@@ -124,15 +124,32 @@ def _plugin_config() -> str:
 # -- 2. Envoy CPU, 3. TTFT --
 
 
+def cpu_s(pid: int) -> float:
+    """The process's CPU time in seconds, at nanosecond resolution (every thread's schedstat; /proc/<pid>/stat
+    counts in 10 ms ticks, too coarse for 100 requests)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # a thread that just ended
+    return total / 1e9
+
+
 def envoy_cpu(stack: Any, mocks: dict[str, Any], requests: int, rounds: int) -> dict[str, dict[str, float]]:
     host, port = stack.ai_url.rsplit("/", 1)[-1].split(":")
     pid = stack.envoy.proc.pid
 
     def cell(provider: str, stream: bool, tokens: int) -> float:
         body = {"model": MODELS[provider], "messages": HELLO, "max_tokens": tokens, "ignore_eos": True}
-        if provider != "openai":
+        delay = TOKEN_MS if stream else 0  # one event per chunk, as model servers stream (not coalesced reads)
+        if provider == "openai":
+            stack.qwen.reset()
+            if delay:
+                stack.qwen.fault(token_delay_ms=delay)
+        else:
             del body["ignore_eos"]  # vLLM's; the providers' APIs reject unknown fields (the plugin drops it)
-            mocks[MOCK[provider]].fault(tokens=tokens)
+            mocks[MOCK[provider]].fault(tokens=tokens, token_delay_ms=delay)
         if stream:
             body["stream"] = True
         raw = json.dumps(body).encode()
@@ -174,6 +191,7 @@ def ttft(stack: Any, model: str, tokens: int) -> tuple[float, float]:
 
 def fallback_ttft(stack: Any, mocks: dict[str, Any], runs: int) -> dict[str, dict[str, float]]:
     mocks["anthropic"].fault(tokens=30, token_delay_ms=20)
+    stack.qwen.reset()
     stack.qwen.fault(status=503)
     rows = {"direct": MODELS["anthropic"], "retry": QWEN, "callout": "qwen-callout"}
     got: dict[str, list[tuple[float, float]]] = {k: [] for k in rows}
@@ -181,6 +199,7 @@ def fallback_ttft(stack: Any, mocks: dict[str, Any], runs: int) -> dict[str, dic
         for k, model in rows.items():
             got[k].append(ttft(stack, model, 30))
     stack.qwen.reset()
+    mocks["anthropic"].fault()
     return {k: {"ttft_ms": statistics.median(f for f, _ in v) * 1000, "total_ms": statistics.median(t for _, t in v)
                 * 1000} for k, v in got.items()}
 
@@ -197,7 +216,8 @@ def report(vm: dict, cpu: dict, fb: dict, args: argparse.Namespace) -> str:
     base_vm, base_cpu = vm["openai"], cpu["openai"]
     lines = [f"# Upstream providers: translation cost vs the OpenAI pass-through ({now})", "",
              "`bench/ai/providers.py` (see its docstring for the method). VM instructions per request (wasmtime "
-             "fuel: exact, load-independent); Envoy CPU per request in a real Envoy with 2 workers (median of "
+             "fuel: exact, load-independent); Envoy CPU per request (all threads' schedstat) in a real Envoy with 2 "
+             "workers (median of "
              f"{args.rounds} interleaved rounds of {args.requests} requests; the mocks run on the same 2 cores, so "
              "these move by ~10% from run to run).", "",
              "| provider | VM instr. JSON | streamed, 200 tokens | per streamed token | Envoy CPU µs JSON | "
@@ -209,6 +229,12 @@ def report(vm: dict, cpu: dict, fb: dict, args: argparse.Namespace) -> str:
         lines.append(f"| {names[p]} | {v['json'] / 1e3:,.0f}k{rel} | {v['stream_200'] / 1e3:,.0f}k{rels} | "
                      f"{v['per_token'] / 1e3:,.1f}k | {c['json']:,.0f} | {c['stream_60']:,.0f} | "
                      f"{c['per_token']:,.1f} |")
+    lines += ["", "JSON: a ~2 KB question (VM) or a short one (Envoy), the answer 150 (VM) or 10 (Envoy) tokens; the "
+                  "OpenAI-compatible answer is the same bytes for openai and azure-openai (Azure's chunks, with their "
+                  "content-filter members, are what makes its 25k per token: the pass-through's C path on larger "
+                  "events). Per streamed token: the marginal cost over the stream, one provider event per chunk; Anthropic sends "
+                  "one token per event, Gemini (and its mock) a few (3 here), so Gemini's events cost ~3x its per-token "
+                  "figure."]
     lines += ["", f"Time to the first content chunk, streaming, Anthropic mock sending a token every 20 ms (median "
                   f"of {args.runs}):", "", "| path | TTFT ms | total ms |", "|---|---:|---:|"]
     label = {"direct": "claude-sonnet asked directly", "retry": "qwen2-1-5b answers 503 -> Envoy retry to Anthropic",
@@ -223,7 +249,7 @@ def report(vm: dict, cpu: dict, fb: dict, args: argparse.Namespace) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--module", type=Path, default=REPO / "dist" / "ai-gateway.wasm")
-    ap.add_argument("--requests", type=int, default=100)
+    ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=10)
     args = ap.parse_args()

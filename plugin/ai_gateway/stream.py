@@ -58,11 +58,11 @@ class GatewayStream(AnswerReader, HttpContext):
     gate: consumers.Gate | None = None  # its limits' admission
     admin_target = ""  # an admin API call for this consumer's balance waits for its body
     sent_headers: list[tuple[str, str]] | None = None  # the request headers, kept when resumed from a callout
+    upstream_path = ""  # the path and query the request goes upstream with (normalised: paths.py)
     cache_key = ""  # a cacheable request's key (cache.py): its whole 200 answer is stored
     cache_state = ""  # hit | miss | skip (x-ai-cache), "" without a cache
     attempts: retries.Attempts | None = None  # fallback as Envoy retries: the attempts so far
     upstream: retries.UpstreamAttempt | None = None  # set when this context is the attempt filter's
-    upstream_path = "/v1/chat/completions"  # the client's path as sent upstream (a provider's attempt has its own)
     answer: Answer | None = None  # how the answering attempt's answer becomes OpenAI's (None: it is already)
 
     # -- request --
@@ -104,9 +104,9 @@ class GatewayStream(AnswerReader, HttpContext):
                 return Action.PAUSE
         if method != "POST" or path not in cfg.paths:
             return Action.CONTINUE
-        if path != raw:  # the upstream gets the path the gateway judged (paths.py)
-            h.set(":path", path + "?" + query if query else path)
         self.upstream_path = path + "?" + query if query else path
+        if path != raw:  # the upstream gets the path the gateway judged (paths.py)
+            h.set(":path", self.upstream_path)
         ctype = hd.get("content-type")
         if ctype and ctype != "application/json" and not json_media_type(ctype):
             return self._reject(GatewayError(
@@ -142,7 +142,9 @@ class GatewayStream(AnswerReader, HttpContext):
             self._route(cfg, body)
         except GatewayError as e:
             return self._reject(e)
-        if self.model is None:  # content routing asks its classifier first
+        if self.model is None:  # content routing asks its classifier first (not for a consumer over its limits)
+            if cfg.consumers is not None:
+                return consumers.precheck(self, cfg.consumers, lambda: classify(self, cfg, body))
             return classify(self, cfg, body)
         return self._proceed()
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-MAX_BODY = 16 * 1024 * 1024
+from e2e.mock_vllm.handler import read_body
 
 
 class Request:
@@ -147,23 +147,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def _read(self) -> bytes:
-        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
-            out = bytearray()
-            while True:
-                size = int(self.rfile.readline(64).split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(out)
-                out += self.rfile.read(size)
-                self.rfile.readline(8)
-        n = int(self.headers.get("content-length") or 0)
-        return self.rfile.read(min(n, MAX_BODY)) if n > 0 else b""
-
     def _dispatch(self) -> None:
         mock = self.server.mock
-        raw = self._read()
+        try:
+            raw = read_body(self.rfile, self.headers)
+        except ValueError:
+            self.close_connection = True
+            return self._reply(Reply(413, {"detail": "request body too large"}), None)
         path, _, q = self.path.partition("?")
         query = dict(p.partition("=")[::2] for p in q.split("&") if p)
         headers = {k.lower(): v for k, v in self.headers.items()}

@@ -199,3 +199,18 @@ def test_anthropic_error_event_mid_stream_raises_in_the_client(gw: Stack) -> Non
         for _ in gw.client.chat.completions.create(model=CLAUDE, messages=HELLO, stream=True):
             pass
     assert "Overloaded" in str(e.value)
+
+
+def test_fallback_as_envoy_retries_from_anthropic_back_to_vllm(gw: Stack) -> None:
+    """The retry attempts share one header map: the vLLM attempt gets OpenAI's path back and neither Anthropic's
+    version header nor its key; the body is OpenAI's again."""
+    gw.mock(CLAUDE).fault(status=529)
+    text, chunks = stream(gw, "claude-first", "back-to-vllm")
+    assert text and all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len(gw.mock(CLAUDE).requests) == 1  # the Anthropic attempt, answered 529
+    (sent,) = gw.ai.qwen.requests()  # those to /v1/chat/completions: the path is OpenAI's again
+    assert gw.ai.qwen.count() == 1
+    assert "anthropic-version" not in sent["headers"] and "x-api-key" not in sent["headers"]
+    assert sent["body"]["model"] == QWEN and sent["body"]["messages"] == HELLO
+    log = json.loads(gw.ai.wait_ai_log({"back-to-vllm"})["back-to-vllm"])
+    assert log["attempts"] == [["claude-first", 529], [QWEN, 200]] and log["served_model"] == QWEN

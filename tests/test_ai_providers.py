@@ -122,6 +122,7 @@ def test_gemini_cut_off_stream_is_not_complete(gw) -> None:
 def test_azure_is_addressed_by_deployment_and_answers_pass(gw) -> None:
     s = chat(gw, chat_body("az"), {"authorization": "Bearer client-key"})
     assert s.request_header(":path") == "/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21"
+    assert s.request_header("accept-encoding") == "identity"  # its answers are read too (usage)
     assert s.request_header("api-key") == "azure-key" and s.request_header("authorization") is None
     assert s.request_body == chat_body("az")  # as the client sent it: Azure serves the deployment in the path
     answer = b'{"id":"x","object":"chat.completion","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}'

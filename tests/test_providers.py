@@ -29,8 +29,8 @@ def cases(prefix: str, ext: str = "json") -> list[str]:
     return sorted(str(p.relative_to(GOLDEN)) for p in GOLDEN.glob(f"*/{prefix}*.{ext}") if ".openai." not in p.name)
 
 
-def answer(provider: str, stream: bool = False, usage: bool = True) -> Answer:
-    return Answer(PAIRS[provider][0], stream, usage)
+def answer(provider: str, usage: bool = True) -> Answer:
+    return Answer(PAIRS[provider][0], usage)
 
 
 @pytest.mark.parametrize("case", cases("request-"))
@@ -55,7 +55,7 @@ def test_answer_golden(case: str) -> None:
 
 
 def run_stream(provider: str, raw: bytes, splits: list[int]) -> bytes:
-    status, ctype, tr = answer(provider, stream=True).begin(200, "text/event-stream", NOW)
+    status, ctype, tr = answer(provider).begin(200, "text/event-stream", NOW)
     assert (status, ctype) == (200, "text/event-stream")
     out, last = [], 0
     for cut in [*splits, len(raw)]:
@@ -103,7 +103,7 @@ def test_stream_random_splits(case: str) -> None:
 def test_stream_emits_as_events_complete() -> None:
     """Never buffered: each event's chunk comes out as soon as its event is whole."""
     raw = (GOLDEN / "anthropic/stream-text.sse").read_bytes()
-    _, _, tr = answer("anthropic", stream=True).begin(200, "text/event-stream", NOW)
+    _, _, tr = answer("anthropic").begin(200, "text/event-stream", NOW)
     hello = raw.index(b'"Hello"')
     end = raw.index(b"\n\n", hello) + 2
     assert b'"content":"Hello"' not in tr.feed(raw[: end - 1], False)
@@ -112,7 +112,7 @@ def test_stream_emits_as_events_complete() -> None:
 
 def test_usage_chunk_only_when_asked() -> None:
     raw = (GOLDEN / "anthropic/stream-text.sse").read_bytes()
-    _, _, tr = answer("anthropic", stream=True, usage=False).begin(200, "text/event-stream", NOW)
+    _, _, tr = answer("anthropic", usage=False).begin(200, "text/event-stream", NOW)
     out = tr.feed(raw, True)
     assert b'"usage"' not in out and out.endswith(b"data: [DONE]\n\n")
 
@@ -173,10 +173,10 @@ def test_gemini_stream_with_two_candidates_ends_when_both_finish() -> None:
                           {"content": {"parts": [{"text": "b"}]}, "index": 1}]},
           {"candidates": [{"content": {"parts": [{"text": ""}]}, "finishReason": "STOP", "index": 0}]}]
     raw = b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in ev)
-    _, _, tr = answer("gemini", stream=True).begin(200, "text/event-stream", NOW)
+    _, _, tr = answer("gemini").begin(200, "text/event-stream", NOW)
     assert not tr.feed(raw, True).endswith(b"[DONE]\n\n")  # candidate 1 never finished: cut off
     last = b"data: " + json.dumps({"candidates": [{"finishReason": "MAX_TOKENS", "index": 1}]}).encode() + b"\r\n\r\n"
-    _, _, tr = answer("gemini", stream=True).begin(200, "text/event-stream", NOW)
+    _, _, tr = answer("gemini").begin(200, "text/event-stream", NOW)
     out = tr.feed(raw + last, True)
     assert out.endswith(b"data: [DONE]\n\n") and b'"finish_reason":"length"' in out
 
@@ -217,7 +217,7 @@ def test_anthropic_text_token_fast_path_keeps_any_text(text: str, expected: str)
     for ascii_only in (True, False):
         delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}}
         raw = b"data: " + json.dumps(delta, separators=(",", ":"), ensure_ascii=ascii_only).encode() + b"\n\n"
-        _, _, tr = answer("anthropic", stream=True).begin(200, "text/event-stream", NOW)
+        _, _, tr = answer("anthropic").begin(200, "text/event-stream", NOW)
         (chunk,) = [e for e in tr.feed(raw, False).split(b"\n\n") if e]
         assert json.loads(chunk[6:])["choices"][0]["delta"] == {"content": expected}
 

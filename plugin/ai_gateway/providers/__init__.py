@@ -35,16 +35,17 @@ PAIRS: dict[str, tuple[Any, bool]] = {"azure-openai": (azure, False), "anthropic
                                       "gemini": (gemini, True)}
 # Every header a provider's request carries besides its key: an attempt on another model goes without them.
 PROVIDER_HEADERS = frozenset({"anthropic-version"})
-IDENTITY = ("accept-encoding", "identity")  # translated answers are read: never compressed (clients ask for gzip)
+# Answers are read (usage, translation): never compressed (the openai client asks for gzip, hosted APIs give it)
+IDENTITY = ("accept-encoding", "identity")
 
 
 class Answer:
     """How an attempt's answer is turned into OpenAI's shapes (made with the request, used when it answers)."""
 
-    __slots__ = ("module", "stream", "usage_wanted")
+    __slots__ = ("module", "usage_wanted")
 
-    def __init__(self, module: Any, stream: bool, usage_wanted: bool) -> None:
-        self.module, self.stream, self.usage_wanted = module, stream, usage_wanted
+    def __init__(self, module: Any, usage_wanted: bool) -> None:
+        self.module, self.usage_wanted = module, usage_wanted
 
     def begin(self, status: int, content_type: str | None, now_s: int,
               usage_chunk: bool = True) -> tuple[int, str, Any]:
@@ -75,12 +76,11 @@ def translate(p: Provider, doc: Any, client_path: str) -> Translation:
     module, translated = PAIRS[p.kind]
     stream = doc.get("stream") is True
     path = module.path(p, kind_of(client_path), stream)
-    headers = module.headers(p)
+    headers = [*module.headers(p), IDENTITY]
     if not translated:
         return Translation(path, headers, None, None)
     full = as_dict(doc)
-    headers.append(IDENTITY)
-    return Translation(path, headers, module.request(full, p), Answer(module, stream, include_usage(full)))
+    return Translation(path, headers, module.request(full, p), Answer(module, include_usage(full)))
 
 
 __all__ = ["PAIRS", "PROVIDER_HEADERS", "Answer", "Provider", "Translation", "translate"]

@@ -66,3 +66,7 @@ bench-cache: (build "ai_gateway")
 # Endpoint picker benchmark: round robin vs load-aware picking over mock vLLM servers (bench/results/endpoint-picker.md)
 bench-epp *args: (build "ai_gateway")
     python bench/epp/run.py "$@"
+
+# Upstream providers: VM instructions and Envoy CPU of translating to Anthropic/Gemini/Azure vs the OpenAI pass-through, fallback TTFT vLLM -> Anthropic (bench/results/ai-providers.md); ~2 min
+bench-providers *args: (build "ai_gateway")
+    python bench/ai/providers.py "$@"

@@ -376,7 +376,10 @@ def validator_fields(doc: dict, monkeypatch: pytest.MonkeyPatch) -> set[str]:
 # every object the validator knows, present once: it then reads every field it accepts
 FULL = {"models": [{"name": "a", "cluster": "ca", "fallback": {"models": ["b"]}, "mirror": {"model": "b"},
                     "api_keys": {"keys": ["k1"], "probe": {}},
-                    "endpoint_picker": {"endpoints": ["10.0.0.1:8000"], "weights": {}}}, {"name": "b", "cluster": "cb"}],
+                    "endpoint_picker": {"endpoints": ["10.0.0.1:8000"], "weights": {}}}, {"name": "b", "cluster": "cb"},
+                   {"name": "az", "cluster": "caz", "provider": "azure-openai", "deployment": "d", "api_version": "v1"},
+                   {"name": "an", "cluster": "can", "provider": "anthropic", "anthropic_version": "2023-06-01",
+                    "max_tokens": 8}],
         "aliases": [{"name": "al", "targets": [{"model": "a"}]}], "fallback": {},
         "consumers": [{"name": "c", "keys": ["sk-0123456789"], "models": ["a"],
                        "limits": [{"requests": 1, "per": "second"}, {"tokens": 1, "per": "minute"},
@@ -432,6 +435,8 @@ def required_paths(s: dict, prefix: str = "") -> set[str]:
 
 def test_schema_documents_every_field() -> None:
     dynamic = {"models[].upstream_model", "models[].fallback.max_attempts", "fallback.max_attempts",
+               # one provider's fields: their defaults (in the descriptions) apply to that provider only
+               "models[].deployment", "models[].api_version", "models[].anthropic_version", "models[].max_tokens",
                # absent means "all" / "not this kind of limit": no value stands for that
                "consumers[].models", "auth.allow", "consumers[].limits", "limits",
                *(f"{scope}limits[].{kind}" for scope in ("", "consumers[].")

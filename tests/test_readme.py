@@ -16,7 +16,7 @@ EXAMPLES = dict(re.findall(r"<!-- ai-gateway-config: (\S+) -->\n```json\n(.*?)``
 
 
 def test_readme_has_examples() -> None:
-    assert {"demo", "lora-canary", "fallback", "consumers"} <= set(EXAMPLES)
+    assert {"demo", "lora-canary", "fallback", "consumers", "providers"} <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -34,7 +34,13 @@ def test_readme_example_routes_every_model(name: str, make_host) -> None:
         assert s.local_response is None
         routed = cfg.models[s.request_header("x-ai-model")]
         assert s.request_header("x-ai-upstream") == routed.cluster
-        assert json.loads(s.request_body)["model"] == routed.upstream_model
+        sent = json.loads(s.request_body)
+        if routed.provider is None or routed.provider.kind == "azure-openai":  # Azure: the deployment's in the path
+            assert sent["model"] == routed.upstream_model
+        elif routed.provider.kind == "anthropic":
+            assert sent["model"] == routed.provider.model
+        else:
+            assert f"/models/{routed.upstream_model}:" in s.request_header(":path") and "contents" in sent
 
 
 def test_demo_example_is_the_shipped_envoy_config() -> None:

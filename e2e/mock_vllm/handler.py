@@ -24,6 +24,26 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 COMPLETION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "text"}
 
 
+def read_body(rfile: Any, headers: Any) -> bytes:
+    """A request body, chunked or with a content-length (ValueError: too large or a bad length)."""
+    if "chunked" in (headers.get("transfer-encoding") or "").lower():
+        out = bytearray()
+        while True:
+            size = int(rfile.readline(64).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(out)
+            if len(out) + size > MAX_BODY_BYTES:
+                raise ValueError("request body too large")
+            out += rfile.read(size)
+            rfile.readline(8)
+    length = int(headers.get("content-length") or 0)
+    if length < 0 or length > MAX_BODY_BYTES:
+        raise ValueError("bad content-length")
+    return rfile.read(length) if length else b""
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -90,22 +110,7 @@ class _Handler(Completions, BaseHTTPRequestHandler):
     # ---- plumbing
 
     def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
-            out = bytearray()
-            while True:
-                size = int(self.rfile.readline(64).split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(out)
-                if len(out) + size > MAX_BODY_BYTES:
-                    raise ValueError("request body too large")
-                out += self.rfile.read(size)
-                self.rfile.readline(8)
-        length = int(self.headers.get("content-length") or 0)
-        if length < 0 or length > MAX_BODY_BYTES:
-            raise ValueError("bad content-length")
-        return self.rfile.read(length) if length else b""
+        return read_body(self.rfile, self.headers)
 
     def _send(self, status: int, body: bytes, content_type: str, extra: Mapping[str, str] | None = None) -> None:
         self.send_response(status)

@@ -8,7 +8,7 @@ import random
 from proxywasm import Action, CalloutResponse, Counter, LogLevel, MetricCache
 from proxywasm import hostcalls as hc
 
-from .attempt import address
+from .attempt import address, path_of
 from .content_routing import classified, classifier_request
 from .errors import GatewayError
 from .metric_names import classifier_metric
@@ -33,8 +33,11 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
     model = cfg.models[c.model]
     # addressed like any request the gateway sends itself: cluster and model headers, a pool key, the upstream name
     ask = classifier_request(c, stream.doc)
-    att = address(cfg, ask, model, hc.now_ms(), _RNG,
-                  client_auth="authorization" in stream.headers_in)
+    try:
+        att = address(cfg, ask, model, hc.now_ms(), _RNG,
+                      client_auth="authorization" in stream.headers_in)
+    except GatewayError:  # the classifier's provider cannot carry the question: as if it did not answer
+        att = None
     waiting = [False]
 
     def decided(target: str | None) -> None:
@@ -52,7 +55,11 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
         waiting.append(act)
 
     def answered(resp: CalloutResponse) -> None:
-        decided(classified(c, resp.status, resp.body))
+        status, body = resp.status, resp.body
+        if att is not None and att.answer is not None and status:  # the provider's answer as OpenAI's
+            status, _, translator = att.answer.begin(status, resp.header("content-type"), hc.now_ns() // 10**9)
+            body = translator.feed(body, True)
+        decided(classified(c, status, body))
 
     try:
         if att is None:  # no usable key for the classifier
@@ -60,7 +67,7 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
         # the answer is read here: uncompressed (the client's accept-encoding, e.g. the openai client's gzip,
         # stays the client's)
         headers = [(k, v) for k, v in callout_headers(stream.request_headers.items(), att, cfg)
-                   if k not in _REPLACED] + [(":method", "POST"), (":path", "/v1/chat/completions"),
+                   if k not in _REPLACED] + [(":method", "POST"), (":path", path_of(att)),
                                               ("accept-encoding", "identity")]
         if cfg.pickers:  # a classifier behind an endpoint picker: a pod like any request (None: all saturated)
             headers = add_destination(cfg.pickers, model, ask, headers, hc.now_ms(),

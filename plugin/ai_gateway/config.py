@@ -17,6 +17,8 @@ from .fieldcheck import echo, header_name, header_value, token, url_path
 from .keys import KeyPoolConfig, parse_pool
 from .picker.config import DEFAULT_HEADER as PICKER_HEADER
 from .picker.config import Pools
+from .providers.config import KEY_HEADERS, Provider
+from .providers.config import parse as parse_provider
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -81,6 +83,7 @@ class Model:
     fallback: FallbackPolicy | None
     mirror: Mirror | None
     keys: KeyPoolConfig | None = None  # upstream API keys, rotated
+    provider: Provider | None = None  # the upstream's protocol when not OpenAI's (providers/)
 
 
 @record
@@ -245,11 +248,13 @@ def parse(doc: dict[str, Any]) -> Config:
             if mirror.model == name:
                 raise ConfigError(f"{mirror_f.path('model')}: must not be the model itself ({name!r})")
             mirror_f.done()
-        keys_f = m.obj("api_keys", None)
-        keys = parse_pool(keys_f, name) if keys_f is not None else None
         upstream_model = m.str("upstream_model", name)
         if not upstream_model.strip():
             raise ConfigError(f"{m.path('upstream_model')}: must not be empty")
+        provider = parse_provider(m, upstream_model)
+        keys_f = m.obj("api_keys", None)
+        keys = parse_pool(keys_f, name, KEY_HEADERS[provider.kind] if provider else "authorization") \
+            if keys_f is not None else None
         models[name] = Model(
             name=name,
             cluster=token(m, "cluster"),
@@ -258,6 +263,7 @@ def parse(doc: dict[str, Any]) -> Config:
             fallback=_fallback(m.obj("fallback", None), defaults, name, keys),
             mirror=mirror,
             keys=keys,
+            provider=provider,
         )
         pools.add(m, name, models[name].cluster)
         m.done()

@@ -20,6 +20,7 @@ from proxywasm import hostcalls as hc
 from .attempt import address
 from .config import Config, Model, StatusSet
 from .consumers import rate_headers
+from .errors import GatewayError
 from .keys import KeyPool
 from .picker import add_destination
 from .upstream import callout_headers
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
     from proxywasm import HttpContext
 
+    from .providers import Answer
     from .reader import AnswerReader
 
 # Headers of a callout answer that must not be copied onto the local reply.
@@ -63,6 +65,7 @@ class Fallback:
         self.deadline_ns = hc.now_ns() + budget * 1_000_000
         self.current: Model | None = None
         self.key: tuple[KeyPool, int] | None = None
+        self.answer: Answer | None = None  # how the current attempt's answer becomes OpenAI's (providers/)
         self.tried_keys = {primary.name: {key_idx}} if key_idx is not None else {}
         self.key_retried = {primary.name} if key_retry else set()  # models already given a second key
 
@@ -75,11 +78,16 @@ class Fallback:
             model = self.cfg.models[self.order.pop(0)]
             self.attempts += 1
             tried = frozenset(self.tried_keys.get(model.name, ()))
-            attempt = address(self.cfg, self.doc, model, now // 1_000_000, self.rng, source=self.primary,
-                              tried_keys=tried)
+            try:
+                attempt = address(self.cfg, self.doc, model, now // 1_000_000, self.rng, source=self.primary,
+                                  tried_keys=tried, path=self.stream.upstream_path)
+            except GatewayError as e:  # its provider cannot carry this request: skipped
+                hc.log(LogLevel.INFO, f"fallback to {model.name} skipped: {e}")
+                self.tried.append([model.name, e.status])
+                continue
             if attempt is None:
                 continue  # no healthy key left for this model
-            self.key = attempt.key
+            self.key, self.answer = attempt.key, attempt.answer
             if attempt.key is not None:
                 self.tried_keys.setdefault(model.name, set()).add(attempt.key[1])
             body = attempt.body
@@ -100,7 +108,10 @@ class Fallback:
         self._exhausted()
 
     def _on_answer(self, resp: CalloutResponse) -> None:
-        status = resp.status
+        status, ctype, body = resp.status, resp.header("content-type"), resp.body
+        if self.answer is not None and status:  # the provider's answer in OpenAI's shapes (whole: a callout's)
+            status, ctype, translator = self.answer.begin(status, ctype, hc.now_ns() // 1_000_000_000)
+            body = translator.feed(body, True)
         if self.current is not None:
             self.tried.append([self.current.name, status])
         if self.key is not None:
@@ -122,13 +133,15 @@ class Fallback:
             return
         served = self.current
         assert served is not None
-        headers = [(k, v) for k, v in resp.headers if k not in _HOP]
+        headers = [(k, v) for k, v in resp.headers if k not in _HOP and k != "content-type"]
+        if ctype is not None:
+            headers.append(("content-type", ctype))
         if served.name != self.primary.name:
             headers.append(("x-ai-fallback-from", self.primary.name))
         if self.stream.gate is not None:  # the consumer's limits, as on every answer
             headers += rate_headers(self.stream)
         headers.append(("x-ai-served-model", served.name))
-        body = self.reader.whole_answer(resp.header("content-type"), resp.body)
+        body = self.reader.whole_answer(ctype, body)
         self.stream.send_local_response(status, body, headers)
         self.done(served, status)
 

@@ -251,8 +251,9 @@ def _env(f: object, i: int, name: str) -> str:
     return value
 
 
-def parse_pool(f: object, model: str) -> KeyPoolConfig:
-    """Parse ``models[].api_keys`` (``f`` is a proxywasm.Fields)."""
+def parse_pool(f: object, model: str, default_header: str = "authorization") -> KeyPoolConfig:
+    """Parse ``models[].api_keys`` (``f`` is a proxywasm.Fields); ``default_header``: where the model's provider
+    takes its key."""
     from proxywasm import ConfigError
 
     keys = tuple(_key(f"{f.path('keys')}[{i}]", k) for i, k in enumerate(f.str_list("keys", ())))
@@ -261,7 +262,7 @@ def parse_pool(f: object, model: str) -> KeyPoolConfig:
         raise ConfigError(f"{f.path('keys')}: must be a non-empty list of non-empty keys (or name them in keys_env)")
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{f.path('keys')}: has duplicates")
-    header = header_name(f, "header", "authorization")
+    header = header_name(f, "header", default_header)
     probe_f = f.obj("probe", None)
     probe = None
     if probe_f is not None:

@@ -4,7 +4,8 @@ The direct answer and an Envoy retry's answer stream through ``read_answer``; a 
 whole (``whole_answer``). Unless usage-only events are to be dropped (each event is then looked at), a body
 passes on untouched and the VM keeps only what is read at its end (a response tap): a JSON answer whole (up to
 MAX_JSON_BODY, then its end), a stream's last TAIL_KEEP bytes; the tap also counts a stream's generated text
-(TTFT, estimates).
+(TTFT, estimates). A provider's answer (providers/) is translated chunk by chunk first (``translator``): such an
+answer is read here, untapped, and everything below it sees OpenAI's shapes.
 """
 
 from __future__ import annotations
@@ -34,22 +35,24 @@ class AnswerReader:
     keep_whole = 0  # the response cache keeps this answer whole up to this many bytes (cache.py); 0: not kept
     cache_raw = b""  # a kept streamed answer, whole (from the response tap, or chunk by chunk in cache_buf)
     cache_buf: list[bytes] | None = None
+    translator = None  # a provider's answer -> OpenAI's, chunk by chunk (providers.Answer.begin); None: as it is
 
     def start_answer(self: Any, content_type: str | None, tap: bool = True) -> None:
         """An answer begins (its response headers): SSE or JSON, tapped unless ``tap`` is False."""
         if "text/event-stream" in (content_type or ""):
-            self.sse = SseScanner(self.drop_usage)
+            # a translated stream holds no usage chunk the client did not ask for: nothing to drop
+            self.sse = SseScanner(self.drop_usage and self.translator is None)
             if tap:  # output is counted (TTFT, estimates) in C, however the chunks go on
                 self.count_response_strings(OUTPUT_KEYS)
                 self.counting = True
-            if tap and not self.drop_usage:
+            if tap and not self.drop_usage and self.translator is None:
                 self.tap_response_body(TAIL_KEEP, self.keep_whole)
                 self.tapped = True
             elif self.keep_whole:
                 self.cache_buf = []
         else:
             self.collector = JsonCollector()
-            if tap:
+            if tap and self.translator is None:
                 self.tap_response_body(TAIL, MAX_JSON_BODY)
                 self.tapped = True
 
@@ -79,17 +82,22 @@ class AnswerReader:
                 return
             # not the end: the tap gave up (the host refused a read); this chunk and the next are read here
         chunk = self.response_body.read() if body_size else b""
+        tr = self.translator
+        if tr is not None:  # the provider's bytes -> OpenAI's, before anything reads them
+            chunk = tr.feed(chunk, end_of_stream)
         sse = self.sse
         if sse is not None:
             if self.cache_buf is not None:
                 self._keep(chunk)
             out = sse.feed(chunk, end_of_stream)
-            if out is not chunk and out != chunk:
+            if tr is not None or (out is not chunk and out != chunk):
                 self.response_body.replace(out)
-            if not end_of_stream and sse.idle and self.cache_buf is None:  # whole events without marks pass
+            if not end_of_stream and sse.idle and self.cache_buf is None and tr is None:  # whole events pass
                 self.skip_response_events(SKIP_MARKERS)
         elif self.collector is not None:
             self.collector.feed(chunk)
+            if tr is not None:
+                self.response_body.replace(chunk)
         if end_of_stream and self.counting:
             self.take_tap(True)
 
@@ -102,6 +110,7 @@ class AnswerReader:
 
     def whole_answer(self, content_type: str | None, body: bytes) -> bytes:
         """An answer that came whole (a callout); returns the body the client gets."""
+        self.translator = None  # translated already, if it had to be (Fallback): not the primary's translator
         self.start_answer(content_type, tap=False)
         if self.sse is not None:
             self.out_strings, self.out_bytes = body_output(body)
@@ -114,6 +123,10 @@ class AnswerReader:
     def answer_usage(self: Any) -> tuple[Usage | None, bool]:
         """(usage, estimated): the server's, else estimated for a served answer whose server said nothing."""
         usage = self.sse.usage if self.sse is not None else self.collector.usage() if self.collector else None
+        if usage is None and self.translator is not None:  # a translated stream: its provider's usage, as reported
+            final = self.translator.final_usage
+            if final is not None:
+                usage = Usage.from_obj(final)
         estimated = usage is None and 200 <= self.status < 300
         if estimated:
             out = (self.out_strings, self.out_bytes) if self.sse is not None else (

@@ -59,13 +59,14 @@ def duplicate_model(doc: RequestDoc) -> bool:
     return doc.count("model") > 1
 
 
-def _dict(doc: RequestDoc | dict[str, Any]) -> dict[str, Any]:
+def as_dict(doc: RequestDoc | dict[str, Any]) -> dict[str, Any]:
+    """The request as a dict (a lazy document decoded whole)."""
     return doc.full() if isinstance(doc, RequestDoc) else doc
 
 
 def with_model(doc: RequestDoc | dict[str, Any], model: str) -> bytes:
     """The request body with ``model`` replaced (other fields keep their order)."""
-    doc = {**_dict(doc), "model": model}
+    doc = {**as_dict(doc), "model": model}
     try:
         return _ENCODE_UTF8(doc).encode()
     except UnicodeEncodeError:  # a lone surrogate ("\ud800") has no UTF-8 form: keep it escaped, as sent
@@ -83,4 +84,4 @@ def needs_usage(doc: RequestDoc | dict[str, Any]) -> bool:
 
 def with_usage_requested(doc: RequestDoc | dict[str, Any]) -> dict[str, Any]:
     opts = doc.get("stream_options")
-    return {**_dict(doc), "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}}
+    return {**as_dict(doc), "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}}

@@ -20,7 +20,7 @@ from proxywasm import hostcalls as hc
 
 from .attempt import Attempt, address, credential_headers
 from .config import ATTEMPT_HEADER, Config, FallbackPolicy, Model
-from .request import with_model
+from .errors import GatewayError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -40,10 +40,13 @@ _warned = [False]
 class Attempts:
     """One request's attempts: ``tried`` holds [model name, status] in order (status 0: no answer)."""
 
-    __slots__ = ("cfg", "doc", "first", "order", "primary", "rng", "ticket", "tried", "tried_keys")
+    __slots__ = ("answers", "cfg", "doc", "first", "order", "path", "primary", "rng", "ticket", "tried", "tried_keys")
 
-    def __init__(self, cfg: Config, doc: Any, primary: Model, first: Attempt, ticket: str, rng: random.Random) -> None:
+    def __init__(self, cfg: Config, doc: Any, primary: Model, first: Attempt, ticket: str, rng: random.Random,
+                 path: str) -> None:
         self.cfg, self.doc, self.primary, self.first, self.ticket, self.rng = cfg, doc, primary, first, ticket, rng
+        self.path = path  # the client's path as sent upstream (an OpenAI-compatible model's attempt gets it back)
+        self.answers = {primary.name: first.answer}  # model -> how its answer becomes OpenAI's (providers/)
         fb = primary.fallback
         self.order = (primary.name, *(fb.models if fb else ()))
         self.tried: list[list[Any]] = []
@@ -60,7 +63,7 @@ class Attempts:
 def expect(ctx: HttpContext, first: Attempt, h: Any, fb: FallbackPolicy, doc: Any, rng: random.Random) -> Attempts:
     """Route the request to the aggregate cluster with the retry policy; register its attempts."""
     ticket = f"{rng.getrandbits(64):016x}"  # unguessable: a client cannot name another request's attempts
-    att = LIVE[ticket] = Attempts(ctx.config, doc, first.model, first, ticket, rng)
+    att = LIVE[ticket] = Attempts(ctx.config, doc, first.model, first, ticket, rng, ctx.upstream_path)
     h.set(ctx.config.route_header, fb.cluster)
     h.set(ATTEMPT_HEADER, ticket)
     for k, v in fb.retry_headers:
@@ -117,18 +120,25 @@ def on_attempt_headers(ctx: HttpContext) -> Action:
     if n == 0 and target is att.primary:
         ctx.upstream = UpstreamAttempt(att.first, record, None)  # addressed by the router-level filter already
         return Action.CONTINUE
-    a = address(att.cfg, att.doc, target, hc.now_ms(), att.rng, source=att.primary,
-                tried_keys=frozenset(att.tried_keys.get(target.name, ())))
-    if a is None:  # no usable key for this model: it goes without one (and fails), never with another model's
+    try:  # without a usable key for this model it goes without one (and fails), never with another model's
+        a = address(att.cfg, att.doc, target, hc.now_ms(), att.rng, source=att.primary,
+                    tried_keys=frozenset(att.tried_keys.get(target.name, ())), path=att.path, keyless=True)
+    except GatewayError as e:  # this model's provider cannot carry the request: the client is told why
+        record[1] = e.status
+        ctx.send_local_response(e.status, e.body, e.headers, e.code)
+        return Action.PAUSE
+    assert a is not None
+    if a.key is None and target.keys is not None:
         hc.log(LogLevel.WARN, f"attempt {n + 1} on {target.name}: no upstream API key is available")
-        cfg = att.cfg
-        a = Attempt(target, [(cfg.route_header, target.cluster), (cfg.model_header, target.name)],
-                    credential_headers(target) | credential_headers(att.primary),
-                    with_model(att.doc, target.upstream_model), None)
-    for m, _ in att.tried[:-1]:  # an earlier attempt's pool key never goes to another model
+    back = False
+    for m, _ in att.tried[:-1]:  # an earlier attempt's pool key (and provider headers) never go to another model
         other = att.cfg.models.get(m)
         if other is not None and other is not target:
             a.drop |= credential_headers(other) - {k for k, _ in a.headers}
+            back = back or other.provider is not None
+    if back and target.provider is None:  # the attempts share one header map: the client's path again
+        a.headers.append((":path", att.path))
+    att.answers[target.name] = a.answer
     if a.key is not None:
         att.tried_keys.setdefault(target.name, set()).add(a.key[1])
     a.apply(h)

@@ -25,6 +25,10 @@ from .request import duplicate_model, json_media_type, needs_usage, parse_body, 
 from .routing import resolve
 from .upstream import callout_headers, mirror
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .providers import Answer
+
 RNG = random.Random()  # seeded from the host's random_get, per VM
 _RESPONSE_HEADERS = (b":status", b"content-type", b"retry-after")
 _warned_no_filter = [False]
@@ -59,6 +63,7 @@ class GatewayStream(AnswerReader, HttpContext):
     cache_state = ""  # hit | miss | skip (x-ai-cache), "" without a cache
     attempts: retries.Attempts | None = None  # fallback as Envoy retries: the attempts so far
     upstream: retries.UpstreamAttempt | None = None  # set when this context is the attempt filter's
+    answer: Answer | None = None  # how the answering attempt's answer becomes OpenAI's (None: it is already)
 
     # -- request --
 
@@ -194,7 +199,7 @@ class GatewayStream(AnswerReader, HttpContext):
         # by position (keywords cost more per call): no source, the client's credential, no keys tried yet,
         # rewrite, the route keeps the host
         attempt = address(cfg, doc, model, now_ms, RNG, None, "authorization" in self.headers_in, NO_KEYS, rewrite,
-                          False)
+                          False, self.upstream_path)
         if attempt is None:
             raise GatewayError(503, f"no upstream API key is available for model `{model.name}`; retry later",
                                "no_available_key")
@@ -203,6 +208,8 @@ class GatewayStream(AnswerReader, HttpContext):
             self.request_body.replace(attempt.body)
         if attempt.key is not None:
             self.key_idx = attempt.key[1]
+        if attempt.answer is not None:
+            self.answer = attempt.answer
         fb = model.fallback
         if fb is not None and fb.cluster:  # fallback as Envoy retries: the attempt filter addresses each one
             if retries.IN_VM[0]:
@@ -218,7 +225,11 @@ class GatewayStream(AnswerReader, HttpContext):
         model, cfg = self.model, self.config
         if model is not None and model.mirror and RNG.random() * 100 < model.mirror.percent:
             shadow = cfg.models[model.mirror.model]
-            copy = address(cfg, self.doc, shadow, self.started_ns // 1_000_000, RNG, source=model)
+            try:
+                copy = address(cfg, self.doc, shadow, self.started_ns // 1_000_000, RNG, source=model,
+                               path=self.upstream_path)
+            except GatewayError:  # the shadow's provider cannot carry this request: no copy
+                copy = None
             if copy is not None:  # no copy without a usable key
                 mirror(self, shadow, callout_headers(self.request_headers.items(), copy, cfg), copy.body, model.name)
 
@@ -236,7 +247,11 @@ class GatewayStream(AnswerReader, HttpContext):
         att = self.attempts
         if att is not None:  # Envoy retried: the attempt filter accounted each attempt's key
             model = self._answered(att, model)
-        else:
+            self.answer = att.answers.get(model.name)
+        ctype = hd.get("content-type")
+        if self.answer is not None:  # a provider's answer: OpenAI's status, content type and shapes from here on
+            ctype = self._translated(self.answer, ctype)
+        if att is None:
             key_failed = False
             if self.key_idx is not None and self.fallback is None:
                 pool = pool_of(model)
@@ -260,10 +275,22 @@ class GatewayStream(AnswerReader, HttpContext):
         if self.gate is not None:
             for k, v in consumers.rate_headers(self):
                 self.response_headers.set(k, v)
-        self.start_answer(hd.get("content-type"))
+        self.start_answer(ctype)
         if end_of_stream:
             self._publish()
         return Action.CONTINUE
+
+    def _translated(self, answer: Answer, ctype: str | None) -> str:
+        # the translator reports usage to the gateway itself: no usage chunk the client did not ask for
+        status, ctype, self.translator = answer.begin(self.status, ctype, hc.now_ns() // 1_000_000_000,
+                                                      not self.drop_usage)
+        h = self.response_headers
+        if status != self.status:
+            self.status = status
+            h.set(":status", str(status))
+        h.set("content-type", ctype)
+        h.remove("content-length")
+        return ctype
 
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
         if end_of_stream:
@@ -277,7 +304,8 @@ class GatewayStream(AnswerReader, HttpContext):
         else:
             self.read_answer(body_size, end_of_stream)
         if end_of_stream:
-            self._publish()
+            # a provider's stream is whole when its translation reached [DONE] (Gemini's has no end marker)
+            self._publish(self.translator is None or self.sse is None or self.sse.done)
         return Action.CONTINUE
 
     def _answered(self, att: retries.Attempts, primary: Model) -> Model:

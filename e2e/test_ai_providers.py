@@ -214,3 +214,12 @@ def test_fallback_as_envoy_retries_from_anthropic_back_to_vllm(gw: Stack) -> Non
     assert sent["body"]["model"] == QWEN and sent["body"]["messages"] == HELLO
     log = json.loads(gw.ai.wait_ai_log({"back-to-vllm"})["back-to-vllm"])
     assert log["attempts"] == [["claude-first", 529], [QWEN, 200]] and log["served_model"] == QWEN
+
+
+def test_provider_error_held_during_a_failed_callout_fallback_reaches_the_client_translated(gw: Stack) -> None:
+    gw.mock(CLAUDE).fault(status=529)
+    gw.ai.qwen.fault(status=503)
+    with pytest.raises(openai.InternalServerError) as e:
+        gw.client.chat.completions.create(model="claude-callout", messages=HELLO)
+    assert e.value.status_code == 503 and e.value.response.headers["x-ai-fallback-exhausted"] == "1"
+    assert e.value.body == {"message": "Overloaded", "type": "server_error", "param": None, "code": "overloaded_error"}

@@ -293,3 +293,13 @@ def test_stream_usage_counted_without_a_usage_chunk_for_the_client(gw) -> None:
         b'"created":1700000000', b'"created":%d' % json.loads(s.response_body[6:s.response_body.index(b"\n")])["created"])
     log = log_of(s)
     assert (log["input_tokens"], log["output_tokens"], log["usage_source"], log["complete"]) == (25, 15, "server", True)
+
+
+def test_held_provider_error_is_translated_when_every_fallback_fails(gw) -> None:
+    s = chat(gw, chat_body("claude"))
+    assert s.send_response_headers({":status": "529", "content-type": "application/json"}) == Action.PAUSE
+    g = json.loads((GOLDEN / "anthropic/error-overloaded.json").read_text())
+    assert s.send_response_body(json.dumps(g["provider"]).encode()) == Action.PAUSE  # held while falling back
+    gw.respond_callout(gw.callouts[0].token, 503)
+    assert s.response_header(":status") == "503" and s.response_header("x-ai-fallback-exhausted") == "1"
+    assert json.loads(s.response_body) == g["openai"]

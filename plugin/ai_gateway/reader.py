@@ -108,6 +108,13 @@ class AnswerReader:
         if len(buf) > 1 and sum(map(len, buf)) > self.keep_whole:
             self.cache_buf, self.keep_whole = None, 0  # too large to keep: not stored
 
+    def held_answer(self: Any) -> None:
+        """The primary's answer, held while falling back, goes to the client after all: a provider's (an error,
+        whole by now) in OpenAI's shape. Envoy hands a held body to no further callback."""
+        tr = self.translator
+        if tr is not None and self.ended:
+            self.response_body.replace(tr.feed(self.response_body.read(), True))
+
     def whole_answer(self, content_type: str | None, body: bytes) -> bytes:
         """An answer that came whole (a callout); returns the body the client gets."""
         self.translator = None  # translated already, if it had to be (Fallback): not the primary's translator

@@ -88,7 +88,7 @@ class Observation:
     """One answered request, as metrics and the AI log see it (a plain class, not a record: one is made per
     request, and a record's generic keyword __init__ costs microseconds inside V8)."""
 
-    __slots__ = ("attempts", "cancelled", "cluster", "complete", "consumer", "duration_ms", "estimated",
+    __slots__ = ("attempts", "cancelled", "client", "cluster", "complete", "consumer", "duration_ms", "estimated",
                  "fallback_from", "model", "route", "served", "status", "stream", "ttft_ms", "usage")
 
     def __init__(self, model: str, served: str, route: str, cluster: str, consumer: str, status: int, stream: bool,
@@ -104,6 +104,7 @@ class Observation:
         self.estimated = estimated  # usage is the gateway's estimate (the server reported none)
         self.cancelled = cancelled  # the client left before the end (not an upstream failure)
         self.attempts = ""  # JSON [["model", status], ...] after a fallback (more than one attempt), else ""
+        self.client = "openai"  # the client's protocol (clients.BY_PATH)
 
     def log_record(self) -> str:
         """The AI log line (JSON). Assembled by hand: the JSON encoder costs ~5x more inside the VM."""
@@ -125,13 +126,14 @@ class Observation:
         return _LINE % (head, self.status, _BOOL[self.stream], inp, out, total, source,
                         _BOOL[u is not None and not self.estimated], "null" if ttft is None else str(int(ttft)),
                         self.duration_ms, _str(self.fallback_from) if self.fallback_from else "null",
-                        _BOOL[bool(self.complete)], _BOOL[bool(self.cancelled)], self.attempts or "null")
+                        _BOOL[bool(self.complete)], _BOOL[bool(self.cancelled)], self.attempts or "null",
+                        self.client)
 
 
 # One %-format (in C) instead of an f-string of a dozen parts: the AI log line is made per request.
 _LINE = ('%s"status":%d,"stream":%s,"input_tokens":%s,"output_tokens":%s,"total_tokens":%s,"usage_source":%s,'
          '"usage_known":%s,"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s,"cancelled":%s,'
-         '"attempts":%s}')
+         '"attempts":%s,"client":"%s"}')
 _HEADS: dict[tuple[str, str, str, str, str], str] = {}  # the AI log's label part, per label set
 _BOOL = {True: "true", False: "false"}
 

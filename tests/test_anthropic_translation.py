@@ -1,0 +1,190 @@
+"""Anthropic Messages API <-> OpenAI chat completions: the pure translations (plugin/ai_gateway/clients/), checked
+against golden files made from Anthropic's published examples, and streams split anywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ai_gateway.clients import AnthropicClient
+from ai_gateway.clients.anthropic_answer import error_body, message_body, to_message
+from ai_gateway.clients.anthropic_request import to_openai
+from ai_gateway.clients.anthropic_stream import StreamTranslator
+from ai_gateway.errors import GatewayError
+
+GOLDEN = Path(__file__).parent / "golden" / "anthropic_clients"
+
+
+def golden(prefix: str) -> list[Any]:
+    files = sorted(GOLDEN.glob(prefix + "*.json"))
+    assert files, f"no golden files {prefix}*"
+    return [pytest.param(json.loads(f.read_text()), id=f.stem) for f in files]
+
+
+def events(raw: bytes) -> list[list[Any]]:
+    """[event name, data] of an Anthropic SSE body; each event's name is its data's type."""
+    out = []
+    for block in raw.decode().split("\n\n"):
+        if block.strip():
+            name, data = block.split("\n")
+            assert name.startswith("event: ") and data.startswith("data: ")
+            doc = json.loads(data[6:])
+            assert doc["type"] == name[7:]
+            out.append([name[7:], doc])
+    return out
+
+
+@pytest.mark.parametrize("case", golden("request_"))
+def test_request_golden(case: dict[str, Any]) -> None:
+    assert to_openai(json.dumps(case["anthropic"]).encode()) == case["openai"]
+
+
+@pytest.mark.parametrize("case", golden("answer_"))
+def test_answer_golden(case: dict[str, Any]) -> None:
+    stops = tuple(case.get("stop_sequences", ()))
+    assert to_message(case["openai"], stops) == case["anthropic"]
+    assert json.loads(message_body(json.dumps(case["openai"]).encode(), stops)) == case["anthropic"]
+
+
+@pytest.mark.parametrize("case", golden("stream_"))
+def test_stream_golden(case: dict[str, Any]) -> None:
+    tr = StreamTranslator()
+    out = b"".join(tr.feed(c.encode()) for c in case["openai"]) + tr.feed(b"", True)
+    assert events(out) == case["anthropic"]
+
+
+@pytest.mark.parametrize("case", golden("stream_"))
+def test_whole_stream_translates_the_same(case: dict[str, Any]) -> None:
+    """A stream that came whole (a callout fallback, a cache hit) gives the same events."""
+    whole = AnthropicClient().whole(200, "".join(case["openai"]).encode(), "text/event-stream")
+    assert events(whole) == case["anthropic"]
+
+
+def _stream_bodies() -> list[bytes]:
+    return [b"".join(c.encode() for c in json.loads(f.read_text())["openai"]) for f in
+            sorted(GOLDEN.glob("stream_*.json"))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(which=st.integers(0, len(_stream_bodies()) - 1), cuts=st.lists(st.integers(0, 4000), max_size=12),
+       crlf=st.booleans())
+def test_stream_split_anywhere_gives_identical_events(which: int, cuts: list[int], crlf: bool) -> None:
+    body = _stream_bodies()[which]
+    if crlf:
+        body = body.replace(b"\n", b"\r\n")
+    whole = StreamTranslator().feed(body, True)
+    tr = StreamTranslator()
+    points = sorted({c % (len(body) + 1) for c in cuts})
+    pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+    out = [tr.feed(p) for p in pieces] + [tr.feed(b"", True)]
+    assert b"".join(out) == whole
+    assert events(whole)[-1][0] == "message_stop"
+
+
+def test_events_leave_as_soon_as_they_are_complete() -> None:
+    tr = StreamTranslator()
+    first = b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n'
+    assert tr.feed(first[:30]) == b""  # an incomplete event is held, nothing else
+    got = events(tr.feed(first[30:]))
+    assert [e for e, _ in got] == ["message_start", "content_block_start", "content_block_delta"]
+    assert tr.buf == b""
+
+
+def test_reasoning_then_text_then_parallel_tools() -> None:
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return b"data: " + json.dumps({"id": "c", "model": "m", "choices": [
+            {"index": 0, "delta": delta, "finish_reason": finish}]}).encode() + b"\n\n"
+
+    tr = StreamTranslator()
+    out = tr.feed(b"".join([
+        chunk({"reasoning_content": "think"}), chunk({"content": "ok"}),
+        chunk({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "f", "arguments": "{}"}}]}),
+        chunk({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "g", "arguments": "{\"x\":1}"}}]}),
+        chunk({}, "tool_calls"), b"data: [DONE]\n\n"]))
+    evs = events(out)
+    starts = [d["content_block"] for e, d in evs if e == "content_block_start"]
+    assert starts == [{"type": "thinking", "thinking": "", "signature": ""}, {"type": "text", "text": ""},
+                      {"type": "tool_use", "id": "a", "name": "f", "input": {}},
+                      {"type": "tool_use", "id": "b", "name": "g", "input": {}}]
+    assert [d["index"] for e, d in evs if e == "content_block_stop"] == [0, 1, 2, 3]
+    assert evs[-2][1]["delta"]["stop_reason"] == "tool_use"
+    assert evs[-2][1]["usage"] == {"input_tokens": 0, "output_tokens": 0}  # the server reported none
+
+
+def test_upstream_error_event_mid_stream() -> None:
+    tr = StreamTranslator()
+    out = tr.feed(b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"a"}}]}\n\n'
+                  b'data: {"error":{"message":"engine died","type":"InternalServerError","code":500}}\n\n'
+                  b"data: [DONE]\n\n", True)
+    evs = events(out)
+    assert [e for e, _ in evs][-2:] == ["content_block_stop", "error"]
+    assert evs[-1][1] == {"type": "error", "error": {"type": "api_error", "message": "engine died"}}
+
+
+def test_stream_without_finish_ends_in_an_error_event() -> None:
+    tr = StreamTranslator()
+    out = tr.feed(b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{"content":"a"}}]}\n\n', True)
+    assert events(out)[-1][1]["error"]["type"] == "api_error"
+
+
+@pytest.mark.parametrize(("status", "kind"), [
+    (400, "invalid_request_error"), (401, "authentication_error"), (403, "permission_error"),
+    (404, "not_found_error"), (413, "request_too_large"), (415, "invalid_request_error"),
+    (429, "rate_limit_error"), (500, "api_error"), (502, "api_error"), (503, "api_error"), (529, "overloaded_error"),
+])
+def test_error_types_by_status(status: int, kind: str) -> None:
+    body = json.dumps({"error": {"message": "m", "type": "x", "param": None, "code": "c"}}).encode()
+    assert json.loads(error_body(status, body)) == {"type": "error", "error": {"type": kind, "message": "m"}}
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"object":"error","message":"vLLM says no","type":"BadRequestError","code":400}', "vLLM says no"),
+    (b'{"detail":"Not Found"}', "Not Found"),
+    (b"upstream connect error or disconnect/reset before headers", "upstream connect error or disconnect/reset "
+                                                                    "before headers"),
+    (b"", "upstream error"),
+])
+def test_error_messages_of_every_shape(body: bytes, message: str) -> None:
+    assert json.loads(error_body(502, body))["error"]["message"] == message
+
+
+@pytest.mark.parametrize(("doc", "words"), [
+    ({"model": "m", "messages": []}, "max_tokens: Field required"),
+    ({"model": "m", "max_tokens": 0, "messages": []}, "max_tokens"),
+    ({"model": "m", "max_tokens": 5}, "messages: Field required"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document"}]}]},
+     "messages.0.content.0"),
+    ({"model": "m", "max_tokens": 5, "messages": [], "tools": [{"type": "bash_20250124", "name": "bash"}]},
+     "tools.0"),
+    ({"model": "m", "max_tokens": 5, "messages": [], "tool_choice": {"type": "sometimes"}}, "tool_choice.type"),
+])
+def test_invalid_requests_are_400s(doc: dict[str, Any], words: str) -> None:
+    with pytest.raises(GatewayError) as e:
+        to_openai(json.dumps(doc).encode())
+    assert e.value.status == 400 and words in str(e.value)
+
+
+def test_tool_arguments_that_are_not_an_object() -> None:
+    answer = {"choices": [{"message": {"tool_calls": [
+        {"id": "t", "function": {"name": "f", "arguments": "not json"}}]}, "finish_reason": "tool_calls"}]}
+    assert to_message(answer)["content"] == [{"type": "tool_use", "id": "t", "name": "f",
+                                              "input": {"_raw_arguments": "not json"}}]
+
+
+def test_length_is_max_tokens() -> None:
+    answer = {"id": "x", "choices": [{"message": {"content": "a"}, "finish_reason": "length"}]}
+    assert to_message(answer)["stop_reason"] == "max_tokens"
+
+
+def test_local_reply_headers() -> None:
+    body, headers = AnthropicClient().local_reply(
+        429, b'{"error":{"message":"slow down"}}', [("content-type", "text/plain"), ("retry-after", "3"),
+                                                     ("content-length", "10")])
+    assert headers == [("retry-after", "3"), ("content-type", "application/json")]
+    assert json.loads(body)["error"] == {"type": "rate_limit_error", "message": "slow down"}

@@ -177,6 +177,18 @@ def test_tool_arguments_that_are_not_an_object() -> None:
                                               "input": {"_raw_arguments": "not json"}}]
 
 
+def test_a_forced_tool_call_is_tool_use_though_vllm_says_stop() -> None:
+    answer = {"choices": [{"message": {"content": "", "tool_calls": [
+        {"id": "t", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": "stop"}]}
+    assert to_message(answer)["stop_reason"] == "tool_use"
+    tr = StreamTranslator()
+    out = tr.feed(b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t",'
+                  b'"type":"function","function":{"name":"f","arguments":"{}"}}]}}]}\n\n'
+                  b'data: {"id":"c","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+                  b"data: [DONE]\n\n", True)
+    assert events(out)[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
 def test_length_is_max_tokens() -> None:
     answer = {"id": "x", "choices": [{"message": {"content": "a"}, "finish_reason": "length"}]}
     assert to_message(answer)["stop_reason"] == "max_tokens"

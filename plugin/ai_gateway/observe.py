@@ -114,27 +114,26 @@ class Observation:
         else:
             inp, out, total = str(u.input), str(u.output), str(u.total)
             source = '"estimated"' if self.estimated else '"server"'
-        key = (self.model, self.served, self.route, self.cluster, self.consumer)
+        key = (self.model, self.served, self.route, self.cluster, self.consumer, self.client)
         head = _HEADS.get(key)
         if head is None:
             if len(_HEADS) >= MAX_SERIES:
                 _HEADS.clear()
             head = _HEADS[key] = (f'{{"model":{_str(self.model)},"served_model":{_str(self.served)},'
                                   f'"route":{_str(self.route)},"cluster":{_str(self.cluster)},'
-                                  f'"consumer":{_str(self.consumer)},')
+                                  f'"consumer":{_str(self.consumer)},"client":{_str(self.client)},')
         ttft = self.ttft_ms
         return _LINE % (head, self.status, _BOOL[self.stream], inp, out, total, source,
                         _BOOL[u is not None and not self.estimated], "null" if ttft is None else str(int(ttft)),
                         self.duration_ms, _str(self.fallback_from) if self.fallback_from else "null",
-                        _BOOL[bool(self.complete)], _BOOL[bool(self.cancelled)], self.attempts or "null",
-                        self.client)
+                        _BOOL[bool(self.complete)], _BOOL[bool(self.cancelled)], self.attempts or "null")
 
 
 # One %-format (in C) instead of an f-string of a dozen parts: the AI log line is made per request.
 _LINE = ('%s"status":%d,"stream":%s,"input_tokens":%s,"output_tokens":%s,"total_tokens":%s,"usage_source":%s,'
          '"usage_known":%s,"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s,"cancelled":%s,'
-         '"attempts":%s,"client":"%s"}')
-_HEADS: dict[tuple[str, str, str, str, str], str] = {}  # the AI log's label part, per label set
+         '"attempts":%s}')
+_HEADS: dict[tuple[str, str, str, str, str, str], str] = {}  # the AI log's label part, per label set
 _BOOL = {True: "true", False: "false"}
 
 

@@ -88,9 +88,9 @@ class GatewayStream(AnswerReader, HttpContext):
                 h.remove(name)
         raw, _, query = hd.get(":path", "").partition("?")
         path = raw if raw in cfg.paths else normalize(raw)
-        client = BY_PATH.get(path)
-        if client is not None:  # another protocol: its errors too (from here on)
-            client = self.client = client() if path in cfg.paths else None
+        client = None
+        if path in BY_PATH and path in cfg.paths:  # another protocol: its errors too (from here on)
+            client = self.client = BY_PATH[path]()
         cc = cfg.consumers
         if cc is not None:  # every request through the gateway names its consumer
             done = consumers.authenticate(self, cc, hd, cfg.consumer_header)
@@ -200,7 +200,8 @@ class GatewayStream(AnswerReader, HttpContext):
         """The upstream's answer begins: read as every answer is (usage, TTFT), but chunk by chunk, as the
         client's translation needs each one."""
         self.start_answer(content_type, tap=False)
-        if self.client.answer_begins(self.status, content_type):
+        self.client.content_type = content_type
+        if self.client.answer_begins(self.status):
             self.count_response_strings(OUTPUT_KEYS)  # TTFT and estimates, in C
             self.counting = True
         elif self.status >= 400:
@@ -227,7 +228,7 @@ class GatewayStream(AnswerReader, HttpContext):
             self.collector.feed(body)
         elif self.sse is not None:
             self.sse.feed(body, True)
-        self.response_body.replace(c.whole(self.status, body, self.response_headers.get("content-type")))
+        self.response_body.replace(c.whole(self.status, body, c.content_type))
         self._publish()
         return Action.CONTINUE
 
@@ -314,6 +315,7 @@ class GatewayStream(AnswerReader, HttpContext):
         self.status = int(status) if status.isascii() and status.isdigit() else 0
         client = self.client
         if client is not None:
+            client.content_type = hd.get("content-type")
             self.response_headers.remove("content-length")  # the answer is translated
         att = self.attempts
         if att is not None:  # Envoy retried: the attempt filter accounted each attempt's key
@@ -354,9 +356,9 @@ class GatewayStream(AnswerReader, HttpContext):
         if end_of_stream:
             self.ended = True
         if self.fallback is not None and self.fallback.current is not None:
-            if end_of_stream and self.client is not None:  # should it go out after all: in the client's protocol
-                self.response_body.replace(self.client.whole(self.status, self.response_body.read(),
-                                                             self.response_headers.get("content-type")))
+            c = self.client
+            if end_of_stream and c is not None:  # should it go out after all: in the client's protocol
+                self.response_body.replace(c.whole(self.status, self.response_body.read(), c.content_type))
             return Action.PAUSE  # the failed upstream's body is held back while falling back
         if self.model is None or self.published:
             return Action.CONTINUE

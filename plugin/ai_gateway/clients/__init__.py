@@ -31,11 +31,12 @@ class AnthropicClient:
     """A client of Anthropic's Messages API (``POST /v1/messages``)."""
 
     protocol = "anthropic"
-    __slots__ = ("stops", "translator")
+    __slots__ = ("content_type", "stops", "translator")
 
     def __init__(self) -> None:
         self.stops: tuple[str, ...] = ()
         self.translator: StreamTranslator | None = None  # set when a streamed answer begins
+        self.content_type: str | None = None  # the upstream answer's (response headers are not readable later)
 
     def request(self, body: bytes) -> dict[str, Any]:
         """The chat-completions request for the client's body (GatewayError 400 when it is not a valid one)."""
@@ -44,10 +45,10 @@ class AnthropicClient:
         self.stops = tuple(s for s in stop if isinstance(s, str)) if isinstance(stop, list) else ()
         return doc
 
-    def answer_begins(self, status: int, content_type: str | None) -> bool:
-        """An upstream answer's headers: True when it is a stream translated chunk by chunk (``feed``); else
-        its whole body goes through ``whole``."""
-        if status < 400 and _is_sse(content_type):
+    def answer_begins(self, status: int) -> bool:
+        """An upstream answer (of ``content_type``) begins: True when it is a stream translated chunk by chunk
+        (``feed``); else its whole body goes through ``whole``."""
+        if status < 400 and _is_sse(self.content_type):
             self.translator = StreamTranslator(self.stops)
             return True
         self.translator = None
@@ -58,7 +59,8 @@ class AnthropicClient:
         return self.translator.feed(chunk, end)
 
     def whole(self, status: int, body: bytes, content_type: str | None) -> bytes:
-        """A whole answer (JSON, an error, or a stream that came whole) in the client's protocol."""
+        """A whole answer (JSON, an error, or a stream that came whole, of ``content_type``) in the client's
+        protocol."""
         if status >= 400:
             return error_body(status, body)
         if _is_sse(content_type):

@@ -22,10 +22,12 @@ def message_id(openai_id: Any) -> str:
     return "msg_" + (openai_id if isinstance(openai_id, str) and openai_id else "gateway")
 
 
-def stop_reason(choice: dict[str, Any], stops: tuple[str, ...]) -> tuple[str, str | None]:
+def stop_reason(choice: dict[str, Any], stops: tuple[str, ...], called: bool = False) -> tuple[str, str | None]:
     """(stop_reason, stop_sequence) for an OpenAI choice's ``finish_reason`` (vLLM's ``stop_reason`` names the stop
-    string that ended the answer)."""
+    string that ended the answer); ``called``: the answer calls tools (vLLM says "stop" for a forced call)."""
     reason = _STOP.get(choice.get("finish_reason") or "stop", "end_turn")
+    if called and reason == "end_turn":
+        return "tool_use", None
     matched = choice.get("stop_reason")
     if reason == "end_turn" and isinstance(matched, str) and matched in stops:
         return "stop_sequence", matched
@@ -79,7 +81,7 @@ def to_message(answer: dict[str, Any], stops: tuple[str, ...] = ()) -> dict[str,
         if isinstance(fn, dict):
             content.append({"type": "tool_use", "id": tc.get("id") or "", "name": fn.get("name") or "",
                             "input": tool_input(fn.get("arguments"))})
-    reason, seq = stop_reason(choice, stops)
+    reason, seq = stop_reason(choice, stops, content[-1]["type"] == "tool_use" if content else False)
     return {"id": message_id(answer.get("id")), "type": "message", "role": "assistant",
             "model": answer.get("model", ""), "content": content, "stop_reason": reason, "stop_sequence": seq,
             "usage": usage(answer.get("usage"))}

@@ -119,7 +119,7 @@ class StreamTranslator:
                         self._tool(tc, out)
         if ch.get("finish_reason"):
             self._close(out)
-            self.reason = stop_reason(ch, self.stops)
+            self.reason = stop_reason(ch, self.stops, bool(self.tools))
 
     def _open(self, kind: str, start: dict[str, Any], out: list[bytes]) -> int:
         self._close(out)

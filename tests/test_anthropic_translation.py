@@ -72,17 +72,20 @@ def _stream_bodies() -> list[bytes]:
 
 @settings(max_examples=300, deadline=None)
 @given(which=st.integers(0, len(_stream_bodies()) - 1), cuts=st.lists(st.integers(0, 4000), max_size=12),
-       crlf=st.booleans())
-def test_stream_split_anywhere_gives_identical_events(which: int, cuts: list[int], crlf: bool) -> None:
+       crlf=st.booleans(), per_event=st.booleans())
+def test_stream_split_anywhere_gives_identical_events(which: int, cuts: list[int], crlf: bool,
+                                                      per_event: bool) -> None:
+    """Cut anywhere, and (``per_event``) also after every event, as vLLM sends them: the undecoded usual chunk."""
     body = _stream_bodies()[which]
     if crlf:
         body = body.replace(b"\n", b"\r\n")
     whole = StreamTranslator().feed(body, True)
     tr = StreamTranslator()
-    points = sorted({c % (len(body) + 1) for c in cuts})
+    ends = {i + 2 for i in range(len(body)) if body.startswith(b"\n\n", i)} if per_event else set()
+    points = sorted({c % (len(body) + 1) for c in cuts} | ends)
     pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
     out = [tr.feed(p) for p in pieces] + [tr.feed(b"", True)]
-    assert b"".join(out) == whole
+    assert events(b"".join(out)) == events(whole)
     assert events(whole)[-1][0] == "message_stop"
 
 
@@ -200,3 +203,25 @@ def test_local_reply_headers() -> None:
                                                      ("content-length", "10")])
     assert headers == [("retry-after", "3"), ("content-type", "application/json")]
     assert json.loads(body)["error"] == {"type": "rate_limit_error", "message": "slow down"}
+
+
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_usual_chunks_translated_undecoded_give_the_same_events(ascii_only: bool) -> None:
+    """vLLM's usual chunk (one text delta) skips the JSON decoder: its content string is copied as it is."""
+    head = {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, **more: Any) -> bytes:
+        doc = {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish, **more}],
+               "usage": None}
+        return b"data: " + json.dumps(doc, separators=(",", ":"), ensure_ascii=ascii_only).encode() + b"\n\n"
+
+    texts = ['He said "hi"\n', "é", "\u2028", "\\", "tab\t", "\U0001F600", "</script>"]
+    chunks = [chunk({"role": "assistant", "content": ""})] + [chunk({"content": t}) for t in texts] + [
+        chunk({"content": "!"}, stop_reason=None), chunk({"content": ""}, "stop"), b"data: [DONE]\n\n"]
+    one_by_one = StreamTranslator()
+    got = b"".join(one_by_one.feed(c) for c in chunks) + one_by_one.feed(b"", True)
+    # the same events as decoded one by one (non-ASCII text stays UTF-8 here, \u-escaped there)
+    assert events(got) == events(StreamTranslator().feed(b"".join(chunks), True))
+    evs = events(got)
+    assert "".join(d["delta"]["text"] for e, d in evs if e == "content_block_delta") == "".join(texts) + "!"
+    assert one_by_one.done and one_by_one.usage is None

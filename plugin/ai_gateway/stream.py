@@ -202,6 +202,7 @@ class GatewayStream(AnswerReader, HttpContext):
         self.start_answer(content_type, tap=False)
         self.client.content_type = content_type
         if self.client.answer_begins(self.status):
+            self.sse = self.client.translator  # it reads the stream's usage and end as it translates
             self.count_response_strings(OUTPUT_KEYS)  # TTFT and estimates, in C
             self.counting = True
         elif self.status >= 400:
@@ -214,9 +215,7 @@ class GatewayStream(AnswerReader, HttpContext):
             chunk = self.response_body.read() if body_size else b""
             if self.cache_buf is not None:
                 self._keep(chunk)  # the cache keeps the OpenAI stream (a hit is translated like an answer)
-            if self.sse is not None:
-                self.sse.feed(chunk, end_of_stream)  # usage and [DONE], as on every stream
-            self.response_body.replace(c.feed(chunk, end_of_stream))
+            self.response_body.replace(c.translator.feed(chunk, end_of_stream))
             if end_of_stream:
                 self.take_tap(True)
                 self._publish()

@@ -3,8 +3,8 @@ request at the start of the pipeline (routing, limits, cache, fallback and accou
 and the answer the client gets goes back into its protocol at the very end.
 
 ``BY_PATH`` is the table of what exists: a normalised request path -> the client protocol spoken there. Each
-protocol is a class with one instance per request (``request``, ``answer_begins``, ``feed``, ``whole``,
-``local_reply``); its translations are pure functions in their own modules.
+protocol is a class with one instance per request (``request``, ``answer_begins`` then its ``translator``'s
+``feed`` for a stream, ``whole``, ``local_reply``); its translations are pure functions in their own modules.
 """
 
 from __future__ import annotations
@@ -47,16 +47,12 @@ class AnthropicClient:
 
     def answer_begins(self, status: int) -> bool:
         """An upstream answer (of ``content_type``) begins: True when it is a stream translated chunk by chunk
-        (``feed``); else its whole body goes through ``whole``."""
+        (``translator.feed``); else its whole body goes through ``whole``."""
         if status < 400 and _is_sse(self.content_type):
             self.translator = StreamTranslator(self.stops)
             return True
         self.translator = None
         return False
-
-    def feed(self, chunk: bytes, end: bool) -> bytes:
-        assert self.translator is not None
-        return self.translator.feed(chunk, end)
 
     def whole(self, status: int, body: bytes, content_type: str | None) -> bytes:
         """A whole answer (JSON, an error, or a stream that came whole, of ``content_type``) in the client's

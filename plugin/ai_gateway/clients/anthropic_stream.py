@@ -7,15 +7,20 @@ text, reasoning and tool calls come and go, and on ``data: [DONE]`` (or the body
 ``message_delta`` with the stop reason and usage, then ``message_stop``. Only an incomplete event is held. The
 usage-only chunk (``stream_options.include_usage``, which the gateway always asks for) becomes message_delta's
 usage; an upstream error event, or an end before the answer finished, becomes ``event: error``.
+
+The usual chunk, one event that adds text to the text block (vLLM's exact bytes, ``_TEXT``), is translated without
+decoding it: its content's JSON string goes into the Anthropic event as it is. Every other event is decoded.
+The translator is also the gateway's reader of the stream it translates (``usage``, ``done``, as usage.SseScanner).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from json.encoder import encode_basestring_ascii as _str
 
 from ..request import encode_json
-from ..usage import EVENT_END, event_data
+from ..usage import EVENT_END, Usage, event_data
 from .anthropic_answer import error_doc, message_id, stop_reason, usage
 
 TYPE_CHECKING = False
@@ -25,6 +30,11 @@ if TYPE_CHECKING:
 _EMPTY_USAGE = {"input_tokens": 0, "output_tokens": 0}
 _START = {"text": {"type": "text", "text": ""}, "thinking": {"type": "thinking", "thinking": "", "signature": ""}}
 _DELTA = {"text": ("text_delta", "text"), "thinking": ("thinking_delta", "thinking")}
+# One text delta of choice 0, no finish, no usage (vLLM's chunk; SGLang's and others' take the general path)
+_TEXT_AT = b'"choices":[{"index":0,"delta":{"content":"'  # found first (C), then matched from there
+_TEXT = re.compile(rb'"choices":\[\{"index":0,"delta":\{"content":("(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*")\},'
+                   rb'"logprobs":null,"finish_reason":null(?:,"stop_reason":null)?\}\](?:,"usage":null)?\}$')
+_TEXT_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":%s}}\n\n'
 
 
 def sse(kind: str, data: bytes) -> bytes:
@@ -38,7 +48,7 @@ def error_event(status: int, message: str) -> bytes:
 class StreamTranslator:
     """One answer's translation; ``feed`` returns the bytes the client gets for each piece of the upstream's."""
 
-    __slots__ = ("block", "buf", "ended", "index", "kind", "reason", "seq", "started", "stops", "tools", "usage")
+    __slots__ = ("block", "buf", "done", "ended", "index", "kind", "reason", "started", "stops", "tools", "usage_doc")
 
     def __init__(self, stops: tuple[str, ...] = ()) -> None:
         self.stops = stops  # the request's stop_sequences (which one ended the answer: vLLM's stop_reason)
@@ -50,9 +60,21 @@ class StreamTranslator:
         self.block = 0  # the next block's index
         self.tools: dict[Any, int] = {}  # OpenAI tool call index -> its block's index
         self.reason: tuple[str, str | None] | None = None  # (stop_reason, stop_sequence) once the choice finished
-        self.usage: Any = None
+        self.usage_doc: Any = None  # the upstream's last usage object
+        self.done = False  # the answer ended whole (message_stop sent)
+
+    @property
+    def usage(self) -> Usage | None:
+        return Usage.from_obj(self.usage_doc)
 
     def feed(self, chunk: bytes, end: bool = False) -> bytes:
+        if self.kind == "text" and not self.buf and chunk.endswith(b"\n\n") and chunk.find(b"\n") == len(chunk) - 2 \
+                and chunk.startswith(b"data: "):  # one whole event (the usual chunk)
+            i = chunk.find(_TEXT_AT, 6)
+            m = _TEXT.match(chunk, i, len(chunk) - 2) if i > 0 else None
+            if m is not None:
+                out = _TEXT_DELTA % (self.index, m.group(1))
+                return out + self.feed(b"", True) if end else out
         buf = self.buf + chunk if self.buf else chunk
         out: list[bytes] = []
         start = 0
@@ -76,6 +98,12 @@ class StreamTranslator:
         if data == b"[DONE]":
             self._finish(out)
             return
+        if self.kind == "text":  # the usual event, undecoded
+            i = data.find(_TEXT_AT)
+            m = _TEXT.match(data, i) if i > 0 else None
+            if m is not None:
+                out.append(_TEXT_DELTA % (self.index, m.group(1)))
+                return
         try:
             obj = json.loads(data)
         except ValueError:
@@ -97,7 +125,7 @@ class StreamTranslator:
                 "usage": _EMPTY_USAGE}})))
         u = obj.get("usage")
         if isinstance(u, dict):
-            self.usage = u
+            self.usage_doc = u
         choices = obj.get("choices")
         if not choices or not isinstance(choices, list):
             return
@@ -163,6 +191,8 @@ class StreamTranslator:
             out.append(error_event(502, "the upstream stream ended before the answer was complete"))
             return
         reason, seq = self.reason
+        self.done = True
         out.append(sse("message_delta", encode_json({"type": "message_delta", "delta": {
-            "stop_reason": reason, "stop_sequence": seq}, "usage": usage(self.usage) if self.usage else _EMPTY_USAGE})))
+            "stop_reason": reason, "stop_sequence": seq},
+            "usage": usage(self.usage_doc) if self.usage_doc else _EMPTY_USAGE})))
         out.append(sse("message_stop", b'{"type":"message_stop"}'))

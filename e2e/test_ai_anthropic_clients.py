@@ -178,6 +178,11 @@ def test_cache_hit_replayed_as_anthropic_events(gw: AiStack) -> None:
     assert again.headers["x-ai-cache"] == "hit" and again.parse().content == first.parse().content
 
 
+def test_count_tokens(gw: AiStack) -> None:
+    n = client(gw).messages.count_tokens(model=ALIAS, messages=HELLO, system="Be brief.").input_tokens
+    assert 0 < n < 20 and gw.qwen.count() == 0  # an estimate, by the gateway alone
+
+
 def test_errors_in_anthropics_shape(gw: AiStack) -> None:
     c = client(gw)
     with pytest.raises(anthropic.NotFoundError) as nf:

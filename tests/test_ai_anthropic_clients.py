@@ -219,3 +219,33 @@ def test_consumer_key_as_x_api_key(make_host) -> None:
     bad = send(gw, messages_body(), {"x-api-key": "sk-wrong"}).local_response
     assert bad.status == 401
     assert json.loads(bad.body)["error"]["type"] == "authentication_error"
+
+
+def test_count_tokens_is_answered_by_the_gateway(gw) -> None:
+    short = json.dumps({"model": "canary", "messages": [{"role": "user", "content": "Hello"}]}).encode()
+    long = json.dumps({"model": "canary", "system": "x " * 400,
+                       "messages": [{"role": "user", "content": "Hello " * 100}]}).encode()
+    counts = []
+    for body in (short, long):
+        s = send(gw, body, path="/v1/messages/count_tokens")
+        lr = s.local_response
+        assert lr is not None and lr.status == 200 and ("content-type", "application/json") in lr.headers
+        (key,) = json.loads(lr.body)
+        assert key == "input_tokens"
+        counts.append(json.loads(lr.body)["input_tokens"])
+    assert 0 < counts[0] < 10 and counts[1] > 300  # ~4 bytes a token, plus the messages' overhead
+    lr = send(gw, json.dumps({"model": "nope", "messages": []}).encode(), path="/v1/messages/count_tokens")\
+        .local_response
+    assert lr.status == 404 and json.loads(lr.body)["error"]["type"] == "not_found_error"
+
+
+def test_readme_example_serves_claude_model_names(make_host) -> None:
+    from .test_readme import EXAMPLES
+
+    doc = json.loads(EXAMPLES["anthropic-clients"])
+    h = make_host("ai_gateway")
+    assert h.start(doc), h.logs
+    for alias, target in (("claude-sonnet-5-5", "qwen2-1-5b"), ("claude-haiku-5-5", "gemma-2-2b")):
+        s = send(h, messages_body(alias))
+        assert s.local_response is None and s.request_header("x-ai-upstream") == target
+        assert json.loads(s.request_body)["model"] == target

@@ -16,7 +16,7 @@ from .clients import BY_PATH, CHAT_PATH, CLIENT_KEY_HEADER
 from .config import Config, Model
 from .content_routing import choose
 from .errors import JSON_HEADERS, GatewayError, shown
-from .estimate import OUTPUT_KEYS
+from .estimate import OUTPUT_KEYS, input_tokens
 from .fallback import Fallback
 from .observe import Observation, attempts_json, client_cancelled, publish, record_failed_attempts
 from .paths import normalize
@@ -149,6 +149,8 @@ class GatewayStream(AnswerReader, HttpContext):
         try:
             if self.client is not None:
                 body = self._client_request(body)
+                if self.client.counts_tokens:
+                    return self._count_tokens(cfg, body)
             self._route(cfg, body)
         except GatewayError as e:
             return self._reject(e)
@@ -195,6 +197,17 @@ class GatewayStream(AnswerReader, HttpContext):
         self.request_headers.set("content-length", str(len(new)))
         _CLIENT_REQUESTS(f"aigw.client.{self.client.protocol}.request_total").increment(1)
         return new
+
+    def _count_tokens(self, cfg: Config, body: bytes) -> Action:
+        """A client's token count, answered here for a model the consumer may use (estimate.input_tokens)."""
+        _, requested = parse_body(body)
+        if resolve(cfg, requested, self.headers_in.get, RNG) is None:
+            raise GatewayError(404, f"The model `{shown(requested)}` does not exist.", "model_not_found", "model")
+        denied = consumers.model_allowed(self, requested) if self.who is not None else None
+        if denied is not None:
+            raise denied
+        self.send_local_response(200, b'{"input_tokens":%d}' % input_tokens(body), JSON_HEADERS)
+        return Action.PAUSE
 
     def _client_answer_begins(self, content_type: str | None) -> None:
         """The upstream's answer begins: read as every answer is (usage, TTFT), but chunk by chunk, as the

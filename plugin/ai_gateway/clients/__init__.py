@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 CHAT_PATH = "/v1/chat/completions"  # where a translated request goes upstream
 MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 CLIENT_KEY_HEADER = "x-api-key"  # Anthropic's API key header: never sent upstream
 _SSE = "text/event-stream"
 
@@ -31,6 +32,7 @@ class AnthropicClient:
     """A client of Anthropic's Messages API (``POST /v1/messages``)."""
 
     protocol = "anthropic"
+    counts_tokens = False  # answered by the gateway: the request's input tokens (estimated), nothing goes upstream
     __slots__ = ("content_type", "stops", "translator")
 
     def __init__(self) -> None:
@@ -40,7 +42,7 @@ class AnthropicClient:
 
     def request(self, body: bytes) -> dict[str, Any]:
         """The chat-completions request for the client's body (GatewayError 400 when it is not a valid one)."""
-        doc = to_openai(body)
+        doc = to_openai(body, self.counts_tokens)
         stop = doc.get("stop")
         self.stops = tuple(s for s in stop if isinstance(s, str)) if isinstance(stop, list) else ()
         return doc
@@ -73,4 +75,15 @@ class AnthropicClient:
         return self.whole(status, body, ctype), headers
 
 
-BY_PATH = {MESSAGES_PATH: AnthropicClient}
+class AnthropicTokenCounter(AnthropicClient):
+    """``POST /v1/messages/count_tokens``: the gateway answers ``{"input_tokens": n}`` itself (estimate.py's
+    estimate of the translated request: no OpenAI-compatible server counts tokens for a chat request)."""
+
+    counts_tokens = True
+    __slots__ = ()
+
+    def local_reply(self, status: int, body: bytes, headers: Any) -> tuple[bytes, list[tuple[str, str]]]:
+        return (body, list(headers)) if status < 400 else super().local_reply(status, body, headers)
+
+
+BY_PATH = {MESSAGES_PATH: AnthropicClient, COUNT_TOKENS_PATH: AnthropicTokenCounter}

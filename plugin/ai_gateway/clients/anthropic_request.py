@@ -159,15 +159,16 @@ def _tool_choice(tc: Any, doc: dict[str, Any]) -> None:
         doc["parallel_tool_calls"] = False
 
 
-def to_openai(body: bytes) -> dict[str, Any]:
-    """The chat-completions request for an Anthropic Messages request body; GatewayError 400 says what is wrong."""
+def to_openai(body: bytes, counting: bool = False) -> dict[str, Any]:
+    """The chat-completions request for an Anthropic Messages request body; GatewayError 400 says what is wrong.
+    ``counting``: a ``count_tokens`` request (no ``max_tokens``)."""
     try:
         req = json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError):
         raise GatewayError(400, "request body is not valid JSON", "invalid_json") from None
     if not isinstance(req, dict):
         raise GatewayError(400, "request body must be a JSON object", "invalid_json")
-    max_tokens = req.get("max_tokens")
+    max_tokens = req.get("max_tokens", 1 if counting else None)
     if max_tokens is None:
         raise _bad("max_tokens: Field required")
     if type(max_tokens) is not int or max_tokens < 1:

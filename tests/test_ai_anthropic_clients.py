@@ -249,3 +249,22 @@ def test_readme_example_serves_claude_model_names(make_host) -> None:
         s = send(h, messages_body(alias))
         assert s.local_response is None and s.request_header("x-ai-upstream") == target
         assert json.loads(s.request_body)["model"] == target
+
+
+def test_streamed_callout_fallback_answer_is_one_anthropic_stream(gw) -> None:
+    s = send(gw, messages_body(stream=True))  # qwen2-1-5b falls back through HTTP callouts in this config
+    assert s.send_response_headers({":status": "503", "content-type": "application/json"}) == Action.PAUSE
+    s.send_response_body(b'{"error": "down"}')
+    (call,) = gw.callouts
+    assert json.loads(call.body)["stream_options"] == {"include_usage": True}
+    sse = b"".join(sse_chunks(["from ", "gemma"], {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}))
+    gw.respond_callout(call.token, 200, {"content-type": "text/event-stream"}, sse)
+    lr = s.local_response
+    assert lr.status == 200 and ("content-type", "text/event-stream") in lr.headers
+    evs = events(lr.body)
+    assert [e for e, _ in evs].count("message_start") == 1 and evs[-1][0] == "message_stop"
+    assert "".join(d["delta"]["text"] for e, d in evs if e == "content_block_delta") == "from gemma"
+    assert evs[-2][1]["usage"] == {"input_tokens": 3, "output_tokens": 2}
+    s.complete()
+    log = json.loads(s.property("ai_log"))
+    assert (log["served_model"], log["fallback_from"], log["total_tokens"]) == ("gemma-2-2b", "qwen2-1-5b", 5)

@@ -173,6 +173,13 @@ def test_invalid_requests_are_400s(doc: dict[str, Any], words: str) -> None:
     assert e.value.status == 400 and words in str(e.value)
 
 
+def test_error_messages_echo_little_of_the_input() -> None:
+    doc = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "x" * 10000}]}]}
+    with pytest.raises(GatewayError) as e:
+        to_openai(json.dumps(doc).encode())
+    assert len(str(e.value)) < 400 and "xxx..." in str(e.value)
+
+
 def test_tool_arguments_that_are_not_an_object() -> None:
     answer = {"choices": [{"message": {"tool_calls": [
         {"id": "t", "function": {"name": "f", "arguments": "not json"}}]}, "finish_reason": "tool_calls"}]}

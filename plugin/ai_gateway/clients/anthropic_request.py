@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import GatewayError
+from ..errors import GatewayError, shown
 from ..request import encode_json
 
 TYPE_CHECKING = False
@@ -24,6 +24,11 @@ _TOOL_CHOICE = {"auto": "auto", "any": "required", "none": "none"}
 
 def _bad(message: str) -> GatewayError:
     return GatewayError(400, message, "invalid_request_error")
+
+
+def _shown(value: Any) -> str:
+    """Client input in an error message: quoted, at most errors.MAX_ECHO characters."""
+    return repr(shown(value)) if isinstance(value, str) else shown(json.dumps(value))
 
 
 def _text_of(blocks: Any, where: str) -> str:
@@ -90,7 +95,7 @@ def _user(content: Any, where: str, out: list[dict[str, Any]]) -> None:
         elif kind == "tool_result":  # answers to the assistant's tool calls come first, as OpenAI requires
             out.append(_tool_result(b, at, images))
         else:
-            raise _bad(f"{at}: content block type {kind!r} is not supported by this gateway")
+            raise _bad(f"{at}: content block type {_shown(kind)} is not supported by this gateway")
     parts = images + parts
     if not parts:
         return
@@ -119,7 +124,7 @@ def _assistant(content: Any, where: str, out: list[dict[str, Any]]) -> None:
         elif kind in ("thinking", "redacted_thinking"):
             continue  # earlier reasoning: an OpenAI-compatible server takes none back
         else:
-            raise _bad(f"{at}: content block type {kind!r} is not supported by this gateway")
+            raise _bad(f"{at}: content block type {_shown(kind)} is not supported by this gateway")
     msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         msg["tool_calls"] = calls
@@ -134,7 +139,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             raise _bad(f"tools.{i}.name: Field required")
         if t.get("type", "custom") != "custom":
-            raise _bad(f"tools.{i}: server tool {t.get('type')!r} is not supported by this gateway")
+            raise _bad(f"tools.{i}: server tool {_shown(t.get('type'))} is not supported by this gateway")
         fn: dict[str, Any] = {"name": t["name"]}
         if isinstance(t.get("description"), str):
             fn["description"] = t["description"]
@@ -154,7 +159,7 @@ def _tool_choice(tc: Any, doc: dict[str, Any]) -> None:
     elif kind in _TOOL_CHOICE:
         doc["tool_choice"] = _TOOL_CHOICE[kind]
     else:
-        raise _bad(f"tool_choice.type: unknown type {kind!r}")
+        raise _bad(f"tool_choice.type: unknown type {_shown(kind)}")
     if tc.get("disable_parallel_tool_use") is True and kind != "none":
         doc["parallel_tool_calls"] = False
 

@@ -1,6 +1,7 @@
 """The response cache in a real Envoy, answers kept in a real redis-server (through webdis, stock Envoy's way to
 Redis), seen by the official openai client: misses then hits, streamed and not (either way round), two consumers
-apart, TTL expiry, Redis down (requests still served), content-based routing's choice in the headers."""
+apart, TTL expiry, Redis down (requests still served), content-based routing's choice in the headers, the intent
+classifier (asked through a callout; a category, none, a timeout)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,10 @@ def gateway_config(keys: dict[str, str]) -> dict[str, Any]:
     return {
         "models": [{"name": QWEN, "cluster": QWEN}, {"name": GEMMA, "cluster": GEMMA}],
         "content_routing": [{"name": "auto", "default": QWEN,
-                             "rules": [{"model": GEMMA, "keywords": ["translate"]}]}],
+                             "rules": [{"model": GEMMA, "keywords": ["translate"]}]},
+                            {"name": "intent", "default": QWEN,  # the mock echoes the message: its words decide
+                             "classifier": {"model": GEMMA, "categories": {"poem": GEMMA, "recipe": QWEN},
+                                            "timeout_ms": 600}}],
         "consumers": [{"name": "team-a", "keys": [keys["team-a"]]}, {"name": "team-b", "keys": [keys["team-b"]]}],
         "cache": {"ttl_s": TTL_S, "max_entry_bytes": 16384,
                   "store": {"backend": "redis", "timeout_ms": 500,
@@ -148,6 +152,30 @@ def test_content_routing_picks_the_model(gw: Gateway) -> None:
     assert raw.headers["x-ai-served-model"] == GEMMA and text
     raw, _, _ = ask(gw, question(), model="auto")
     assert raw.headers["x-ai-served-model"] == QWEN
+
+
+def test_intent_classifier_picks_the_model_or_the_default(gw: Gateway) -> None:
+    """The classifier (mock vLLM GEMMA, which echoes the user message) is asked through the gateway's callout; the
+    category its answer names picks the model; an answer naming none, or none within timeout_ms, the default."""
+    for text, served in (("Write a poem about the sea", GEMMA), ("A recipe for bread?", QWEN),
+                         ("Hello there", QWEN)):
+        gw.mocks[GEMMA].reset()
+        raw, answer, _ = ask(gw, [{"role": "user", "content": f"{text} ({uuid.uuid4().hex[:6]})"}], model="intent")
+        assert raw.headers["x-ai-served-model"] == served and answer.startswith(f"[{served}] echo: {text}")
+        (asked, *served_too) = gw.mocks[GEMMA].requests()
+        assert asked["body"]["max_tokens"] == 16 and text in asked["body"]["messages"][-1]["content"]
+        assert asked["headers"].get("accept-encoding") == "identity"  # the openai client sent gzip, deflate
+        assert asked["headers"].get("x-api-key") is None and "authorization" not in asked["headers"]
+        assert len(served_too) == (served == GEMMA)
+    gw.mocks[GEMMA].fault(delay_ms=3000)  # the classifier too slow: the default, after timeout_ms
+    try:
+        t0 = time.monotonic()
+        raw, _, _ = ask(gw, [{"role": "user", "content": f"Write a poem ({uuid.uuid4().hex[:6]})"}], model="intent")
+        assert raw.headers["x-ai-served-model"] == QWEN and time.monotonic() - t0 < 2.5
+    finally:
+        gw.mocks[GEMMA].reset()
+    assert sum(gw.envoy.stats("wasmcustom.aigw.content_routing.classifier.ok").values()) == 2  # poem, recipe
+    assert sum(gw.envoy.stats("wasmcustom.aigw.content_routing.classifier.failed").values()) == 2  # none, slow
 
 
 def test_redis_down_still_serves(gw: Gateway) -> None:

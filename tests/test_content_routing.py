@@ -4,6 +4,7 @@ images), on both test hosts; the chosen model goes upstream, in x-ai-served-mode
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -112,3 +113,95 @@ def test_rules_before_the_classifier(make_host: HostFactory) -> None:
     assert host.start(CLASSIFIED), host.logs
     s = chat(host, req(IMAGE))
     assert not host.callouts and s.request_header("x-ai-upstream") == "vision"
+
+
+def test_classifier_call_asks_for_an_uncompressed_answer(make_host: HostFactory) -> None:
+    host = make_host("ai_gateway")
+    assert host.start(CLASSIFIED), host.logs
+    s = chat(host, req("Write me a sorting routine"), {"accept-encoding": "gzip, deflate"})  # the openai client's
+    (call,) = host.callouts
+    assert call.header("accept-encoding") == "identity"
+    host.respond_callout(call.token, 200, [(":status", "200")], classifier_answer("code"))
+    assert s.request_header("x-ai-upstream") == "coder"
+    assert s.request_header("accept-encoding") == "gzip, deflate"  # the client's own request keeps its header
+
+
+@pytest.mark.parametrize("answer", [
+    b'{"choices":' + b"[" * 100_000 + b"]" * 100_000 + b"}",  # nested deeper than any parser's recursion
+    classifier_answer([{"type": "text", "text": "code"}]),  # content parts, not a string
+    classifier_answer(None),
+    b'{"choices":[{"message":{"content":"code"}}]}' * 1000,  # trailing data
+])
+def test_hostile_classifier_answers_fall_back_to_the_default(make_host: HostFactory, answer: bytes) -> None:
+    host = make_host("ai_gateway")
+    assert host.start(CLASSIFIED), host.logs
+    s = chat(host, req("Write me a sorting routine"))
+    (call,) = host.callouts
+    host.respond_callout(call.token, 200, [(":status", "200")], answer)
+    assert s.continued and s.request_header("x-ai-upstream") == "small"
+    assert host.metric("aigw.content_routing.classifier.failed") == 1
+
+
+@pytest.mark.parametrize("content", [
+    [{"type": "text", "text": 5}, {"type": "text", "text": "rust please"}],  # a number where text belongs
+    [{"type": "text", "text": None}, {"type": "text", "text": ["rust"]}, "rust", {"type": "text"}],
+])
+def test_odd_text_parts_are_skipped_not_fatal(make_host: HostFactory, content: Any) -> None:
+    host = make_host("ai_gateway")
+    assert host.start(CONFIG), host.logs
+    s = chat(host, req(content))
+    assert s.local_response is None
+    assert s.request_header("x-ai-upstream") == ("coder" if content[-1] == {"type": "text", "text": "rust please"}
+                                                 else "small")
+
+
+def test_a_consumer_over_its_limit_is_refused_before_the_classifier_is_asked(make_host: HostFactory) -> None:
+    from tests.test_ai_consumers import KEY_A, bearer, started
+    cfg = {**CLASSIFIED, "consumers": [{"name": "team-a", "keys": [KEY_A],
+                                        "limits": [{"requests": 1, "per": "minute"}]}]}
+    host = started(make_host, cfg)
+    s = chat(host, req("Write me a sorting routine"), bearer(KEY_A))
+    (call,) = host.callouts  # within its limit: the classifier is asked; nothing counted yet
+    host.respond_callout(call.token, 200, [(":status", "200")], classifier_answer("code"))
+    assert s.continued and s.request_header("x-ai-upstream") == "coder"
+    s2 = chat(host, req("Write me a sorting routine"), bearer(KEY_A))
+    assert s2.local_response is not None and s2.local_response.status == 429
+    assert not host.callouts  # the second request cost no classifier call
+    assert host.metric("aigw.consumer.team-a.reason.rate_limit_exceeded.rejected") == 1
+
+
+def test_a_classifier_behind_an_endpoint_picker_gets_a_pod(make_host: HostFactory) -> None:
+    models = [{**m, "endpoint_picker": {"endpoints": ["10.0.0.1:8000", "10.0.0.2:8000"]}} if m["name"] == "small"
+              else m for m in MODELS]
+    host = make_host("ai_gateway")
+    assert host.start({**CLASSIFIED, "models": models}), host.logs
+    chat(host, req("Write me a sorting routine"))
+    (call,) = host.callouts
+    assert call.header("x-gateway-destination-endpoint") in ("10.0.0.1:8000", "10.0.0.2:8000")
+
+
+def test_the_precheck_reads_redis_without_counting(make_host: HostFactory, redis: Any) -> None:
+    """Through Higress's Redis host calls against a real redis-server: the request is held while Redis answers,
+    the classifier is asked, and the request counter moves once (by admit), not twice."""
+    from tests.test_ai_consumers import KEY_A, bearer, started
+    prefix = f"precheck{time.time_ns()}:"  # the session's redis-server serves both hosts' runs
+    store = {"backend": "redis", "redis": {"transport": "higress", "cluster": "redis", "prefix": prefix}}
+    cfg = {**CLASSIFIED, "store": store, "consumers": [{"name": "team-a", "keys": [KEY_A],
+                                                        "limits": [{"requests": 2, "per": "minute"}]}]}
+    host = started(make_host, cfg, None, "higress", redis)
+    for n in (1, 2):
+        s = chat(host, req("Write me a sorting routine"), bearer(KEY_A))
+        assert not s.continued and s.local_response is None
+        for _ in range(50):  # Redis answers the precheck, then the classifier is called
+            if host.callouts:
+                break
+            time.sleep(0.02)
+        (call,) = host.callouts
+        host.respond_callout(call.token, 200, [(":status", "200")], classifier_answer("code"))
+        for _ in range(50):  # then admit's own Redis call, and the request goes on
+            if s.continued:
+                break
+            time.sleep(0.02)
+        assert s.continued and s.request_header("x-ai-upstream") == "coder"
+        (counter,) = redis.cli("--scan", "--pattern", prefix + "*").split()
+        assert redis.cli("GET", counter).strip() == str(n)

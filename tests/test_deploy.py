@@ -468,6 +468,8 @@ def test_readme_tables_list_the_schema_fields() -> None:
     main = readme_table_fields(root, "### Configuration reference")
     pool = readme_table_fields(root, "### Upstream API-key pools", "models[].api_keys.")
     console = readme_table_fields((CONSOLE / "README.md").read_text(), "## Configuration fields")
+    # the Chinese console README lists the same fields
+    assert readme_table_fields((CONSOLE / "README_ZH.md").read_text(), "## 配置字段") == console
     assert main - set(paths) == {"_rules_"}  # Higress builds _rules_ from matchRules
     assert pool == {p for p in leaves(paths) if p.startswith("models[].api_keys.")}
     assert console <= set(paths)

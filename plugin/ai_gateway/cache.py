@@ -4,8 +4,9 @@
               "namespace": "", "per_consumer": true, "max_entry_bytes": 262144, "max_entries": 1000,
               "any_temperature": false, "tool_calls": false, "charge_hits": false, "header": "x-ai-cache"}
 
-Key: SHA-256 (in C) of the namespace, the consumer (unless ``per_consumer`` is false), the model that serves the
-request, and the request body's top-level members as sent, in order, without the whitespace between them and
+Key: SHA-256 (in C) of the namespace, the consumer (unless ``per_consumer`` is false; without consumers, the
+client's own credential when it is what goes upstream), the model that serves the request, the path and query it
+goes to, and the request body's top-level members as sent, in order, without the whitespace between them and
 without ``model`` (the served model stands for it) and the transport-only ``stream`` and ``stream_options``
 (members found by the C JSON scan: no document is built). Looked up when the request is deterministic (``temperature`` 0, or no sampling at all: embeddings), or
 when ``any_temperature`` is set, or the client sends ``<header>: allow``. ``cache-control: no-store`` or
@@ -94,16 +95,28 @@ def _deterministic(doc: Any) -> bool:
     return doc.get("messages") is None and doc.get("prompt") is None  # embeddings: no sampling
 
 
-def key(cfg: CacheConfig, consumer: str, model: str, body: bytes) -> str:
-    """The entry's key for a request body (already validated as a JSON object)."""
+def key(cfg: CacheConfig, consumer: str, model: str, body: bytes, path: str = "") -> str:
+    """The entry's key for a request body (already validated as a JSON object) sent to ``path`` (with its query)."""
     who = consumer if cfg.per_consumer else ""
-    h = sha256(b"%d:%s|%d:%s|%d:%s|" % (len(cfg.namespace), cfg.namespace.encode(), len(who), who.encode(),
-                                         len(model), model.encode()))
+    h = sha256(b"%d:%s|%d:%s|%d:%s|%d:%s|" % (
+        len(cfg.namespace), cfg.namespace.encode(), len(who), who.encode("utf-8", "surrogateescape"),
+        len(model), model.encode(), len(path), path.encode("utf-8", "surrogateescape")))
     for ks, ke, vs, ve in members(body) or ():
         k = body[ks:ke]
         if k not in _SKIP:
             h.update(b"%s:%s," % (k, body[vs:ve]))
     return h.hexdigest()
+
+
+def _client_credential(hd: dict[str, str], model: Any) -> str:
+    """Without consumers, entries are split by the client's own credential when it goes upstream (no key pool,
+    or one that forwards it): an answer the upstream gave one key's holder is not replayed to another. Only its
+    hash is kept (in the key)."""
+    keys = model.keys
+    if keys is not None and (keys.header == "authorization" or not keys.forward_client_credential):
+        return ""  # the pool's key answered: every client of the model shares it
+    cred = hd.get("authorization", "")
+    return "\0credential:" + cred if cred else ""
 
 
 def lookup(stream: Any, cfg: CacheConfig, proceed: Any) -> Action:
@@ -117,7 +130,7 @@ def lookup(stream: Any, cfg: CacheConfig, proceed: Any) -> Action:
         stream.cache_state = "skip"
         _counted("skip", model.name)
         return proceed()
-    k = key(cfg, stream.consumer, model.name, stream.body)
+    k = key(cfg, stream.consumer or _client_credential(hd, model), model.name, stream.body, stream.upstream_path)
     stream.cache_key, stream.cache_state, stream.keep_whole = k, "miss", cfg.max_entry_bytes
     if "no-cache" in control or mode == "refresh":
         _counted("miss", model.name)
@@ -156,7 +169,7 @@ def lookup(stream: Any, cfg: CacheConfig, proceed: Any) -> Action:
 def _decode(value: bytes) -> dict[str, Any] | None:
     try:
         answer = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return answer if isinstance(answer, dict) and isinstance(answer.get("choices", answer.get("data")), list) \
         else None
@@ -174,10 +187,12 @@ def _entry(value: bytes) -> tuple[bytes, Usage] | None:
 def _hit(stream: Any, cfg: CacheConfig, raw: bytes, usage: Usage) -> Action:
     """Answer from the cache: JSON as stored, or an SSE stream for a streamed request."""
     model = stream.model
-    answer = None
+    body, ctype = raw, "application/json"  # as stored: the upstream's own JSON answer, or the one a stream stood for
     if stream.stream:
         answer = _decode(raw)
-        if answer is None:
+        try:
+            body, ctype = replay.to_sse(answer, _wants_usage(stream)), "text/event-stream"  # type: ignore[arg-type]
+        except (TypeError, AttributeError, ValueError):  # None, or a stored answer with parts of the wrong type
             _counted("miss", model.name)
             return stream._admit()  # unreadable: a miss, stored again
     stream.cache_state = "hit"
@@ -186,24 +201,18 @@ def _hit(stream: Any, cfg: CacheConfig, raw: bytes, usage: Usage) -> Action:
         sent = []
 
         def replay_now() -> bool:
-            sent.append(_replay(stream, answer, raw, usage))
+            sent.append(_replay(stream, body, ctype, usage))
             consumers.charge(stream, cc, usage, model.name)
             return False  # answered here: nothing to resume
 
         act = consumers.admit(stream, cc, model.name, replay_now)
         return Action.PAUSE if sent else act
-    _replay(stream, answer, raw, usage)
+    _replay(stream, body, ctype, usage)
     return Action.PAUSE
 
 
-def _replay(stream: Any, answer: dict[str, Any] | None, raw: bytes, usage: Usage) -> bool:
+def _replay(stream: Any, body: bytes, ctype: str, usage: Usage) -> bool:
     model = stream.model
-    if answer is not None:
-        body = replay.to_sse(answer, _wants_usage(stream))
-        ctype = "text/event-stream"
-    else:
-        body = raw  # as it was stored: the upstream's own JSON answer, or the one a stream stood for
-        ctype = "application/json"
     headers = [("content-type", ctype), (RESPONSE_HEADER, "hit"), ("x-ai-served-model", model.name)]
     if stream.gate is not None:
         headers += consumers.rate_headers(stream)

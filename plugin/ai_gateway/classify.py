@@ -11,6 +11,7 @@ from proxywasm import hostcalls as hc
 from .attempt import address
 from .content_routing import classified, classifier_request
 from .errors import GatewayError
+from .picker import add_destination
 from .upstream import callout_headers
 
 TYPE_CHECKING = False
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 _COUNTERS = MetricCache(Counter)
 _RNG = random.Random()  # key picks for the classifier's own calls
+_REPLACED = frozenset({":method", ":path", "accept-encoding"})
 
 
 def classify(stream: Any, cfg: Config, body: bytes) -> Action:
@@ -29,7 +31,8 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
     c = route.classifier
     model = cfg.models[c.model]
     # addressed like any request the gateway sends itself: cluster and model headers, a pool key, the upstream name
-    att = address(cfg, classifier_request(c, stream.doc), model, hc.now_ns() // 1_000_000, _RNG,
+    ask = classifier_request(c, stream.doc)
+    att = address(cfg, ask, model, hc.now_ns() // 1_000_000, _RNG,
                   client_auth="authorization" in stream.headers_in)
     waiting = [False]
 
@@ -53,8 +56,16 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
     try:
         if att is None:  # no usable key for the classifier
             raise hc.HostError("no key")
+        # the answer is read here: uncompressed (the client's accept-encoding, e.g. the openai client's gzip,
+        # stays the client's)
         headers = [(k, v) for k, v in callout_headers(stream.request_headers.items(), att, cfg)
-                   if k not in (":method", ":path")] + [(":method", "POST"), (":path", "/v1/chat/completions")]
+                   if k not in _REPLACED] + [(":method", "POST"), (":path", "/v1/chat/completions"),
+                                              ("accept-encoding", "identity")]
+        if cfg.pickers:  # a classifier behind an endpoint picker: a pod like any request (None: all saturated)
+            headers = add_destination(cfg.pickers, model, ask, headers, hc.now_ns() // 1_000_000,
+                                      cfg.metrics)
+            if headers is None:
+                raise hc.HostError("no endpoint")
         stream.http_call(model.cluster, headers, att.body, callback=answered, timeout_ms=c.timeout_ms)
     except hc.HostError:
         decided(None)

@@ -119,7 +119,8 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts: the text ones
-        return "\n".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "\n".join(t for p in content if isinstance(p, dict) and p.get("type") == "text"
+                         and isinstance(t := p.get("text"), str))
     return ""
 
 
@@ -156,7 +157,7 @@ def classified(c: Classifier, status: int, body: bytes) -> str | None:
         return None
     try:
         answer = json.loads(body)["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, RecursionError):  # RecursionError: absurdly deep JSON
         return None
     if not isinstance(answer, str):
         return None

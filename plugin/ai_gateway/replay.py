@@ -28,37 +28,70 @@ def _events(raw: bytes) -> tuple[list[dict[str, Any]], bool]:
             continue
         try:
             obj = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the interpreter allows
             return [], False
         if isinstance(obj, dict):
             out.append(obj)
     return out, done
 
 
-def _merge_tool_calls(have: list[dict[str, Any]], deltas: list[Any]) -> None:
+MAX_TOOL_CALLS = 128  # per choice: an index past this (or not next in line) is a malformed stream
+MAX_CHOICES = 128  # choice indexes (OpenAI's n is at most 128)
+
+
+class Malformed(Exception):
+    """A stream no server sends (wrong types, tool-call indexes out of line): not cached."""
+
+
+def _str(v: Any) -> str:
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise Malformed
+    return v
+
+
+def _obj(v: Any) -> dict[str, Any]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        raise Malformed
+    return v
+
+
+def _merge_tool_calls(have: list[dict[str, Any]], deltas: Any) -> None:
+    if not isinstance(deltas, list):
+        raise Malformed
     for d in deltas:
-        if not isinstance(d, dict):
-            continue
+        d = _obj(d)
         idx = d.get("index", len(have))
-        while len(have) <= idx:
+        if type(idx) is not int or not 0 <= idx <= min(len(have), MAX_TOOL_CALLS - 1):
+            raise Malformed  # a new call comes next in line; 10**9 must not build a list that long
+        if idx == len(have):
             have.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
         tc = have[idx]
         if d.get("id"):
-            tc["id"] = d["id"]
+            tc["id"] = _str(d["id"])
         if d.get("type"):
-            tc["type"] = d["type"]
-        fn = d.get("function")
-        if isinstance(fn, dict):
-            tc["function"]["name"] += fn.get("name") or ""
-            tc["function"]["arguments"] += fn.get("arguments") or ""
+            tc["type"] = _str(d["type"])
+        fn = _obj(d.get("function"))
+        tc["function"]["name"] += _str(fn.get("name"))
+        tc["function"]["arguments"] += _str(fn.get("arguments"))
 
 
 def from_sse(raw: bytes) -> dict[str, Any] | None:
     """The answer a whole stream stands for (``chat.completion`` or ``text_completion``); None when the stream
-    was cut off (no ``[DONE]``, or a choice without its finish_reason) or holds an error."""
+    was cut off (no ``[DONE]``, or a choice without its finish_reason), holds an error or is malformed."""
     events, done = _events(raw)
     if not done or not events:
         return None
+    try:
+        return _fold(events)
+    except Malformed:
+        return None
+
+
+def _fold(events: list[dict[str, Any]]) -> dict[str, Any] | None:
     first = events[0]
     text = first.get("object") == "text_completion"
     choices: dict[int, dict[str, Any]] = {}
@@ -68,27 +101,31 @@ def from_sse(raw: bytes) -> dict[str, Any] | None:
             return None
         if isinstance(ev.get("usage"), dict):
             usage = ev["usage"]
-        for ch in ev.get("choices") or ():
-            if not isinstance(ch, dict):
-                return None
+        chs = ev.get("choices") or ()
+        if not isinstance(chs, list | tuple):
+            raise Malformed
+        for ch in chs:
+            ch = _obj(ch)
             i = ch.get("index", 0)
+            if type(i) is not int or not 0 <= i < MAX_CHOICES:
+                raise Malformed
             c = choices.setdefault(i, {"index": i, "parts": [], "reasoning": [], "tools": [], "finish": None,
                                        "role": "assistant", "reasoning_key": "reasoning_content"})
             if text:
-                c["parts"].append(ch.get("text") or "")
+                c["parts"].append(_str(ch.get("text")))
             else:
-                delta = ch.get("delta") or {}
+                delta = _obj(ch.get("delta"))
                 if delta.get("role"):
-                    c["role"] = delta["role"]
-                c["parts"].append(delta.get("content") or "")
+                    c["role"] = _str(delta["role"])
+                c["parts"].append(_str(delta.get("content")))
                 for k in ("reasoning_content", "reasoning"):
                     if delta.get(k):
-                        c["reasoning"].append(delta[k])
+                        c["reasoning"].append(_str(delta[k]))
                         c["reasoning_key"] = k
                 if delta.get("tool_calls"):
                     _merge_tool_calls(c["tools"], delta["tool_calls"])
             if ch.get("finish_reason"):
-                c["finish"] = ch["finish_reason"]
+                c["finish"] = _str(ch["finish_reason"])
     if not choices or any(c["finish"] is None for c in choices.values()):
         return None
     out_choices = []

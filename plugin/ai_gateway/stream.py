@@ -61,6 +61,7 @@ class GatewayStream(AnswerReader, HttpContext):
     gate: consumers.Gate | None = None  # its limits' admission
     admin_target = ""  # an admin API call for this consumer's balance waits for its body
     sent_headers: list[tuple[str, str]] | None = None  # the request headers, kept when resumed from a callout
+    upstream_path = ""  # the path and query the request goes upstream with (normalised: paths.py)
     cache_key = ""  # a cacheable request's key (cache.py): its whole 200 answer is stored
     cache_state = ""  # hit | miss | skip (x-ai-cache), "" without a cache
     attempts: retries.Attempts | None = None  # fallback as Envoy retries: the attempts so far
@@ -112,9 +113,12 @@ class GatewayStream(AnswerReader, HttpContext):
         if method != "POST" or path not in cfg.paths:
             return Action.CONTINUE
         if client is not None:
+            self.upstream_path = CHAT_PATH
             self._client_request_headers(h, hd, cc is None)
-        elif path != raw:  # the upstream gets the path the gateway judged (paths.py)
-            h.set(":path", path + "?" + query if query else path)
+        else:
+            self.upstream_path = path + "?" + query if query else path
+            if path != raw:  # the upstream gets the path the gateway judged (paths.py)
+                h.set(":path", self.upstream_path)
         ctype = hd.get("content-type")
         if ctype and ctype != "application/json" and not json_media_type(ctype):
             return self._reject(GatewayError(
@@ -154,7 +158,9 @@ class GatewayStream(AnswerReader, HttpContext):
             self._route(cfg, body)
         except GatewayError as e:
             return self._reject(e)
-        if self.model is None:  # content routing asks its classifier first
+        if self.model is None:  # content routing asks its classifier first (not for a consumer over its limits)
+            if cfg.consumers is not None:
+                return consumers.precheck(self, cfg.consumers, lambda: classify(self, cfg, body))
             return classify(self, cfg, body)
         return self._proceed()
 

@@ -4,6 +4,7 @@ What the request path calls (stream.py), one hook each:
   * ``authenticate`` in the request headers: 401 / 403, or the stream's consumer set and its key removed;
     the admin API answered (``admin.py``);
   * ``admit`` once the model is known, before anything goes upstream: 429 or on (now, or when Redis answers);
+    ``precheck`` before that when the model waits for content routing's classifier (nothing counted);
   * ``charge`` when the answer is observed: tokens charged to the consumer's counters and balance;
   * ``rate_headers`` on the answer: OpenAI-style ``x-ratelimit-*`` headers.
 """
@@ -19,7 +20,8 @@ from ..usage import Usage
 from . import admin, auth
 from .config import Consumer, Consumers, Limit
 
-__all__ = ["Consumer", "Gate", "admin", "admit", "authenticate", "charge", "model_allowed", "rate_headers"]
+__all__ = ["Consumer", "Gate", "admin", "admit", "authenticate", "charge", "model_allowed", "precheck",
+           "rate_headers"]
 from .limits import amount, applicable, exceeded, headers, window
 from .store import RedisStore, SharedStore, store_for
 
@@ -86,9 +88,25 @@ def model_allowed(stream: Any, requested: str) -> GatewayError | None:
     return None
 
 
-def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], bool | None]) -> Action:
+def precheck(stream: Any, cc: Consumers, then: Callable[[], Action]) -> Action:
+    """Before the gateway spends anything on a request whose model is not known yet (content routing's classifier
+    call): a consumer already over a limit that holds for every model, or out of quota, is refused; nothing is
+    counted (``admit`` counts the request once its model is known). Returns ``then()``'s action, or PAUSE."""
+    acts: list[Action] = []
+
+    def go() -> bool:
+        acts.append(then())
+        return acts[-1] == Action.CONTINUE  # False: ``then`` holds the request (or answered it) itself
+
+    act = admit(stream, cc, "", go, counting=False)
+    return acts[0] if acts and act == Action.CONTINUE else act
+
+
+def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], bool | None],
+          counting: bool = True) -> Action:
     """Check the limits before the request goes upstream. CONTINUE (``proceed`` ran), or PAUSE: refused (the
-    answer is sent) or waiting for Redis (the request resumes, after ``proceed``, or is refused then)."""
+    answer is sent) or waiting for Redis (the request resumes, after ``proceed``, or is refused then).
+    ``counting=False``: the limits are read, the request is not counted (``precheck``)."""
     who = stream.who
     limits = applicable(cc, who, model)
     quota = who.name if who is not None and who.quota else None
@@ -137,7 +155,7 @@ def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], bool | N
             else:
                 refuse(stream, g.outcome)
 
-    as_root(stream, g.store, lambda root: g.store.admit(root, limits, quota, g.now_s, done))
+    as_root(stream, g.store, lambda root: g.store.admit(root, limits, quota, g.now_s, done, counting))
     if g.outcome is None:
         g.waiting = True
         return Action.PAUSE

@@ -69,12 +69,13 @@ class SharedStore:
         shared.update(key, fn)
         return ok[0]
 
-    def admit(self, ctx: Any, limits: list[Limit], quota: str | None, now_s: int, done: Done) -> None:
+    def admit(self, ctx: Any, limits: list[Limit], quota: str | None, now_s: int, done: Done,
+              counting: bool = True) -> None:
         keys = [(self.prefix + lim.counter, now_s // lim.window_s) for lim in limits]
         values = [self._read(k, idx) for k, idx in keys]
         bal = self._balance(quota) if quota is not None else None
         admitted = exceeded(limits, values) < 0 and (bal is None or bal > 0)
-        if admitted:  # count the request; a worker that took the last slot meanwhile wins
+        if admitted and counting:  # count the request; a worker that took the last slot meanwhile wins
             taken = []
             for (k, idx), lim in zip(keys, limits, strict=True):
                 if lim.kind != "requests":
@@ -234,12 +235,13 @@ class RedisStore:
         idx, left = window(lim, now_s)
         return f"{self.cfg.prefix}rl:{lim.counter}:{idx}", left + TTL_SLACK_S
 
-    def admit(self, ctx: Any, limits: list[Limit], quota: str | None, now_s: int, done: Done) -> None:
+    def admit(self, ctx: Any, limits: list[Limit], quota: str | None, now_s: int, done: Done,
+              counting: bool = True) -> None:
         keys, argv = [], []
         for lim in limits:
             k, ttl = self._key(lim, now_s)
             keys.append(k)
-            argv += [lim.amount, 1 if lim.kind == "requests" else 0, ttl]
+            argv += [lim.amount, 1 if counting and lim.kind == "requests" else 0, ttl]
         if quota is not None:
             keys.append(self.cfg.prefix + "quota:" + quota)
 

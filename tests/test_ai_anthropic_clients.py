@@ -268,3 +268,24 @@ def test_streamed_callout_fallback_answer_is_one_anthropic_stream(gw) -> None:
     s.complete()
     log = json.loads(s.property("ai_log"))
     assert (log["served_model"], log["fallback_from"], log["total_tokens"]) == ("gemma-2-2b", "qwen2-1-5b", 5)
+
+
+def test_cache_keeps_the_openai_answer_and_replays_it_in_anthropics_shape(make_host) -> None:
+    h = make_host("ai_gateway")
+    assert h.start({**CONFIG, "cache": {"ttl_s": 60}}), h.logs
+    ask = messages_body("llama-3", temperature=0)
+    s = send(h, ask)  # a miss: the upstream's JSON answer is kept as it came
+    body = json.dumps(CHAT_ANSWER).encode()
+    s.send_response_headers({":status": "200", "content-type": "application/json"})
+    s.send_response_body(body, end_of_stream=True)
+    assert s.response_header("x-ai-cache") == "miss"
+    s.complete()
+    hit = send(h, ask).local_response  # the same question as JSON: the same Anthropic message
+    assert hit is not None and ("x-ai-cache", "hit") in hit.headers
+    assert json.loads(hit.body) == json.loads(s.response_body)
+    streamed = send(h, messages_body("llama-3", stream=True, temperature=0)).local_response  # asked streamed
+    assert ("x-ai-cache", "hit") in streamed.headers and ("content-type", "text/event-stream") in streamed.headers
+    evs = events(streamed.body)
+    assert evs[0][0] == "message_start" and evs[-1][0] == "message_stop"
+    assert "".join(d["delta"]["text"] for e, d in evs if e == "content_block_delta") == "Hi there"
+    assert evs[-2][1]["usage"] == {"input_tokens": 9, "output_tokens": 2}

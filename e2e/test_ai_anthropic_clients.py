@@ -193,6 +193,11 @@ def test_errors_in_anthropics_shape(gw: AiStack) -> None:
         c.messages.create(model=GEMMA, max_tokens=8, messages=HELLO)
     assert bad.value.body == {"type": "error", "error": {
         "type": "invalid_request_error", "message": "This model's maximum context length is 4096 tokens."}}
+    gw.gemma.fault(drop=True)  # no answer at all: Envoy's own 503 (local_reply_config), in Anthropic's shape
+    with pytest.raises(anthropic.InternalServerError) as down:
+        c.messages.create(model=GEMMA, max_tokens=8, messages=HELLO)
+    assert down.value.status_code == 503 and down.value.body["type"] == "error"
+    assert down.value.body["error"]["type"] == "api_error" and down.value.body["error"]["message"]
     r = send(gw.url + "/v1/messages", "POST", {"model": QWEN, "messages": HELLO},
              {"x-api-key": KEY, "anthropic-version": "2023-06-01"})
     assert r.status == 400 and r.json() == {"type": "error", "error": {"type": "invalid_request_error",

@@ -7,10 +7,12 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
-from proxywasm import Action, StreamType
+from proxywasm import Action, LogLevel, StreamType
 
 from .gateway import CONFIG
+from .test_anthropic_translation import _requests
 
 MESSAGES = {":method": "POST", ":path": "/v1/messages", ":authority": "gw", "content-type": "application/json",
             "anthropic-version": "2023-06-01"}
@@ -289,3 +291,16 @@ def test_cache_keeps_the_openai_answer_and_replays_it_in_anthropics_shape(make_h
     assert evs[0][0] == "message_start" and evs[-1][0] == "message_stop"
     assert "".join(d["delta"]["text"] for e, d in evs if e == "content_block_delta") == "Hi there"
     assert evs[-2][1]["usage"] == {"input_tokens": 9, "output_tokens": 2}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(req=_requests)
+def test_hostile_messages_requests_through_the_gateway(gw, req: dict[str, Any]) -> None:
+    """Routed with a chat-completions body, or answered in Anthropic's shape; never a plugin error."""
+    s = send(gw, json.dumps({**req, "model": "llama-3"} if isinstance(req.get("model"), str) else req).encode())
+    lr = s.local_response
+    if lr is None:
+        assert s.request_header("x-ai-upstream") == "llama" and "messages" in json.loads(s.request_body)
+    else:
+        assert lr.status in (400, 404) and json.loads(lr.body)["type"] == "error"
+    assert not gw.logs_at(LogLevel.ERROR)

@@ -232,3 +232,74 @@ def test_usual_chunks_translated_undecoded_give_the_same_events(ascii_only: bool
     evs = events(got)
     assert "".join(d["delta"]["text"] for e, d in evs if e == "content_block_delta") == "".join(texts) + "!"
     assert one_by_one.done and one_by_one.usage is None
+
+
+# -- hostile input: every translation answers (a document, a 400, well-formed events), none raises anything else --
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+                     | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                         st.sampled_from(["type", "text", "content", "role", "source", "tool_use_id", "id", "name",
+                                          "input", "media_type", "data", "url", "x"]), inner, max_size=4),
+                     max_leaves=20)
+_valid_blocks = st.one_of(
+    st.builds(lambda t: {"type": "text", "text": t}, st.text(max_size=6)),
+    st.builds(lambda d: {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": d}},
+              st.text(max_size=6)),
+    st.builds(lambda i, n, x: {"type": "tool_use", "id": i, "name": n, "input": x}, st.text(max_size=4),
+              st.text(max_size=4), st.dictionaries(st.text(max_size=3), _json, max_size=2)),
+    st.builds(lambda i, c: {"type": "tool_result", "tool_use_id": i, "content": c}, st.text(max_size=4),
+              st.text(max_size=4) | st.lists(st.builds(lambda t: {"type": "text", "text": t}, st.text(max_size=3)),
+                                             max_size=2)),
+    st.just({"type": "thinking", "thinking": "t", "signature": "s"}))
+_hostile_blocks = st.fixed_dictionaries({"type": st.sampled_from(["text", "image", "tool_use", "tool_result",
+                                                                  "document", 7])},
+                                        optional={"text": _json, "source": _json, "id": _json, "name": _json,
+                                                  "input": _json, "tool_use_id": _json, "content": _json})
+_blocks = st.lists(_valid_blocks, max_size=4) | st.lists(_valid_blocks | _hostile_blocks, max_size=4)
+_requests = st.fixed_dictionaries(
+    {"model": st.just("m") | _json, "max_tokens": st.integers(1, 5) | st.integers(1, 5) | _json,
+     "messages": st.lists(st.fixed_dictionaries({
+         "role": st.sampled_from(["user", "assistant", "user", "assistant", "system"]),
+         "content": st.text(max_size=5) | _blocks | _blocks | _json}), max_size=4)},
+    optional={"system": st.text(max_size=5) | _blocks | _json,
+              "tools": st.lists(st.builds(lambda n, s: {"name": n, "input_schema": s}, st.text(max_size=3), _json),
+                                max_size=2) | _json,
+              "tool_choice": st.sampled_from([{"type": "auto"}, {"type": "any"}, {"type": "tool", "name": "f"},
+                                              {"type": "none"}]) | _json,
+              "stop_sequences": st.lists(st.text(max_size=3), max_size=2) | _json, "stream": _json,
+              "metadata": _json, "temperature": _json})
+
+
+@settings(max_examples=400, deadline=None)
+@given(req=_requests)
+def test_hostile_requests_are_translated_or_400(req: dict[str, Any]) -> None:
+    try:
+        doc = to_openai(json.dumps(req).encode())
+    except GatewayError as e:
+        assert e.status == 400 and len(str(e)) < 600
+        return
+    assert isinstance(doc["messages"], list) and type(doc["max_tokens"]) is int
+    json.loads(json.dumps(doc))  # encodable as the gateway encodes it
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300) | st.lists(st.sampled_from([
+    b"data: [DONE]\n\n", b'data: {"choices":[{"index":0,"delta":{"content":"a"}}]}\n\n', b"data: {\n\n",
+    b'data: {"choices":[{"index":0,"delta":{"tool_calls":[{"index":"x","function":7}]},"finish_reason":"stop"}]}\n\n',
+    b'data: {"error":[1]}\n\n', b'data: {"usage":{"prompt_tokens":-1}}\n\n', b"\r\n", b": ping\n\n",
+    b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"r","content":"c"},"finish_reason":"length"}]}\n\n',
+]), max_size=8).map(b"".join), cut=st.integers(0, 400))
+def test_hostile_streams_give_well_formed_events(data: bytes, cut: int) -> None:
+    tr = StreamTranslator()
+    out = tr.feed(data[:cut]) + tr.feed(data[cut:], True)
+    evs = events(out)
+    assert evs and evs[-1][0] in ("message_stop", "error")  # it always ends, one way or the other
+    assert sum(e == "message_stop" for e, _ in evs) <= 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=st.binary(max_size=200) | _json.map(lambda d: json.dumps(d).encode()), status=st.integers(200, 599))
+def test_hostile_answers_give_anthropic_shapes(body: bytes, status: int) -> None:
+    out = json.loads(AnthropicClient().whole(status, body, "application/json"))
+    assert out["type"] == ("error" if status >= 400 or out["type"] == "error" else "message")

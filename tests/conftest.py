@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 PLUGINS = REPO / "tests" / "plugins"
 
 # entry module -> extra source roots
-PLUGIN_PATHS = {"probe": [PLUGINS], "examples.showcase": [], "ai_gateway": []}
+PLUGIN_PATHS = {"sdk_ops": [PLUGINS], "sdk_trailers": [PLUGINS], "examples.showcase": [], "ai_gateway": []}
 
 
 def build_wasm(entry: str, variant: str = "") -> Path:

@@ -68,7 +68,7 @@ def test_all_fallbacks_failing_lets_the_original_error_through(gw) -> None:
     assert s.response_header("x-ai-fallback-exhausted") == "2"
     assert s.response_header(":status") == "503"
     s.complete()
-    log = json.loads(s.property("ai_log"))  # the primary's whole error answer: complete, an error, no usage
+    log = json.loads(s.get_property("ai_log"))  # the primary's whole error answer: complete, an error, no usage
     assert (log["status"], log["complete"], log["cancelled"], log["input_tokens"]) == (503, True, False, None)
 
 

@@ -176,6 +176,18 @@ def test_key_metrics_use_fingerprints(make_host) -> None:
     assert_no_secrets(h)
 
 
+def test_key_metrics_label_the_model_like_every_metric(make_host) -> None:
+    """The model's segment of keypool.<model>.key... goes through metric_names.label like the model segment of every
+    other metric: no spaces or parentheses in a stat name, at most 64 characters (it used to be the raw name)."""
+    name = "team a/" + "m" * 80 + " (beta)"
+    h = make_host("ai_gateway")
+    assert h.start({"models": [{"name": name, "cluster": "provider", "api_keys": {"keys": KEYS}}]}), h.logs
+    answer(chat(h, chat_body(name)), 200)
+    names = [n for n in h.metric_names if n.startswith("keypool.")]
+    assert names and all(n.startswith("keypool.team_a/" + "m" * 57 + ".key.") for n in names), names
+    assert sum(h.metric(n) for n in names if n.endswith(".metric.requests")) == 1
+
+
 @pytest.mark.parametrize(("pool", "message"), [
     ({"keys": []}, "api_keys.keys: must be a non-empty list"),
     ({"keys": ["a", "a"]}, "api_keys.keys: has duplicates"),

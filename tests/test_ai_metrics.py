@@ -60,11 +60,12 @@ def test_non_streaming_usage_metrics_and_ai_log(make_host) -> None:
     assert (metric(h, "input_token"), metric(h, "output_token"), metric(h, "total_token")) == (11, 7, 18)
     assert (metric(h, "request_total"), metric(h, "llm_duration_count"), metric(h, "llm_service_duration")) == (1, 1, 250)
     assert h.histogram(PREFIX.format(c="qwen", m="qwen2-1-5b", u="team-a") + "llm_latency") == [250]
-    log = json.loads(s.property("ai_log"))
+    log = json.loads(s.get_property("ai_log"))
     assert log == {"model": "qwen2-1-5b", "served_model": "qwen2-1-5b", "route": "chat", "cluster": "qwen",
                    "consumer": "team-a", "status": 200, "stream": False, "input_tokens": 11, "output_tokens": 7,
                    "total_tokens": 18, "usage_source": "server", "usage_known": True, "ttft_ms": None,
-                   "duration_ms": 250, "fallback_from": None, "complete": True, "cancelled": False, "attempts": None}
+                   "duration_ms": 250, "fallback_from": None, "complete": True, "cancelled": False, "attempts": None,
+                   "client": "openai"}
 
 
 def test_streaming_usage_injected_and_stripped(make_host) -> None:
@@ -85,7 +86,7 @@ def test_streaming_usage_injected_and_stripped(make_host) -> None:
     # TTFT: the first content event is whole in the fourth chunk (at 60 ms), not the first byte (45 ms)
     assert metric(h, "llm_stream_duration_count") == 1 and metric(h, "llm_first_token_duration") == 60
     assert h.histogram(PREFIX.format(c="qwen", m="qwen2-1-5b", u="team-a") + "llm_first_token_latency") == [60]
-    assert json.loads(s.property("ai_log"))["stream"] is True
+    assert json.loads(s.get_property("ai_log"))["stream"] is True
 
 
 def test_client_asked_usage_is_kept_and_body_untouched(make_host) -> None:
@@ -120,7 +121,7 @@ def test_fallback_counts_tokens_of_the_model_that_answered(make_host) -> None:
     assert s.local_response.body == b"".join(sse(chunk("x")))
     assert metric(h, "input_token", "gemma", "gemma-2-2b") == 11
     assert metric(h, "fallback_total", "gemma", "gemma-2-2b") == 1
-    log = json.loads(s.property("ai_log"))
+    log = json.loads(s.get_property("ai_log"))
     assert log["fallback_from"] == "qwen2-1-5b"
     assert log["attempts"] == [["qwen2-1-5b", 503], ["gemma-2-2b", 200]]  # every attempt, in order
     assert metric(h, "attempt_failure_total") == 1  # on the failed model's labels
@@ -138,7 +139,7 @@ def test_truncated_stream_and_broken_json_record_what_is_known(make_host) -> Non
     s.complete()  # the upstream connection dropped: Envoy ends the stream
     assert metric(h, "request_total") == 1
     assert metric(h, "error_total") == 1  # an answer cut off is not a success
-    log = json.loads(s.property("ai_log"))
+    log = json.loads(s.get_property("ai_log"))
     assert (log["complete"], log["cancelled"], log["usage_source"]) == (False, False, "estimated")
     # served, so not nothing: the input is estimated from the request, no output event was whole
     assert (log["input_tokens"], log["output_tokens"]) == (input_tokens(chat_body(stream=True)), 0)
@@ -148,7 +149,7 @@ def test_truncated_stream_and_broken_json_record_what_is_known(make_host) -> Non
     s2.send_response_headers({":status": "502", "content-type": "application/json"})  # falls back...
     h.respond_callout(h.callouts[0].token, 200, {"content-type": "application/json"}, b"{broken")  # ...to junk
     assert s2.local_response.body == b"{broken"
-    assert json.loads(s2.property("ai_log"))["usage_known"] is False
+    assert json.loads(s2.get_property("ai_log"))["usage_known"] is False
 
 
 def test_consumer_label_is_sanitized_and_bounded(make_host) -> None:
@@ -164,7 +165,7 @@ def test_metrics_and_log_can_be_turned_off(make_host) -> None:
     h = start(make_host, metrics=False, ai_log="off")
     s = request(h, chat_body())
     s.send_response_headers({":status": "200"}, end_of_stream=True)
-    assert h.metric_names == [] and s.property("ai_log") is None
+    assert h.metric_names == [] and s.get_property("ai_log") is None
 
 
 def test_instant_answer_records_zero_durations(make_host) -> None:
@@ -173,7 +174,7 @@ def test_instant_answer_records_zero_durations(make_host) -> None:
     s = request(h, chat_body(stream=True))
     s.send_response_headers({":status": "200", "content-type": "text/event-stream"})
     s.send_response_body(b"".join(sse(chunk("a"), USAGE_ONLY)))
-    log = json.loads(s.property("ai_log"))
+    log = json.loads(s.get_property("ai_log"))
     assert (log["ttft_ms"], log["duration_ms"]) == (0, 0)
     assert metric(h, "llm_stream_duration_count") == 1 and metric(h, "input_token") == 11
 
@@ -182,7 +183,7 @@ def _error(h, status: int) -> None:
     s = request(h, chat_body())
     s.send_response_headers({":status": str(status), "content-type": "application/json"})
     s.send_response_body(b'{"error": {"message": "no", "type": "BadRequestError", "code": 400}}')
-    log = json.loads(s.property("ai_log"))
+    log = json.loads(s.get_property("ai_log"))
     assert (log["input_tokens"], log["usage_source"], log["usage_known"]) == (None, None, False)  # unknown: null
 
 
@@ -207,7 +208,7 @@ def test_stream_without_usage_is_estimated_and_ttft_waits_for_output(make_host, 
         s.send_response_body(b"".join(sse(chunk(w), done=False)), end_of_stream=False)
         h.advance(10 + i)
     s.send_response_body(b"data: [DONE]\n\n", end_of_stream=True)
-    log = json.loads(s.property("ai_log"))
+    log = json.loads(s.get_property("ai_log"))
     inp = input_tokens(body)
     assert inp == 3 * 3 + -(-(8 + 26) // 4)  # 2 messages + the reply: 3 each; the text (34 bytes) at 4 bytes a token
     assert (log["input_tokens"], log["output_tokens"], log["total_tokens"]) == (inp, 5, inp + 5)
@@ -225,7 +226,7 @@ def test_json_answer_without_usage_is_estimated_from_its_text(make_host) -> None
     s.send_response_headers({":status": "200", "content-type": "application/json"})
     text = "The quick brown fox jumps over the lazy dog."  # 44 bytes: one member of more than 8 bytes -> 44 / 4
     s.send_response_body(json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode())
-    log = json.loads(s.property("ai_log"))
+    log = json.loads(s.get_property("ai_log"))
     assert (log["output_tokens"], log["usage_source"]) == (11, "estimated")
     assert metric(h, "output_token") == 11 and metric(h, "usage_estimated_total") == 1
 
@@ -236,7 +237,7 @@ def test_fallback_stream_without_usage_is_estimated(make_host) -> None:
     s.send_response_headers({":status": "503"})
     h.respond_callout(h.callouts[0].token, 200, {"content-type": "text/event-stream"},
                       b"".join(sse(chunk("x"), chunk(" y"))))
-    log = json.loads(s.property("ai_log"))
+    log = json.loads(s.get_property("ai_log"))
     assert (log["output_tokens"], log["usage_source"], log["fallback_from"]) == (2, "estimated", "qwen2-1-5b")
     assert log["ttft_ms"] is not None
 
@@ -256,7 +257,7 @@ def test_client_cancel_is_counted_apart_from_errors(make_host, flags, details, c
         if value is not None:
             h.set_property(path, value)
     s.complete()
-    log = json.loads(s.property("ai_log"))
+    log = json.loads(s.get_property("ai_log"))
     assert (log["complete"], log["cancelled"], log["output_tokens"]) == (False, cancelled, 2)
     assert metric(h, "cancelled_total" if cancelled else "error_total") == 1
     with pytest.raises(KeyError):
@@ -283,6 +284,6 @@ def test_framing_and_splits_give_same_usage_ttft_and_bytes(make_host, words, cut
         h.advance(1)
         s.send_response_body(part, end_of_stream=i == len(parts) - 1)
     assert s.response_body == (stripped if drop else full)
-    log = json.loads(s.property("ai_log"))
+    log = json.loads(s.get_property("ai_log"))
     assert (log["input_tokens"], log["output_tokens"], log["usage_source"]) == (11, len(words), "server")
     assert log["ttft_ms"] == 1 + next(i for i, b in enumerate(itertools.accumulate(map(len, parts))) if b > line_end)

@@ -41,7 +41,7 @@ def sse_events(raw: bytes) -> list[Any]:
 
 
 def log_of(s) -> dict[str, Any]:
-    return json.loads(s.property("ai_log"))
+    return json.loads(s.get_property("ai_log"))
 
 
 def test_anthropic_request_is_addressed_and_translated(gw) -> None:

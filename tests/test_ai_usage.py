@@ -151,6 +151,6 @@ def test_skip_markers_are_the_scanners_rule(chunk: bytes) -> None:
     """A rewritten stream's chunks skip Python (proxywasm.taps) exactly when the scanner would find nothing in them:
     SKIP_MARKERS match where _interesting does (a "usage" not followed by null, or [DONE])."""
     from ai_gateway.usage import SKIP_MARKERS, _interesting
-    from proxywasm.taps import _marked
+    from proxywasm.testing.shim_twins import marked
 
-    assert _marked(chunk, SKIP_MARKERS) == (_interesting(bytearray(chunk), 0) >= 0)
+    assert marked(chunk, SKIP_MARKERS) == (_interesting(bytearray(chunk), 0) >= 0)

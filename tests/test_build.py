@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxywasm import abi
-from proxywasm.hostcalls import pack_pairs, unpack_pairs
+from proxywasm.hostcalls import pack_pairs
+from proxywasm.testing.shim_twins import unpack_pairs
 from pwbuild.audit import audit, read_module
 from pwbuild.toolchain import BuildError
 from pwbuild.wasistubs import KEEP
@@ -26,14 +27,14 @@ def run_build(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_same_input_gives_identical_bytes_and_is_not_rebuilt(tmp_path: Path) -> None:
-    first = wasm_path("probe")
+    first = wasm_path("sdk_ops")
     out = tmp_path / "again.wasm"
     # a fresh object cache: every generated source is frozen and compiled again
-    r = run_build("probe", "--path", str(PLUGINS), "-o", str(out), "--cache", str(tmp_path / "cache"))
+    r = run_build("sdk_ops", "--path", str(PLUGINS), "-o", str(out), "--cache", str(tmp_path / "cache"))
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == first.read_bytes()
     mtime = out.stat().st_mtime_ns
-    r = run_build("probe", "--path", str(PLUGINS), "-o", str(out), "--cache", str(tmp_path / "cache"))
+    r = run_build("sdk_ops", "--path", str(PLUGINS), "-o", str(out), "--cache", str(tmp_path / "cache"))
     assert r.returncode == 0 and "up to date" in r.stdout
     assert out.stat().st_mtime_ns == mtime
 
@@ -76,7 +77,7 @@ def test_unknown_entry_is_an_error(tmp_path: Path) -> None:
 
 
 def test_built_module_fits_the_host() -> None:
-    info = audit(wasm_path("probe"), abi)
+    info = audit(wasm_path("sdk_ops"), abi)
     wasi = {n for m, n in info.imports if m == "wasi_snapshot_preview1"}
     assert wasi <= KEEP <= abi.WASI_ALLOWED | KEEP
     assert wasi <= abi.WASI_ALLOWED
@@ -86,7 +87,7 @@ def test_built_module_fits_the_host() -> None:
     for ex in abi.EXPORTS:
         if ex.name in info.exports or not ex.hot:
             assert info.exports[ex.name] == abi.export_signature(ex)
-    # hot callbacks the probe plugin does not override are not exported: Envoy skips them
+    # hot callbacks the sdk_ops plugin does not override are not exported: Envoy skips them
     for name in ("proxy_on_log", "proxy_on_done", "proxy_on_request_trailers", "proxy_on_response_trailers"):
         assert name not in info.exports
     assert {"proxy_on_request_headers", "proxy_on_response_body", "proxy_on_delete"} <= set(info.exports)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from ai_gateway.observe import METRICS
+from ai_gateway.metric_names import METRICS
 from proxywasm import MetricType
 
 from .conftest import REPO
@@ -15,7 +15,7 @@ PREFIX = "route_upstream_model_consumer_metric_"
 
 
 def emitted() -> set[str]:
-    """Metric names the plugin defines (observe.METRICS); histograms show as <name>_bucket in Prometheus."""
+    """Metric names the plugin defines (metric_names.METRICS); histograms show as <name>_bucket in Prometheus."""
     counters = {n for t, n in METRICS if t == MetricType.COUNTER}
     histograms = {n for t, n in METRICS if t == MetricType.HISTOGRAM}
     assert counters and histograms and len(counters) + len(histograms) == len(METRICS)

@@ -156,7 +156,7 @@ def test_consumer_header_is_not_trusted_by_default(make_host: Any) -> None:
     h = start(make_host, CONFIG)
     for name in ("alice", "bob"):
         s = served(h, {"x-mse-consumer": name})
-        assert json.loads(s.property("ai_log"))["consumer"] == "none"
+        assert json.loads(s.get_property("ai_log"))["consumer"] == "none"
     assert consumers(h) == {"none"}
 
 
@@ -164,7 +164,7 @@ def test_trusted_consumer_labels_are_bounded_with_an_overflow_bucket(make_host: 
     h = start(make_host, {**CONFIG, "consumer_header": "x-mse-consumer", "max_consumers": 3})
     for i in range(20):
         s = served(h, {"x-mse-consumer": f"c{i % 10}"})
-        assert json.loads(s.property("ai_log"))["consumer"] == f"c{i % 10}"  # the log keeps the name
+        assert json.loads(s.get_property("ai_log"))["consumer"] == f"c{i % 10}"  # the log keeps the name
     assert consumers(h) == {"c0", "c1", "c2", "_other"}
     per = "route.none.upstream.qwen.model.qwen2-1-5b.consumer.{}.metric.request_total"
     assert h.metric(per.format("c0")) == 2 and h.metric(per.format("_other")) == 14

@@ -151,7 +151,7 @@ def header_values(headers: list[tuple[str, str]], name: str) -> list[str]:
 
 
 def ai_log(s: Stream) -> str:
-    return (s.property("ai_log") or b"").decode("utf-8", "replace")
+    return (s.get_property("ai_log") or b"").decode("utf-8", "replace")
 
 
 class Gateway:

@@ -18,7 +18,7 @@ REQ = {":method": "POST", ":path": "/p", ":authority": "example.com"}
 
 @pytest.fixture
 def host(make_host):
-    h = make_host("probe")
+    h = make_host("sdk_ops")
     assert h.start({})
     return h
 
@@ -46,6 +46,21 @@ def test_replace_all_headers(host) -> None:
     assert s.request_headers == [(":path", "/new"), (":method", "GET"), ("x-only", "1")]
 
 
+def test_trailers_read_and_rewritten(make_host) -> None:
+    """Trailers in a plugin of their own: sdk_ops leaves the trailer callbacks out of its module (test_build)."""
+    h = make_host("sdk_trailers")
+    assert h.start({})
+    s = h.http_stream()
+    s.send_request_headers(REQ)
+    assert s.send_request_trailers({"grpc-status": "0", "x-drop": "1"}) == Action.CONTINUE
+    assert s.request_trailer("x-trailers-seen") == "2"
+    assert s.request_trailer("x-added") == "0"
+    assert s.request_trailer("x-drop") is None
+    s.send_response_headers({":status": "200"})
+    assert s.send_response_trailers({"a": "1", "b": "2"}) == Action.CONTINUE
+    assert s.response_trailer("x-response-trailers") == "a,b"
+
+
 def test_request_body_buffered_then_rewritten(host) -> None:
     s, _ = send(host, "body")
     assert s.send_request_body(b"abc", end_of_stream=False) == Action.PAUSE
@@ -71,7 +86,7 @@ def test_response_body_sees_all_chunks(host) -> None:
     assert s.send_response_body(b"one ", end_of_stream=False) == Action.PAUSE
     assert s.send_response_body(b"two", end_of_stream=True) == Action.CONTINUE
     assert json.loads(s.response_body) == {"len": 7, "chunks": "one two"}
-    assert s.response_header("x-probe-op") == "response-body"
+    assert s.response_header("x-sdk-op") == "response-body"
 
 
 TAP_CASES = [  # (keep, whole_upto, chunks): the last chunk comes with end_of_stream
@@ -170,9 +185,9 @@ _EVENT_BYTES = [b"data: ", b'{"usage":', b"null", b"{}", b" ", b":", b"[DONE]", 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(chunks=st.lists(st.lists(st.sampled_from(_EVENT_BYTES), max_size=8).map(b"".join), min_size=1, max_size=8))
 def test_skip_response_events_agrees_with_its_rule(host, chunks: list[bytes]) -> None:
-    """Random chunks (probe re-arms after every chunk it sees): Python sees exactly the chunks the rule says, on both
+    """Random chunks (sdk_ops re-arms after every chunk it sees): Python sees exactly the chunks the rule says, on both
     hosts (C inside the VM)."""
-    from proxywasm.taps import _ends_event, _marked
+    from proxywasm.testing.shim_twins import ends_event, marked
 
     markers = ((b'"usage"', b"null"), (b"[DONE]", b""))
     s, _ = send(host, "skip")
@@ -182,7 +197,7 @@ def test_skip_response_events_agrees_with_its_rule(host, chunks: list[bytes]) ->
     forwarded = s.response_body
     s.send_response_body(b"end", end_of_stream=True)
     seen = [c.encode("latin-1") for c in json.loads(s.response_body[len(forwarded):])]
-    want = [c for c in chunks if c and not (_ends_event(c) and not _marked(c, markers))] + [b"end"]
+    want = [c for c in chunks if c and not (ends_event(c) and not marked(c, markers))] + [b"end"]
     assert seen == want
 
 
@@ -245,9 +260,7 @@ def test_response_tap_of_a_reset_stream(host) -> None:
     from proxywasm.testing.fake import FakeHost
 
     if isinstance(host, FakeHost):  # inside the VM the C table is freed the same way (tap.c, on_delete)
-        from proxywasm import taps
-
-        assert not taps._py_taps
+        assert not host.shim.taps
     s2, _ = send(host, "response-body")
     s2.send_response_headers({":status": "200"})
     assert s2.send_response_body(b"x", end_of_stream=False) == Action.PAUSE  # reached Python
@@ -256,21 +269,21 @@ def test_response_tap_of_a_reset_stream(host) -> None:
 
 
 def test_properties(make_host) -> None:
-    h = make_host("probe")
+    h = make_host("sdk_ops")
     assert h.start({})
     s = h.http_stream(properties={"route_name": "chat-route"})
     s.send_request_headers({**REQ, "x-op": "property"})
     assert s.request_header("x-route") == "chat-route"
     assert s.request_header("x-prop") == "v1"
-    assert s.property("probe.value") == b"v1"
+    assert s.get_property("sdk_ops.value") == b"v1"
 
 
 def test_metrics_counter_gauge_histogram(host) -> None:
     s, _ = send(host, "metrics")
     send(host, "metrics")
-    assert host.metric("probe_counter") == 4
-    assert host.metric("probe_gauge") == 5
-    assert host.histogram("probe_hist") == [5, 9, 5, 9]
+    assert host.metric("sdk_ops_counter") == 4
+    assert host.metric("sdk_ops_gauge") == 5
+    assert host.histogram("sdk_ops_hist") == [5, 9, 5, 9]
     assert s.request_header("x-counter") == "2"
 
 
@@ -279,13 +292,13 @@ def test_shared_data_cas(host) -> None:
     assert s.request_header("x-cas") == "mismatch"
     assert s.request_header("x-value") == "v1"
     assert s.request_header("x-absent") == "(None, 0)"
-    assert host.shared_data("probe.k") == b"v1"
+    assert host.shared_data("sdk_ops.k") == b"v1"
 
 
 def test_shared_queue_delivers_to_root(host) -> None:
     a, _ = send(host, "queue")
     b, _ = send(host, "queue")
-    assert host.shared_data("probe.queue") == f"item-{b.id}".encode()
+    assert host.shared_data("sdk_ops.queue") == f"item-{b.id}".encode()
     assert a.id != b.id
 
 
@@ -326,7 +339,7 @@ def test_root_callout_outlives_its_stream_and_answers_the_root(host) -> None:
     assert call.context_id == host.root_id and call.header(":path") == "/rc"
     s.complete()  # the stream is gone; the root still gets the answer
     host.respond_callout(call.token, 202, {}, b"late")
-    assert host.shared_data("probe.root_callout") == b"202 late"
+    assert host.shared_data("sdk_ops.root_callout") == b"202 late"
     assert not host.logs_at(LogLevel.ERROR)
 
 
@@ -341,13 +354,13 @@ def test_local_response(host) -> None:
     s, action = send(host, "local")
     assert action == Action.PAUSE
     lr = s.local_response
-    assert (lr.status, lr.body, lr.headers, lr.details) == (418, b"teapot", [("x-local", "yes")], "probe_local")
+    assert (lr.status, lr.body, lr.headers, lr.details) == (418, b"teapot", [("x-local", "yes")], "sdk_ops_local")
 
 
 def test_log_levels(host) -> None:
     s, _ = send(host, "log")
     for level in LogLevel:
-        assert f"probe log {level.name}" in host.logs_at(level)
+        assert f"sdk_ops log {level.name}" in host.logs_at(level)
     assert s.request_header("x-log-level") == "TRACE"
 
 
@@ -357,13 +370,15 @@ def test_time(host) -> None:
     host.advance(1500)
     s2, _ = send(host, "time")
     assert int(s2.request_header("x-now")) - before == 1_500_000_000
+    assert int(s2.request_header("x-now-ms")) - int(s.request_header("x-now-ms")) == 1500
+    assert int(s.request_header("x-now-ms")) == before // 1_000_000
 
 
 def test_tick(host) -> None:
     assert host.state.tick_period_ms == 1000
     host.tick()
     host.tick()
-    assert host.metric("probe_ticks") == 2
+    assert host.metric("sdk_ops_ticks") == 2
 
 
 def test_exception_is_logged_and_stream_continues(host) -> None:
@@ -371,14 +386,14 @@ def test_exception_is_logged_and_stream_continues(host) -> None:
     assert action == Action.CONTINUE
     assert s.local_response is None
     (err,) = host.logs_at(LogLevel.ERROR)
-    assert "RuntimeError: boom from probe" in err and "Traceback" in err and "op_raise" in err
+    assert "RuntimeError: boom from sdk_ops" in err and "Traceback" in err and "op_raise" in err
     # the VM is still healthy
     s2, _ = send(host, "headers")
     assert s2.request_header("x-set") == "1"
 
 
 def test_fail_closed_answers_500(make_host) -> None:
-    h = make_host("probe")
+    h = make_host("sdk_ops")
     assert h.start({"_fail_closed_": True})
     s = h.http_stream()
     assert s.send_request_headers({**REQ, "x-op": "raise-response"}) == Action.CONTINUE
@@ -393,7 +408,7 @@ def test_unimplemented_host_call_fails_loudly(host) -> None:
     assert s.request_header("x-foreign") == "None"  # Envoy's answer for an unknown foreign function
     # The emulator implements every import of the ABI table today; a call it lacked would fail the callback
     # (shown on the in-process host, whose host calls can be swapped: the wasm host links them at start).
-    fake = FakeHost("probe")
+    fake = FakeHost("sdk_ops")
     assert fake.start({})
     fake.state.proxy_call_foreign_function = lambda *a: fake.state._unimplemented("proxy_call_foreign_function")
     with pytest.raises(UnimplementedHostCall, match="proxy_call_foreign_function"):
@@ -405,7 +420,7 @@ def test_grpc_call_answer_runs_bound_to_its_stream(host) -> None:
     other, _ = send(host, "headers")  # another stream becomes current meanwhile
     assert action == Action.PAUSE
     (call,) = host.grpc_calls
-    assert (call.cluster, call.service, call.method, call.timeout_ms) == ("grpc-svc", "probe.Echo", "Unary", 700)
+    assert (call.cluster, call.service, call.method, call.timeout_ms) == ("grpc-svc", "sdk_ops.Echo", "Unary", 700)
     assert call.messages == [f"ping:{s.id}".encode()] and ("x-md", "1") in call.metadata
     host.respond_grpc(call.token, b"pong")
     assert s.request_header("x-grpc-status") == "0"
@@ -453,13 +468,13 @@ def test_grpc_stream_cancelled_or_stream_gone_gets_no_callbacks(host) -> None:
 
 def test_grpc_call_to_unknown_cluster_raises_host_error(host) -> None:
     host.state.clusters = {"upstream"}
-    s, action = send(host, "grpc")  # the probe does not catch the error: the dispatcher logs it and continues
+    s, action = send(host, "grpc")  # sdk_ops does not catch the error: the dispatcher logs it and continues
     assert action == Action.CONTINUE and s.local_response is None and not host.grpc_calls
     assert any("proxy_grpc_call" in m and "BAD_ARGUMENT" in m for m in host.logs_at(LogLevel.ERROR))
 
 
 def test_rules_pick_config_per_route(make_host) -> None:
-    h = make_host("probe")
+    h = make_host("sdk_ops")
     assert h.start({"name": "global", "_rules_": [{"_match_route_": ["r1"], "name": "rule-r1"},
                                                   {"_match_domain_": ["*.corp.io"], "name": "rule-domain"}]})
     cases = [({"route_name": "r1"}, "example.com", "rule-r1"), ({"route_name": "r2"}, "a.corp.io:8080", "rule-domain"),
@@ -471,13 +486,13 @@ def test_rules_pick_config_per_route(make_host) -> None:
 
 
 def test_bad_rules_fail_plugin_start(make_host) -> None:
-    h = make_host("probe")
+    h = make_host("sdk_ops")
     assert not h.start({"_rules_": [{"name": "no matcher"}]})
     assert any("_rules_[0]: needs one of" in m for m in h.logs_at(LogLevel.CRITICAL))
 
 
 def test_config_not_json_fails_plugin_start(make_host) -> None:
-    h = make_host("probe")
+    h = make_host("sdk_ops")
     assert not h.start(b"{nope")
     assert any("invalid plugin configuration" in m for m in h.logs_at(LogLevel.CRITICAL))
 
@@ -487,7 +502,7 @@ def test_zero_counter_increment_is_skipped_not_refused() -> None:
     from proxywasm import Counter, hostcalls
     from proxywasm.testing.fake import FakeHost
 
-    h = FakeHost("probe")
+    h = FakeHost("sdk_ops")
     assert h.start({})
     c = Counter("zero_total")
     c.increment(0)
@@ -541,12 +556,11 @@ def _json_members(host, body: bytes):
 
 
 def _reference(body: bytes):
-    from proxywasm.jsonscan import _index_reference
-    from proxywasm.jsonscan import _reference as ref
+    from proxywasm.testing.shim_twins import json_index, json_members
 
     try:
-        members = ref(body)
-        found = _index_reference(body)
+        members = json_members(body)
+        found = json_index(body)
     except ValueError:
         return {"error": True}
     index = None if found is None else [{k.decode("latin-1"): list(v) for k, v in found[0].items()}, found[1]]

@@ -9,7 +9,7 @@ wrk and pinning), next to a (Envoy alone) and the real ai-gateway:
 - pause: holds the request headers until the body is complete (what body-based routing needs), nothing more;
 - minimal: the least Python work the workloads need, written flat against the raw host calls (see its
   docstring); no configuration, rules, fallback or error handling;
-- native: the same work in C (floor/native_minimal.c, no Python, built with zig): what any compiled plugin doing
+- native: the same work in C (floor_plugins/native_minimal.c, no Python, built with zig): what any compiled plugin doing
   it costs.
 
 Per system and workload: req/s, % of a, Envoy CPU µs per request and, from bench/ai/instructions.py, the VM

@@ -1,6 +1,6 @@
 /* Header maps unpacked in C; included by shim.c. The host's serialisation: u32 count, (u32 name length, u32 value
- * length) per pair, then "name\0value\0" per pair. proxywasm.hostcalls has the same in Python (unpack_pairs,
- * unpack_dict) for the in-process host; inside the VM the Python loop cost ~10 us per map. */
+ * length) per pair, then "name\0value\0" per pair. proxywasm/testing/shim_twins.py has the same in Python
+ * (unpack_pairs, unpack_dict, header_map) for the in-process host; inside the VM a Python loop cost ~10 us a map. */
 
 __attribute__((import_module("env"), import_name("proxy_get_header_map_pairs"))) extern int32_t
 proxy_get_header_map_pairs(int32_t, char **, size_t *); /* as the ABI glue declares it */

@@ -1,9 +1,9 @@
 /* Strict JSON validation and the top-level object's members, in C (proxywasm.jsonscan); included by shim.c.
- * proxywasm.jsonscan keeps the Python reference the tests compare this against on both hosts. */
+ * Its Python twin, which the tests compare this against on both hosts, is in proxywasm/testing/shim_twins.py. */
 /* ---- json_members: strict JSON validation + the top-level object's member spans, in one pass ----
  * json_members(body) -> [(key_start, key_end, value_start, value_end), ...] for a top-level object,
  * None for a valid document that is not an object; ValueError when the body is not JSON as
- * proxywasm.jsonscan's Python reference judges it (json.loads on the strictly decoded UTF-8 text, no
+ * the Python twin (proxywasm.testing.shim_twins) judges it (json.loads on the strictly decoded UTF-8 text, no
  * NaN/Infinity, finite doubles, ints of at most 4300 digits, nesting at most PW_JSON_MAX_DEPTH).
  * Parsing a 2 KB request into Python objects costs ~100k VM instructions; this costs a tenth. */
 #define PW_JSON_MAX_DEPTH 500

@@ -4,7 +4,7 @@
  * to first token) asks for a tap: from then on each response chunk goes on to the client without a Python call;
  * C keeps every byte while the body is at most whole_upto bytes long, then only the last `keep` bytes, and the
  * time the first bytes came. Python is called again at the end of the body (the last chunk already kept). Per
- * chunk this costs one host call and a copy instead of a Python callback (an LLM stream has one chunk per token).
+ * chunk this costs one host call and a copy instead of a Python callback (an SSE answer has one chunk per token).
  *
  * A tap can instead skip SSE events (tap_skip): while armed, each chunk that ends an event (a blank line) and holds
  * none of the plugin's markers goes on without Python; the first that does not, and the end of the body, reach
@@ -20,8 +20,8 @@
  * estimate for servers that send no usage.
  *
  * Taps live in an open-addressing table keyed by context id (linear probing, deletion by backward shift), freed
- * when the stream's context is deleted or the plugin takes the tap. proxywasm/taps.py has the same rules in
- * Python for the in-process test host. */
+ * when the stream's context is deleted or the plugin takes the tap. proxywasm/testing/shim_twins.py has the same
+ * rules in Python for the in-process test host. */
 
 typedef struct {
   int32_t id; /* 0: free slot */
@@ -118,7 +118,7 @@ static int64_t pw_now_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Keep what the rules say of the current response chunk, p[0:size] (the rules of proxywasm.taps._Tap.feed). */
+/* Keep what the rules say of the current response chunk, p[0:size] (twin: proxywasm.testing.shim_twins.Tap.feed). */
 static int pw_tap_feed(pw_tap *t, const char *p, uint32_t size) {
   if (!size) return 0;
   if (!t->total) t->first_ns = pw_now_ns();

@@ -53,7 +53,7 @@ class GatewayRoot(RootContext):
             self.set_tick_period_ms(period)
 
     def on_tick(self) -> None:
-        now_ms = hc.get_current_time_ns() // 1_000_000
+        now_ms = hc.now_ms()
         if self.probe_ms and now_ms >= self.next_probe_ms:
             self.next_probe_ms = now_ms + self.probe_ms - self.probe_ms // 4  # the tick may be a little early
             probe_keys(self, self.configs())

@@ -29,8 +29,8 @@ from . import consumers, replay
 from .consumers.config import Store, parse_store
 from .consumers.store import store_for
 from .fieldcheck import header_name
+from .metric_names import cache_metric, cache_model_metric
 from .observe import encode_basestring_ascii as _str
-from .observe import label
 from .request import needs_usage
 from .usage import Usage
 
@@ -82,8 +82,7 @@ def _counted(what: str, model: str, n: int = 1) -> None:
     store_unavailable (models are configured: the label set is bounded)."""
     pair = _BY.get((what, model))
     if pair is None:
-        pair = _BY[what, model] = (_COUNTERS("aigw.cache." + what),
-                                   _COUNTERS(f"aigw.cache.model.{label(model)}.{what}"))
+        pair = _BY[what, model] = (_COUNTERS(cache_metric(what)), _COUNTERS(cache_model_metric(model, what)))
     pair[0].increment(n)
     pair[1].increment(n)
 

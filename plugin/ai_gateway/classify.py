@@ -11,6 +11,7 @@ from proxywasm import hostcalls as hc
 from .attempt import address, path_of
 from .content_routing import classified, classifier_request
 from .errors import GatewayError
+from .metric_names import classifier_metric
 from .picker import add_destination
 from .upstream import callout_headers
 
@@ -33,14 +34,14 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
     # addressed like any request the gateway sends itself: cluster and model headers, a pool key, the upstream name
     ask = classifier_request(c, stream.doc)
     try:
-        att = address(cfg, ask, model, hc.now_ns() // 1_000_000, _RNG,
+        att = address(cfg, ask, model, hc.now_ms(), _RNG,
                       client_auth="authorization" in stream.headers_in)
     except GatewayError:  # the classifier's provider cannot carry the question: as if it did not answer
         att = None
     waiting = [False]
 
     def decided(target: str | None) -> None:
-        _COUNTERS("aigw.content_routing.classifier." + ("ok" if target else "failed")).increment(1)  # type: ignore[attr-defined]
+        _COUNTERS(classifier_metric(target is not None)).increment(1)  # type: ignore[attr-defined]
         if target is None:
             hc.log(LogLevel.INFO, f"content routing: the classifier did not answer usably: {route.default}")
         try:
@@ -69,7 +70,7 @@ def classify(stream: Any, cfg: Config, body: bytes) -> Action:
                    if k not in _REPLACED] + [(":method", "POST"), (":path", path_of(att)),
                                               ("accept-encoding", "identity")]
         if cfg.pickers:  # a classifier behind an endpoint picker: a pod like any request (None: all saturated)
-            headers = add_destination(cfg.pickers, model, ask, headers, hc.now_ns() // 1_000_000,
+            headers = add_destination(cfg.pickers, model, ask, headers, hc.now_ms(),
                                       cfg.metrics)
             if headers is None:
                 raise hc.HostError("no endpoint")

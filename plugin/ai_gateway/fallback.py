@@ -62,7 +62,7 @@ class Fallback:
         self.max_attempts = (policy.max_attempts if policy else 1) + int(key_retry)
         budget = policy.timeout_ms if policy else KEY_RETRY_BUDGET_MS
         self.attempts = 1  # the primary's
-        self.deadline_ns = hc.get_current_time_ns() + budget * 1_000_000
+        self.deadline_ns = hc.now_ns() + budget * 1_000_000
         self.current: Model | None = None
         self.key: tuple[KeyPool, int] | None = None
         self.answer: Answer | None = None  # how the current attempt's answer becomes OpenAI's (providers/)
@@ -73,7 +73,7 @@ class Fallback:
         self._next()
 
     def _next(self) -> None:
-        now = hc.get_current_time_ns()
+        now = hc.now_ns()
         while self.order and self.attempts < self.max_attempts and now < self.deadline_ns:
             model = self.cfg.models[self.order.pop(0)]
             self.attempts += 1
@@ -116,7 +116,7 @@ class Fallback:
             self.tried.append([self.current.name, status])
         if self.key is not None:
             pool, idx = self.key
-            pool.report(idx, status, hc.get_current_time_ns() // 1_000_000, resp.header("retry-after"))
+            pool.report(idx, status, hc.now_ms(), resp.header("retry-after"))
             model = self.current
             if status in pool.cfg.eject_on and model is not None and model.name not in self.key_retried:
                 # The key failed, not the model: once more with another of its keys, as on the direct path.

@@ -20,6 +20,7 @@ from proxywasm import hostcalls as hc
 
 from .fieldcheck import has_control, header_name, header_value, url_path
 from .lease import take_lease
+from .metric_names import key_metric
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -80,14 +81,13 @@ class KeyPool:
         self.lease_key = self.key + ".probe_lease"
         self.rr = 0
         self.gauges_set = False
-        self.metric_prefix = f"keypool.{model}.key."
         self._requests = [_COUNTERS(self._metric(i, "requests")) for i in range(len(cfg.keys))]
         # The records as last decoded, with their CAS: unchanged shared data is not decoded again.
         # (cas, records, keys in rotation, ms when the next cooldown ends)
         self._view: tuple[int, list[list[int]], list[int], int] = (-1, [], [], 0)
 
     def _metric(self, idx: int, name: str) -> str:
-        return f"{self.metric_prefix}{self.cfg.fingerprints[idx]}.metric.{name}"
+        return key_metric(self.model, self.cfg.fingerprints[idx], name)
 
     def state(self) -> list[list[int]]:
         raw, cas = shared.get(self.key)

@@ -1,7 +1,7 @@
 """Per-request observations: token usage, latency, the AI log record, and metrics.
 
-Metric names follow Higress's AI statistics so Envoy ``stats_tags`` turn the name
-segments into Prometheus labels (see wasm-config/envoy/stats-tags.yaml):
+Metric names (built in metric_names.py) follow Higress's AI statistics so Envoy ``stats_tags`` turn the name
+segments into Prometheus labels (see wasm-config/envoy/ai-gateway-metrics.yaml):
 
     route.<route>.upstream.<cluster>.model.<model>.consumer.<consumer>.metric.<name>
 
@@ -20,25 +20,18 @@ from __future__ import annotations
 import re
 from json.encoder import encode_basestring_ascii
 
-from proxywasm import LogLevel, MetricType, shared
+from proxywasm import LogLevel, shared
 from proxywasm import hostcalls as hc
 from proxywasm.properties import response_code_details, response_flags
 
+from .metric_names import MAX_LABEL, METRICS, series_prefix
 from .usage import Usage
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.@:|\-/]")
-MAX_LABEL = 64
 _str = encode_basestring_ascii  # a JSON string literal, in C
-
-
-def label(value: str) -> str:
-    """A stat-name segment from the configuration: bounded, no spaces or control characters ('.' is kept for
-    model and cluster names, which the operator chooses)."""
-    return _UNSAFE.sub("_", value)[:MAX_LABEL] or "none"
 
 
 # -- the consumer label: a client-influenced value, so sanitised to the label alphabet and bounded --
@@ -88,7 +81,7 @@ class Observation:
     """One answered request, as metrics and the AI log see it (a plain class, not a record: one is made per
     request, and a record's generic keyword __init__ costs microseconds inside V8)."""
 
-    __slots__ = ("attempts", "cancelled", "cluster", "complete", "consumer", "duration_ms", "estimated",
+    __slots__ = ("attempts", "cancelled", "client", "cluster", "complete", "consumer", "duration_ms", "estimated",
                  "fallback_from", "model", "route", "served", "status", "stream", "ttft_ms", "usage")
 
     def __init__(self, model: str, served: str, route: str, cluster: str, consumer: str, status: int, stream: bool,
@@ -104,6 +97,7 @@ class Observation:
         self.estimated = estimated  # usage is the gateway's estimate (the server reported none)
         self.cancelled = cancelled  # the client left before the end (not an upstream failure)
         self.attempts = ""  # JSON [["model", status], ...] after a fallback (more than one attempt), else ""
+        self.client = "openai"  # the client's protocol (clients.BY_PATH)
 
     def log_record(self) -> str:
         """The AI log line (JSON). Assembled by hand: the JSON encoder costs ~5x more inside the VM."""
@@ -113,14 +107,14 @@ class Observation:
         else:
             inp, out, total = str(u.input), str(u.output), str(u.total)
             source = '"estimated"' if self.estimated else '"server"'
-        key = (self.model, self.served, self.route, self.cluster, self.consumer)
+        key = (self.model, self.served, self.route, self.cluster, self.consumer, self.client)
         head = _HEADS.get(key)
         if head is None:
             if len(_HEADS) >= MAX_SERIES:
                 _HEADS.clear()
             head = _HEADS[key] = (f'{{"model":{_str(self.model)},"served_model":{_str(self.served)},'
                                   f'"route":{_str(self.route)},"cluster":{_str(self.cluster)},'
-                                  f'"consumer":{_str(self.consumer)},')
+                                  f'"consumer":{_str(self.consumer)},"client":{_str(self.client)},')
         ttft = self.ttft_ms
         return _LINE % (head, self.status, _BOOL[self.stream], inp, out, total, source,
                         _BOOL[u is not None and not self.estimated], "null" if ttft is None else str(int(ttft)),
@@ -132,7 +126,7 @@ class Observation:
 _LINE = ('%s"status":%d,"stream":%s,"input_tokens":%s,"output_tokens":%s,"total_tokens":%s,"usage_source":%s,'
          '"usage_known":%s,"ttft_ms":%s,"duration_ms":%d,"fallback_from":%s,"complete":%s,"cancelled":%s,'
          '"attempts":%s}')
-_HEADS: dict[tuple[str, str, str, str, str], str] = {}  # the AI log's label part, per label set
+_HEADS: dict[tuple[str, str, str, str, str, str], str] = {}  # the AI log's label part, per label set
 _BOOL = {True: "true", False: "false"}
 
 
@@ -154,13 +148,6 @@ class _Series:
         return mid
 
 
-_COUNTER, _HISTOGRAM = int(MetricType.COUNTER), int(MetricType.HISTOGRAM)
-METRICS = ((_COUNTER, "request_total"), (_COUNTER, "llm_duration_count"), (_COUNTER, "llm_service_duration"),
-            (_COUNTER, "input_token"), (_COUNTER, "output_token"), (_COUNTER, "total_token"),
-            (_COUNTER, "error_total"), (_COUNTER, "fallback_total"), (_COUNTER, "llm_first_token_duration"),
-            (_COUNTER, "llm_stream_duration_count"), (_HISTOGRAM, "llm_first_token_latency"),
-            (_HISTOGRAM, "llm_latency"), (_COUNTER, "usage_estimated_total"), (_COUNTER, "cancelled_total"),
-            (_COUNTER, "estimated_token"), (_COUNTER, "attempt_failure_total"))
 _ATTEMPT_FAILURE = len(METRICS) - 1
 _SERIES: dict[tuple[str, str, str, str], _Series] = {}
 MAX_SERIES = 10_000  # label sets cached per VM
@@ -173,8 +160,7 @@ def _series(o: Observation) -> _Series:
     if s is None:
         if len(_SERIES) >= MAX_SERIES:
             _SERIES.clear()
-        s = _SERIES[key] = _Series(f"route.{label(o.route)}.upstream.{label(o.cluster)}.model.{label(o.served)}"
-                                   f".consumer.{consumer}.metric.")
+        s = _SERIES[key] = _Series(series_prefix(o.route, o.cluster, o.served, consumer))
     return s
 
 

@@ -22,7 +22,7 @@ def probe_period_ms(configs: list[Config]) -> int:
 
 
 def probe_keys(root: RootContext, configs: list[Config]) -> None:
-    now_ms = hc.get_current_time_ns() // 1_000_000
+    now_ms = hc.now_ms()
     seen: set[str] = set()
     for cfg in configs:
         for model in cfg.models.values():

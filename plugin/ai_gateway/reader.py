@@ -25,7 +25,7 @@ class AnswerReader:
     few thousand VM instructions on every request for nothing but the indirection. Reads ``status``,
     ``drop_usage`` and ``body`` (the client's request, for an input estimate) from the stream."""
 
-    sse: SseScanner | None = None
+    sse: SseScanner | None = None  # (or a client protocol's stream translator: it has usage and done too)
     collector: JsonCollector | None = None
     tapped = False  # the response body goes on untouched and the VM keeps its end (see start_answer)
     counting = False  # the response tap counts the generated text of a stream (estimate.OUTPUT_KEYS)

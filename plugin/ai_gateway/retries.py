@@ -121,7 +121,7 @@ def on_attempt_headers(ctx: HttpContext) -> Action:
         ctx.upstream = UpstreamAttempt(att.first, record, None)  # addressed by the router-level filter already
         return Action.CONTINUE
     try:  # without a usable key for this model it goes without one (and fails), never with another model's
-        a = address(att.cfg, att.doc, target, hc.now_ns() // 1_000_000, att.rng, source=att.primary,
+        a = address(att.cfg, att.doc, target, hc.now_ms(), att.rng, source=att.primary,
                     tried_keys=frozenset(att.tried_keys.get(target.name, ())), path=att.path, keyless=True)
     except GatewayError as e:  # this model's provider cannot carry the request: the client is told why
         record[1] = e.status
@@ -162,5 +162,5 @@ def on_attempt_response(ctx: HttpContext, up: UpstreamAttempt) -> Action:
     s = hd.get(":status", "0")
     status = int(s) if s.isascii() and s.isdigit() else 0
     up.record[1] = status
-    up.attempt.report(status, hc.now_ns() // 1_000_000, hd.get("retry-after") if status == 429 else None)
+    up.attempt.report(status, hc.now_ms(), hd.get("retry-after") if status == 429 else None)
     return Action.CONTINUE

@@ -31,7 +31,7 @@ def mirror(stream: HttpContext, model: Model, headers: list[tuple[str, str]], bo
     endpoint picker gets a pod like a sheddable request: no copy when every pod is saturated."""
     cfg: Config = stream.config
     if cfg.pickers:
-        picked = add_destination(cfg.pickers, model, None, headers, hc.get_current_time_ns() // 1_000_000,
+        picked = add_destination(cfg.pickers, model, None, headers, hc.now_ms(),
                                  cfg.metrics, sheddable=True)
         if picked is None:
             return

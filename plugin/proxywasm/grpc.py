@@ -1,17 +1,18 @@
-"""gRPC callouts: unary calls and streams to a gRPC service behind an Envoy cluster.
+"""gRPC callouts: unary calls and gRPC streams to a gRPC service behind an Envoy cluster.
 
 ``ctx.grpc_call(cluster, service, method, message, callback)`` sends one request message and calls
 ``callback(GrpcResponse)`` once the call closes; ``ctx.grpc_stream(cluster, service, method, on_message,
-on_close)`` opens a stream (``GrpcStream.send / close / cancel``) whose messages reach ``on_message(bytes)`` as
-they come. Both bind their callbacks to the context that made the call, like ``http_call``; a stream context
-that is gone drops its answers. Messages are bytes: serialise them with whatever the service speaks (protobuf,
-or raw bytes for a generic handler).
+on_close)`` opens a gRPC stream (``GrpcStream.send / close / cancel``) whose messages reach ``on_message(bytes)``
+as they come. Both bind their callbacks to the context that made the call, like ``http_call``; answers for the
+context of an HTTP stream that is gone are dropped. Messages are bytes: serialise them with whatever the service
+speaks (protobuf, or raw bytes for a generic handler).
 
 How Envoy reports them (ABI 0.2.1, measured in Envoy 1.40): a unary call that succeeds gets one
 ``proxy_on_grpc_receive`` with the answer and nothing else (no metadata, no close); one that fails gets only
 ``proxy_on_grpc_close`` with the gRPC status (the message from ``proxy_get_status``): 14 UNAVAILABLE when nothing
-answers; when the call's ``timeout_ms`` passes, 14 or 4 DEADLINE_EXCEEDED (Envoy 1.40 gives either). A stream gets its initial metadata, each message, its trailing metadata
-and a close. Either way the callback sees one ``GrpcResponse``.
+answers; when the call's ``timeout_ms`` passes, 14 or 4 DEADLINE_EXCEEDED (Envoy 1.40 gives either). A gRPC stream
+gets its initial metadata, each message, its trailing metadata and a close. Either way the callback sees one
+``GrpcResponse``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ Pairs = list[tuple[str, str]]
 
 class GrpcResponse:
     """A finished gRPC call: ``status`` (0 OK), ``status_message``, a unary call's answer ``message`` (b"" for a
-    stream: its messages went to ``on_message``), and a stream's metadata."""
+    gRPC stream: its messages went to ``on_message``), and a gRPC stream's metadata."""
 
     __slots__ = ("initial_metadata", "message", "status", "status_message", "trailing_metadata")
 
@@ -47,7 +48,7 @@ class GrpcResponse:
 
 
 class GrpcCall:
-    """One outstanding call as the dispatcher sees it (unary: collects; stream: forwards each message)."""
+    """One outstanding call as the dispatcher sees it (unary: collects; gRPC stream: forwards each message)."""
 
     __slots__ = ("ctx", "initial", "on_close", "on_message", "token", "trailing")
 
@@ -101,6 +102,6 @@ class GrpcStream:
         hc.grpc_close(self.token)
 
     def cancel(self) -> None:
-        """Abandon the stream: no more callbacks for it."""
+        """Abandon the gRPC stream: no more callbacks for it."""
         vm.grpc_calls.pop(self.token, None)
         hc.grpc_cancel(self.token)

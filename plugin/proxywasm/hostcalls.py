@@ -18,6 +18,10 @@ try:
 except ImportError:  # ordinary CPython: a test host binds itself later
     _h = None
 
+# The shim's helpers (header maps, JSON scan, response taps): C functions of ``_proxywasm`` inside the VM; the
+# in-process host binds their Python twins (proxywasm.testing.shim_twins).
+shim = _h
+
 TYPE_CHECKING = False  # typing itself is not imported at VM start
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -47,11 +51,11 @@ _EMPTY = int(Result.EMPTY)
 _CAS_MISMATCH = int(Result.CAS_MISMATCH)
 
 
-def bind(host: Any) -> None:
-    """Route host calls to ``host`` (an object with the ``_proxywasm`` functions)."""
-    global _h, now_ns
-    _h = host
-    now_ns = host.now_ns
+def bind(host: Any, helpers: Any) -> None:
+    """Route host calls to ``host`` (an object with the ``_proxywasm`` proxy_* functions and ``now_ns``) and the
+    shim's helpers to ``helpers`` (the in-process host's proxywasm.testing.shim_twins.ShimTwins)."""
+    global _h, now_ns, shim
+    _h, now_ns, shim = host, host.now_ns, helpers
 
 
 # The host's wall clock in ns. Inside the VM this is WASI's clock_time_get, which Envoy answers from
@@ -76,7 +80,8 @@ def _s(b: bytes) -> str:
     return b.decode("utf-8", "surrogateescape")
 
 
-# --- header-map serialisation: u32 count, (u32 klen, u32 vlen)*, then "k\0v\0"* ---
+# --- header-map serialisation: u32 count, (u32 klen, u32 vlen)*, then "k\0v\0"* (unpacked by the shim's
+# header_map: build/shim/headers.c, its twin in proxywasm.testing.shim_twins) ---
 
 def pack_pairs(pairs: HeaderInput) -> bytes:
     items = [(_b(k), _b(v)) for k, v in pairs]
@@ -84,38 +89,6 @@ def pack_pairs(pairs: HeaderInput) -> bytes:
     for k, v in items:
         sizes += (len(k), len(v))
     return struct.pack(f"<{len(sizes)}I", *sizes) + b"".join(k + b"\0" + v + b"\0" for k, v in items)
-
-
-def _unpack_pairs(buf: bytes) -> Pairs:
-    if len(buf) < 4:
-        return []
-    (n,) = struct.unpack_from("<I", buf)
-    sizes = struct.unpack_from(f"<{2 * n}I", buf, 4)
-    pos = 4 + 8 * n
-    out: Pairs = []
-    for i in range(n):
-        kl, vl = sizes[2 * i], sizes[2 * i + 1]
-        k = buf[pos : pos + kl]
-        pos += kl + 1
-        v = buf[pos : pos + vl]
-        pos += vl + 1
-        out.append((_s(k), _s(v)))
-    return out
-
-
-# Inside the VM the shim has the same function in C (the loop above costs ~10 µs per map there).
-unpack_pairs = getattr(_h, "unpack_pairs", _unpack_pairs)
-
-
-def _unpack_dict(buf: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in unpack_pairs(buf):
-        out[k] = out[k] + "," + v if k in out else v
-    return out
-
-
-# name -> value, repeated names joined with "," (as proxy_get_header_map_value answers); C inside the VM
-unpack_dict = getattr(_h, "unpack_dict", _unpack_dict)
 
 
 # --- logging, time, lifecycle ---
@@ -220,35 +193,15 @@ def set_buffer(buffer_type: BufferType, start: int, size: int, data: bytes) -> N
 
 # --- header maps ---
 
-def _header_map(map_type: MapType) -> bytes:
-    st, buf = _h.proxy_get_header_map_pairs(map_type)
-    if st == _NOT_FOUND:
-        return b""  # unpacks to no headers
-    if st:
-        raise _error("proxy_get_header_map_pairs", st)
-    return buf
-
-
-# Inside the VM: one native call reads the map from the host and unpacks it (an int: the host's status).
-_native_map = getattr(_h, "header_map", None)
-
-
 def get_header_map_pairs(map_type: MapType) -> Pairs:
-    if _native_map is None:
-        return unpack_pairs(_header_map(map_type))
-    got = _native_map(map_type, False)
+    got = shim.header_map(map_type, False)  # read and unpacked in one call (an int: the host's status)
     return got if type(got) is list else _map_status(got, [])
 
 
 def get_header_map_dict(map_type: MapType, names: tuple[bytes, ...] | None = None) -> dict[str, str]:
-    """The map as a dict; with ``names`` (lowercase, as bytes) only those headers (the others are never decoded)."""
-    if _native_map is None:
-        got = unpack_dict(_header_map(map_type))
-        if names is None:
-            return got
-        wanted = {n.decode("utf-8", "surrogateescape") for n in names}
-        return {k: v for k, v in got.items() if k in wanted}
-    got = _native_map(map_type, True, names)
+    """The map as a dict (repeated names joined with ","); with ``names`` (lowercase, as bytes) only those headers
+    (the others are never decoded)."""
+    got = shim.header_map(map_type, True, names)
     return got if type(got) is dict else _map_status(got, {})
 
 

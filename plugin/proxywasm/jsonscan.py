@@ -6,14 +6,14 @@ and raises ``ValueError`` when it is not JSON. JSON here is RFC 8259 in strict U
 reads the strictly decoded text with these limits: no NaN/Infinity, numbers finite as doubles, integers
 of at most 4300 digits (Python's limit), nesting at most ``MAX_DEPTH`` deep.
 
-Inside the VM the shim does this in C in one pass (a tenth of the cost of ``json.loads`` on a request
-body); on ordinary CPython the reference below gives the same answers, so tests on both hosts agree.
+The shim does this in C in one pass (build/shim/json.c: a tenth of the cost of ``json.loads`` on a request
+body); on ordinary CPython its Python twin (proxywasm.testing.shim_twins) gives the same answers, so tests on both
+hosts agree.
 """
 
 from __future__ import annotations
 
 import json
-from json.decoder import scanstring
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,88 +21,22 @@ if TYPE_CHECKING:
     from typing import Any
 
 try:
-    from _proxywasm import json_index as _native_index  # type: ignore[import-not-found]
-    from _proxywasm import json_members as _native
-except ImportError:
-    _native = _native_index = None
+    from _proxywasm import json_index, json_members  # type: ignore[import-not-found]
+except ImportError:  # ordinary CPython: the shim's Python twins
+    from .testing.shim_twins import MAX_DEPTH, json_index, json_members
+else:
+    MAX_DEPTH = 500  # PW_JSON_MAX_DEPTH, build/shim/json.c
 
-MAX_DEPTH = 500
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if value - value != 0.0:  # 1e999 overflows to inf, which json.dumps would write as Infinity
-        raise ValueError("number out of range")
-    return value
-
-
-def _not_json(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")  # NaN, Infinity, -Infinity: Python accepts them, JSON does not
-
-
-DECODER = json.JSONDecoder(parse_float=_finite, parse_constant=_not_json)
-_WS = " \t\n\r"
-
-
-def _depth(doc: object) -> int:
-    deepest, todo = 0, [(doc, 1)]
-    while todo:
-        node, d = todo.pop()
-        if isinstance(node, (dict, list)):
-            deepest = max(deepest, d)
-            todo += [(v, d + 1) for v in (node.values() if isinstance(node, dict) else node)]
-    return deepest
-
-
-def _reference(body: bytes) -> list[tuple[int, int, int, int]] | None:
-    text = body.decode("utf-8")  # strictly: encoded surrogates, overlongs, a BOM's bytes as text... fail
-    try:
-        doc = DECODER.decode(text)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-    if _depth(doc) > MAX_DEPTH:
-        raise ValueError("nested too deeply")
-    if not isinstance(doc, dict):
-        return None
-    spans = []
-    i = len(text) - len(text.lstrip(_WS)) + 1  # after "{"
-    while text[i] in _WS:
-        i += 1
-    while text[i] != "}":
-        ks = i
-        _, i = scanstring(text, i + 1)
-        ke = i
-        i = text.index(":", i) + 1
-        while text[i] in _WS:
-            i += 1
-        vs = i
-        _, i = DECODER.raw_decode(text, i)
-        spans.append((ks, ke, vs, i))
-        while text[i] in _WS:
-            i += 1
-        if text[i] == ",":
-            i += 1
-            while text[i] in _WS:
-                i += 1
-    if text.isascii():
-        return spans
-    offset = lambda n: len(text[:n].encode("utf-8"))  # noqa: E731 - character to byte offsets
-    return [(offset(a), offset(b), offset(c), offset(d)) for a, b, c, d in spans]
-
-
-def members(body: bytes) -> list[tuple[int, int, int, int]] | None:
-    return _native(body) if _native is not None else _reference(body)
-
-
+DECODER = json.JSONDecoder()  # for values the scan has validated already
 Index = dict[bytes, tuple[int, int, int, "int | None"]]
 
+# members(body) -> [(key_start, key_end, value_start, value_end), ...] | None, ValueError: see the module's docstring
+members = json_members
 
-def _index_reference(body: bytes) -> tuple[Index, bool] | None:
-    found = _reference(body)
-    if found is None:
-        return None
-    out = _index_of(body, found, lambda ks, ke: body[ks + 1 : ke - 1])
-    return out, any(b"\\" in k for k in out)
+# index(body) -> ({raw key bytes: (value_start, value_end, times seen, the value if a non-negative integer of at most
+# 18 digits)}, whether a key holds a JSON escape) for the top-level object's members (the last one of a repeated
+# key); None and ValueError as ``members``.
+index = json_index
 
 
 def _index_of(body: bytes, members: list[tuple[int, int, int, int]], key_of: Callable[[int, int], bytes]) -> Index:
@@ -113,13 +47,6 @@ def _index_of(body: bytes, members: list[tuple[int, int, int, int]], key_of: Cal
         out[key] = (vs, ve, out[key][2] + 1 if key in out else 1,
                     int(value) if value.isdigit() and len(value) <= 18 else None)
     return out
-
-
-def index(body: bytes) -> tuple[Index, bool] | None:
-    """``{raw key bytes: (value_start, value_end, times seen, the value if a non-negative integer of at most 18
-    digits)}`` for the top-level object's members (the last one of a repeated key) and whether a key holds a JSON
-    escape; None and ValueError as ``members``."""
-    return _native_index(body) if _native_index is not None else _index_reference(body)
 
 
 _LITERALS = {b"true": True, b"false": False, b"null": None}

@@ -15,7 +15,7 @@ root_factory: Callable[[int], Any] | None = None  # builds the plugin's root con
 contexts: dict[int, Any] = {}  # context id -> RootContext | HttpContext
 roots: list[Any] = []  # the root contexts, in creation order
 callouts: dict[int, tuple[Any, Callable[..., None] | None]] = {}  # callout token -> (context, callback)
-grpc_calls: dict[int, Any] = {}  # gRPC call/stream token -> proxywasm.grpc.GrpcCall
+grpc_calls: dict[int, Any] = {}  # gRPC call (or gRPC stream) token -> proxywasm.grpc.GrpcCall
 redis_callouts: dict[int, tuple[Any, Callable[..., None] | None]] = {}  # Higress Redis call -> (context, callback)
 
 

@@ -1,9 +1,9 @@
 /* Floor 4: floor_minimal's work in C, no Python: what any compiled (C, Rust, Go) proxy-wasm plugin doing it costs.
  *
- * Per request, as bench/ai/floor/floor_minimal: hold the headers until the body is in; read the body's "model" (a
- * byte search, no JSON validation: less work than the Python floor does); set the upstream, model and credential
- * headers (three keys, round robin, the pool's state read from shared data); note :status and the content type;
- * keep the JSON answer or the stream's last 4 KiB; at the end read the three token counts, the route name, and
+ * Per request, as bench/ai/floor_plugins/floor_minimal: hold the headers until the body is in; read the body's
+ * "model" (a byte search, no JSON validation: less work than the Python floor does); set the upstream, model and
+ * credential headers (three keys, round robin, the pool's state read from shared data); note :status and the content
+ * type; keep the JSON answer or the stream's last 4 KiB; at the end read the three token counts, the route name, and
  * record six counters, a histogram and the AI log line in filter state. Built by bench/ai/floor.py with zig. */
 
 #define _GNU_SOURCE /* memmem */

@@ -15,6 +15,7 @@ from proxywasm import Action, Counter, LogLevel, MetricCache
 from proxywasm import hostcalls as hc
 
 from ..errors import GatewayError
+from ..metric_names import CHARGE_FAILED, STORE_UNAVAILABLE, rejected_metric
 from ..observe import consumer_label
 from ..usage import Usage
 from . import admin, auth
@@ -31,8 +32,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 _COUNTERS = MetricCache(Counter)
-STORE_UNAVAILABLE = "aigw.consumers.store_unavailable"  # decisions made without the store (fail open/closed)
-CHARGE_FAILED = "aigw.consumers.charge_failed"  # charges the store did not take
 
 
 def count(name: str, n: int = 1) -> None:
@@ -42,7 +41,7 @@ def count(name: str, n: int = 1) -> None:
 def rejected(consumer: str, reason: str) -> None:
     """Per consumer and reason: invalid_api_key, permission_denied, rate_limit_exceeded, insufficient_quota,
     rate_limit_unavailable (the label bounded and sanitised as for every metric; unknown callers are "none")."""
-    count(f"aigw.consumer.{consumer_label(consumer)}.reason.{reason}.rejected")
+    count(rejected_metric(consumer_label(consumer), reason))
 
 
 class Gate:

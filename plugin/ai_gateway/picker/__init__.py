@@ -15,11 +15,11 @@ from __future__ import annotations
 from proxywasm import Counter, MetricCache
 
 from ..errors import GatewayError
-from ..observe import label
+from ..metric_names import endpoint_metric, picker_metric
 from . import score, state
 from .affinity import chain
 from .config import EndpointPicker
-from .scrape import metric, period_ms, scrape
+from .scrape import period_ms, scrape
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,17 +60,17 @@ def pick(pool: EndpointPicker, model: str, upstream_model: str, doc: dict[str, A
     e, how = score.choose(view, pool, eps, now_ms, level == "sheddable", upstream_model, credit)
     if e is None:
         if metrics:
-            _COUNTERS(f"picker.{label(pool.cluster)}.metric.shed").increment()
+            _COUNTERS(picker_metric(pool.cluster, "shed")).increment()
         return None
     e.picks += 1
     if prefix is not None:
         view.prefixes.sent(prefix[0], e.bit)
     if metrics:
         if e.counter is None:
-            e.counter = Counter(metric(pool.cluster, e.addr, "picks"))
+            e.counter = Counter(endpoint_metric(pool.cluster, e.addr, "picks"))
         e.counter.increment()
         if how == score.UNSCORED:
-            _COUNTERS(f"picker.{label(pool.cluster)}.metric.unscored").increment()
+            _COUNTERS(picker_metric(pool.cluster, "unscored")).increment()
     return e
 
 

@@ -17,7 +17,7 @@ from proxywasm import CalloutResponse, Counter, Gauge, HostError, LogLevel, Metr
 from proxywasm import hostcalls as hc
 
 from ..lease import VM_TOKEN, take_lease
-from ..observe import label
+from ..metric_names import endpoint_metric
 from . import promtext, state
 
 TYPE_CHECKING = False
@@ -47,20 +47,20 @@ class Scraper:
             return
         pool = self.pool
         before = state.record(pool.cluster, [(ep, t, m) for ep, t, m, _ in answers],
-                              hc.get_current_time_ns() // 1_000_000, self.known)
+                              hc.now_ms(), self.known)
         for ep, _, m, why in answers:
             was_up, fails, itl = before.get(ep, (False, 0, 0.0))
-            _GAUGES(metric(pool.cluster, ep, "up")).set(int(m is not None))
+            _GAUGES(endpoint_metric(pool.cluster, ep, "up")).set(int(m is not None))
             if m is not None:
-                _GAUGES(metric(pool.cluster, ep, "waiting")).set(int(m.waiting))
-                _GAUGES(metric(pool.cluster, ep, "running")).set(int(m.running))
-                _GAUGES(metric(pool.cluster, ep, "kv_cache_percent")).set(int(m.kv_cache * 100 + 0.5))
+                _GAUGES(endpoint_metric(pool.cluster, ep, "waiting")).set(int(m.waiting))
+                _GAUGES(endpoint_metric(pool.cluster, ep, "running")).set(int(m.running))
+                _GAUGES(endpoint_metric(pool.cluster, ep, "kv_cache_percent")).set(int(m.kv_cache * 100 + 0.5))
                 if itl > 0:
-                    _GAUGES(metric(pool.cluster, ep, "itl_ms")).set(int(itl + 0.5))
+                    _GAUGES(endpoint_metric(pool.cluster, ep, "itl_ms")).set(int(itl + 0.5))
                 if not was_up and fails:
                     hc.log(LogLevel.INFO, f"endpoint {ep} of {pool.cluster} is back (metrics scraped)")
             else:
-                _COUNTERS(metric(pool.cluster, ep, "scrape_failures")).increment()
+                _COUNTERS(endpoint_metric(pool.cluster, ep, "scrape_failures")).increment()
                 if was_up or not fails:
                     hc.log(LogLevel.WARN, f"endpoint {ep} of {pool.cluster} is down: scrape of "
                                           f"{pool.metrics_path} failed ({why})")
@@ -81,10 +81,6 @@ def pools_by_cluster(pickers: list[EndpointPicker]) -> dict[str, tuple[EndpointP
 def period_ms(pickers: list[EndpointPicker]) -> int:
     """The tick period scraping needs (0: no pickers)."""
     return min((p.scrape_interval_ms for p in pickers), default=0)
-
-
-def metric(cluster: str, endpoint: str, name: str) -> str:
-    return f"picker.{label(cluster)}.endpoint.{label(endpoint)}.metric.{name}"
 
 
 def scrape(root: RootContext, pickers: list[EndpointPicker], now_ms: int) -> None:

@@ -123,7 +123,7 @@ class Host(ABC):
 
     @property
     def grpc_calls(self) -> list[GrpcCallout]:
-        """gRPC calls and streams open (not closed by the service, not cancelled), oldest first."""
+        """gRPC calls and gRPC streams open (not closed by the service, not cancelled), oldest first."""
         return list(self.state.grpc_calls.values())
 
     def grpc_metadata(self, token: int, initial: HeadersIn = (), trailing: bool = False) -> None:
@@ -135,13 +135,13 @@ class Host(ABC):
         self._grpc_deliver(resp, name, token, len(resp.maps[mt]))
 
     def grpc_message(self, token: int, message: bytes) -> None:
-        """Deliver one message of a call or stream."""
+        """Deliver one message of a gRPC call or gRPC stream."""
         resp = StreamState()
         resp.buffers[BufferType.GRPC_RECEIVE_BUFFER] = message
         self._grpc_deliver(resp, "proxy_on_grpc_receive", token, len(message))
 
     def close_grpc(self, token: int, status: int = 0, message: str = "") -> None:
-        """The service (or Envoy) closes a stream, or fails a unary call, with a gRPC status."""
+        """The service (or Envoy) closes a gRPC stream, or fails a unary call, with a gRPC status."""
         self.state.grpc_calls.pop(token)
         self.state.status = (status, message.encode())
         try:
@@ -151,7 +151,7 @@ class Host(ABC):
 
     def respond_grpc(self, token: int, message: bytes) -> None:
         """A unary call's answer as Envoy delivers it: the message alone (no metadata, no close)."""
-        assert self.state.grpc_calls[token].timeout_ms is not None, "a stream: use grpc_message / close_grpc"
+        assert self.state.grpc_calls[token].timeout_ms is not None, "a gRPC stream: use grpc_message / close_grpc"
         self.state.grpc_calls.pop(token)
         self.grpc_message(token, message)
 
@@ -289,6 +289,12 @@ class Stream:
     def response_header(self, name: str) -> str | None:
         return self._get(MapType.RESPONSE_HEADERS, name)
 
+    def request_trailer(self, name: str) -> str | None:
+        return self._get(MapType.REQUEST_TRAILERS, name)
+
+    def response_trailer(self, name: str) -> str | None:
+        return self._get(MapType.RESPONSE_TRAILERS, name)
+
     @property
     def request_body(self) -> bytes:
         """Request body bytes passed upstream plus any still held by the plugin."""
@@ -308,5 +314,6 @@ class Stream:
     def continued(self) -> list[StreamType]:
         return list(self.s.continued)
 
-    def property(self, path: str) -> bytes | None:
+    def get_property(self, path: str) -> bytes | None:
+        """What the plugin set with set_property (``path`` dotted), None if it did not."""
         return self.s.properties.get(tuple(path.split(".")))

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass, field
 
 from ..abi import IMPORTS, BufferType, MapType, MetricType, Result, StreamType
-from ..hostcalls import pack_pairs, unpack_pairs
+from ..hostcalls import pack_pairs
 from ..resp import Incomplete, command, parse
+from .shim_twins import unpack_pairs
 
 Pairs = list[tuple[str, str]]
 OK = int(Result.OK)
@@ -102,7 +103,7 @@ def redis_roundtrip(client: RedisClient, query: bytes) -> tuple[int, bytes]:
 
 @dataclass
 class GrpcCallout:
-    """A gRPC call or stream the plugin opened (``timeout_ms`` None: a stream)."""
+    """A gRPC call or gRPC stream the plugin opened (``timeout_ms`` None: a gRPC stream)."""
 
     token: int
     context_id: int  # the context that was effective when the call was made

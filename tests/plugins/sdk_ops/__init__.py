@@ -27,13 +27,13 @@ from proxywasm import (
     shared,
 )
 
-COUNTER = Counter("probe_counter")
-GAUGE = Gauge("probe_gauge")
-HIST = Histogram("probe_hist")
-TICKS = Gauge("probe_ticks")
+COUNTER = Counter("sdk_ops_counter")
+GAUGE = Gauge("sdk_ops_gauge")
+HIST = Histogram("sdk_ops_hist")
+TICKS = Gauge("sdk_ops_ticks")
 
 
-class Probe(HttpContext[dict]):
+class SdkOps(HttpContext[dict]):
     op = ""
 
     def on_request_headers(self, num_headers: int, end_of_stream: bool) -> Action:
@@ -67,9 +67,9 @@ class Probe(HttpContext[dict]):
 
     def op_property(self) -> Action:
         route = hostcalls.get_property("route_name")
-        hostcalls.set_property("probe.value", "v1")
+        hostcalls.set_property("sdk_ops.value", "v1")
         self.request_headers.set("x-route", (route or b"<none>").decode())
-        self.request_headers.set("x-prop", (hostcalls.get_property(("probe", "value")) or b"").decode())
+        self.request_headers.set("x-prop", (hostcalls.get_property(("sdk_ops", "value")) or b"").decode())
         return Action.CONTINUE
 
     def op_metrics(self) -> Action:
@@ -83,21 +83,21 @@ class Probe(HttpContext[dict]):
         return Action.CONTINUE
 
     def op_shared(self) -> Action:
-        shared.set("probe.k", b"v0")
-        _, cas = shared.get("probe.k")
-        shared.set("probe.k", b"v1", cas)
+        shared.set("sdk_ops.k", b"v0")
+        _, cas = shared.get("sdk_ops.k")
+        shared.set("sdk_ops.k", b"v1", cas)
         try:
-            shared.set("probe.k", b"v2", cas)  # stale CAS must be refused
+            shared.set("sdk_ops.k", b"v2", cas)  # stale CAS must be refused
             result = "accepted"
         except CasMismatch:
             result = "mismatch"
         self.request_headers.set("x-cas", result)
-        self.request_headers.set("x-value", (shared.get("probe.k")[0] or b"").decode())
-        self.request_headers.set("x-absent", repr(shared.get("probe.absent")))
+        self.request_headers.set("x-value", (shared.get("sdk_ops.k")[0] or b"").decode())
+        self.request_headers.set("x-absent", repr(shared.get("sdk_ops.absent")))
         return Action.CONTINUE
 
     def op_queue(self) -> Action:
-        assert isinstance(self.root, ProbeRoot)
+        assert isinstance(self.root, SdkOpsRoot)
         self.root.queue.enqueue(b"item-" + str(self.context_id).encode())
         return Action.CONTINUE
 
@@ -127,20 +127,21 @@ class Probe(HttpContext[dict]):
         return Action.CONTINUE
 
     def op_raise(self) -> Action:
-        raise RuntimeError("boom from probe")
+        raise RuntimeError("boom from sdk_ops")
 
     def op_log(self) -> Action:
         for level in LogLevel:
-            self.log(level, f"probe log {level.name}")
+            self.log(level, f"sdk_ops log {level.name}")
         self.request_headers.set("x-log-level", hostcalls.get_log_level().name)
         return Action.CONTINUE
 
     def op_local(self) -> Action:
-        self.send_local_response(418, b"teapot", [("x-local", "yes")], "probe local")
+        self.send_local_response(418, b"teapot", [("x-local", "yes")], "sdk_ops local")
         return Action.PAUSE
 
     def op_time(self) -> Action:
         self.request_headers.set("x-now", str(hostcalls.get_current_time_ns()))
+        self.request_headers.set("x-now-ms", str(hostcalls.now_ms()))  # the same clock (WASI's inside the VM), in ms
         return Action.CONTINUE
 
     def op_contexts(self) -> Action:
@@ -154,7 +155,7 @@ class Probe(HttpContext[dict]):
         return Action.CONTINUE
 
     def op_grpc(self) -> Action:  # a unary call; the answer resumes the request with what came back
-        self.grpc_call("grpc-svc", "probe.Echo", "Unary", b"ping:" + str(self.context_id).encode(),
+        self.grpc_call("grpc-svc", "sdk_ops.Echo", "Unary", b"ping:" + str(self.context_id).encode(),
                        self.on_grpc, metadata=[("x-md", "1")], timeout_ms=700)
         return Action.PAUSE
 
@@ -165,13 +166,13 @@ class Probe(HttpContext[dict]):
         h.set("x-grpc-message", resp.message.decode())
         self.resume_request()
 
-    def op_grpc_stream(self) -> Action:  # a stream: two messages out, each answer recorded as it comes
+    def op_grpc_stream(self) -> Action:  # a gRPC stream: two messages out, each answer recorded as it comes
         self.got: list[str] = []
-        stream = self.grpc_stream("grpc-svc", "probe.Echo", "Stream", self.on_grpc_message, self.on_grpc_closed)
-        stream.send(b"one")
-        stream.send(b"two", end_stream=self.request_headers.get("x-half-close") == "1")
+        grpc_stream = self.grpc_stream("grpc-svc", "sdk_ops.Echo", "Stream", self.on_grpc_message, self.on_grpc_closed)
+        grpc_stream.send(b"one")
+        grpc_stream.send(b"two", end_stream=self.request_headers.get("x-half-close") == "1")
         if self.request_headers.get("x-cancel") == "1":
-            stream.cancel()
+            grpc_stream.cancel()
             return Action.CONTINUE
         return Action.PAUSE
 
@@ -223,7 +224,7 @@ class Probe(HttpContext[dict]):
         if keys:
             self.count_response_strings(tuple(k.encode() for k in keys.split(",")))
             self.count_calls = 0
-        self.response_headers.set("x-probe-op", self.op or "none")
+        self.response_headers.set("x-sdk-op", self.op or "none")
         return Action.CONTINUE
 
     def on_response_body(self, body_size: int, end_of_stream: bool) -> Action:
@@ -265,11 +266,11 @@ class Probe(HttpContext[dict]):
         return Action.CONTINUE
 
 
-class ProbeRoot(RootContext[dict]):
-    http_context = Probe
+class SdkOpsRoot(RootContext[dict]):
+    http_context = SdkOps
 
     def on_config_loaded(self) -> None:
-        self.queue = SharedQueue.register("probe-queue")
+        self.queue = SharedQueue.register("sdk-ops-queue")
         self.set_tick_period_ms(1000)
 
     def on_tick(self) -> None:
@@ -279,10 +280,10 @@ class ProbeRoot(RootContext[dict]):
         items = []
         while (item := self.queue.dequeue()) is not None:
             items.append(item.decode())
-        shared.set("probe.queue", ",".join(items).encode())
+        shared.set("sdk_ops.queue", ",".join(items).encode())
 
     def on_root_callout(self, resp: CalloutResponse) -> None:
-        shared.set("probe.root_callout", f"{resp.status} {resp.body.decode()}".encode())
+        shared.set("sdk_ops.root_callout", f"{resp.status} {resp.body.decode()}".encode())
 
 
-set_root_context(ProbeRoot)
+set_root_context(SdkOpsRoot)

@@ -322,3 +322,22 @@ def test_held_error_reaches_each_client_protocol_in_its_shape(gw, client: str) -
         assert got == g["openai"]
     else:
         assert got["type"] == "error" and got["error"]["message"] == "Overloaded"
+
+
+def test_key_probe_speaks_the_providers_protocol(make_host) -> None:
+    """A probe of an ejected Anthropic key carries the key in x-api-key and Anthropic's anthropic-version (its
+    GET /v1/models refuses a request without it)."""
+    h = make_host("ai_gateway")
+    claude = {"name": "claude", "cluster": "anthropic", "provider": "anthropic", "upstream_model": "claude-sonnet-4-5",
+              "api_keys": {"keys": ["sk-ant-one-1", "sk-ant-two-2"], "probe": {"interval_ms": 1000},
+                           "cooldown_ms": 600_000}}
+    assert h.start({"models": [claude]}), h.logs
+    s = chat(h, chat_body("claude", max_tokens=5))
+    bad = s.request_header("x-api-key")
+    s.send_response_headers({":status": "401", "content-type": "application/json"})
+    h.respond_callout(h.callouts[0].token, 200)  # the retry with the other key
+    h.advance(1000)
+    h.tick()
+    (probe,) = h.callouts
+    assert probe.header("x-api-key") == bad and probe.header("anthropic-version") == "2023-06-01"
+    assert probe.header("authorization") is None

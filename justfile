@@ -63,6 +63,10 @@ bench-consumers *args: (build "ai_gateway")
 bench-cache: (build "ai_gateway")
     python bench/ai/cache.py
 
+# Anthropic Messages API clients against OpenAI clients on the same model (bench/results/ai-anthropic-clients.md)
+bench-anthropic: (build "ai_gateway")
+    python bench/ai/anthropic_clients.py
+
 # Endpoint picker benchmark: round robin vs load-aware picking over mock vLLM servers (bench/results/endpoint-picker.md)
 bench-epp *args: (build "ai_gateway")
     python bench/epp/run.py "$@"

@@ -214,3 +214,23 @@ def test_fallback_as_envoy_retries_from_anthropic_back_to_vllm(gw: Stack) -> Non
     assert sent["body"]["model"] == QWEN and sent["body"]["messages"] == HELLO
     log = json.loads(gw.ai.wait_ai_log({"back-to-vllm"})["back-to-vllm"])
     assert log["attempts"] == [["claude-first", 529], [QWEN, 200]] and log["served_model"] == QWEN
+
+
+def test_provider_error_held_during_a_failed_callout_fallback_reaches_the_client_translated(gw: Stack) -> None:
+    gw.mock(CLAUDE).fault(status=529)
+    gw.ai.qwen.fault(status=503)
+    with pytest.raises(openai.InternalServerError) as e:
+        gw.client.chat.completions.create(model="claude-callout", messages=HELLO)
+    assert e.value.status_code == 503 and e.value.response.headers["x-ai-fallback-exhausted"] == "1"
+    assert e.value.body == {"message": "Overloaded", "type": "server_error", "param": None, "code": "overloaded_error"}
+
+
+def test_envoy_retry_to_a_provider_that_cannot_carry_the_request_answers_400(gw: Stack) -> None:
+    """The attempt filter refuses the Anthropic attempt (n=2) with a local reply: the client learns why, and Envoy
+    does not retry a local reply."""
+    gw.ai.qwen.fault(status=503)
+    with pytest.raises(openai.BadRequestError) as e:
+        gw.client.chat.completions.create(model=QWEN, messages=HELLO, n=2, extra_headers={"x-test-id": "n2"})
+    assert e.value.body["param"] == "n" and not gw.mock(CLAUDE).requests
+    log = json.loads(gw.ai.wait_ai_log({"n2"})["n2"])
+    assert log["attempts"] == [[QWEN, 503], [CLAUDE, 400]]

@@ -158,6 +158,31 @@ def test_chat_stream_without_usage(client: openai.OpenAI) -> None:
     assert [c.choices[0].finish_reason for c in chunks] == [None] * 5 + ["stop"]
 
 
+TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}}
+
+
+def test_forced_tool_call_like_vllm_guided_decoding(client: openai.OpenAI) -> None:
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    r = client.chat.completions.create(model=MODEL, messages=chat_body()["messages"], tools=[TOOL], tool_choice=named)
+    msg = r.choices[0].message
+    assert msg.content == "" and r.choices[0].finish_reason == "stop"  # vLLM's finish for a forced call
+    (call,) = msg.tool_calls
+    assert call.id.startswith("chatcmpl-tool-") and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "mock"}  # required parameters only
+    chunks = list(client.chat.completions.create(model=MODEL, messages=chat_body()["messages"], tools=[TOOL],
+                                                 tool_choice="required", stream=True))
+    deltas = [c.choices[0].delta.tool_calls for c in chunks if c.choices[0].delta.tool_calls]
+    assert deltas[0][0].id.startswith("chatcmpl-tool-") and deltas[0][0].function.name == "get_weather"
+    assert all(d[0].id is None and d[0].function.name is None for d in deltas[1:])
+    assert "".join(d[0].function.arguments for d in deltas) == call.function.arguments
+    auto = client.chat.completions.create(model=MODEL, messages=chat_body()["messages"], tools=[TOOL])
+    assert auto.choices[0].message.content and not auto.choices[0].message.tool_calls  # the model's choice: text
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=chat_body()["messages"], tools=[TOOL],
+                                       tool_choice={"type": "function", "function": {"name": "nope"}})
+
+
 def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
     chunks = list(client.chat.completions.create(model=MODEL, messages=chat_body()["messages"], stream=True,
                                                  max_tokens=4, stream_options={"include_usage": True}))

@@ -64,7 +64,8 @@ def test_non_streaming_usage_metrics_and_ai_log(make_host) -> None:
     assert log == {"model": "qwen2-1-5b", "served_model": "qwen2-1-5b", "route": "chat", "cluster": "qwen",
                    "consumer": "team-a", "status": 200, "stream": False, "input_tokens": 11, "output_tokens": 7,
                    "total_tokens": 18, "usage_source": "server", "usage_known": True, "ttft_ms": None,
-                   "duration_ms": 250, "fallback_from": None, "complete": True, "cancelled": False, "attempts": None}
+                   "duration_ms": 250, "fallback_from": None, "complete": True, "cancelled": False, "attempts": None,
+                   "client": "openai"}
 
 
 def test_streaming_usage_injected_and_stripped(make_host) -> None:

@@ -293,3 +293,51 @@ def test_stream_usage_counted_without_a_usage_chunk_for_the_client(gw) -> None:
         b'"created":1700000000', b'"created":%d' % json.loads(s.response_body[6:s.response_body.index(b"\n")])["created"])
     log = log_of(s)
     assert (log["input_tokens"], log["output_tokens"], log["usage_source"], log["complete"]) == (25, 15, "server", True)
+
+
+def test_held_provider_error_is_translated_when_every_fallback_fails(gw) -> None:
+    s = chat(gw, chat_body("claude"))
+    assert s.send_response_headers({":status": "529", "content-type": "application/json"}) == Action.PAUSE
+    g = json.loads((GOLDEN / "anthropic/error-overloaded.json").read_text())
+    assert s.send_response_body(json.dumps(g["provider"]).encode()) == Action.PAUSE  # held while falling back
+    gw.respond_callout(gw.callouts[0].token, 503)
+    assert s.response_header(":status") == "503" and s.response_header("x-ai-fallback-exhausted") == "1"
+    assert json.loads(s.response_body) == g["openai"]
+
+
+@pytest.mark.parametrize("client", ["openai", "anthropic"])
+def test_held_error_reaches_each_client_protocol_in_its_shape(gw, client: str) -> None:
+    """Every callout fallback failed: the primary's held error (Anthropic's) goes out as OpenAI's error to an
+    OpenAI client, and as Anthropic's again to an Anthropic Messages client (translated twice, never raw)."""
+    from tests.test_ai_anthropic_clients import messages_body, send
+
+    s = chat(gw, chat_body("claude")) if client == "openai" else send(gw, messages_body("claude"))
+    s.send_response_headers({":status": "529", "content-type": "application/json"})
+    g = json.loads((GOLDEN / "anthropic/error-overloaded.json").read_text())
+    s.send_response_body(json.dumps(g["provider"]).encode())
+    gw.respond_callout(gw.callouts[0].token, 503)
+    got = json.loads(s.response_body)
+    assert s.response_header(":status") == "503"
+    if client == "openai":
+        assert got == g["openai"]
+    else:
+        assert got["type"] == "error" and got["error"]["message"] == "Overloaded"
+
+
+def test_key_probe_speaks_the_providers_protocol(make_host) -> None:
+    """A probe of an ejected Anthropic key carries the key in x-api-key and Anthropic's anthropic-version (its
+    GET /v1/models refuses a request without it)."""
+    h = make_host("ai_gateway")
+    claude = {"name": "claude", "cluster": "anthropic", "provider": "anthropic", "upstream_model": "claude-sonnet-4-5",
+              "api_keys": {"keys": ["sk-ant-one-1", "sk-ant-two-2"], "probe": {"interval_ms": 1000},
+                           "cooldown_ms": 600_000}}
+    assert h.start({"models": [claude]}), h.logs
+    s = chat(h, chat_body("claude", max_tokens=5))
+    bad = s.request_header("x-api-key")
+    s.send_response_headers({":status": "401", "content-type": "application/json"})
+    h.respond_callout(h.callouts[0].token, 200)  # the retry with the other key
+    h.advance(1000)
+    h.tick()
+    (probe,) = h.callouts
+    assert probe.header("x-api-key") == bad and probe.header("anthropic-version") == "2023-06-01"
+    assert probe.header("authorization") is None

@@ -40,7 +40,7 @@ from e2e.mock_providers import anthropic, azure, gemini  # noqa: E402
 from e2e.mock_providers.server import Fault, Request  # noqa: E402
 
 CONFIG = REPO / "wasm-config/envoy/ai-gateway-providers.yaml"
-RESULTS = REPO / "bench/results/ai-providers"
+RESULTS = REPO / "bench/results/ai-providers.md"  # and .json
 PROVIDER_PORTS = {"anthropic": 18111, "gemini": 18112, "azure": 18113}
 KEYS = {"anthropic": "sk-ant-mock-1", "gemini": "AIza-mock-1", "azure": "azure-mock-1"}
 MODELS = {"openai": QWEN, "azure-openai": "gpt-4o", "anthropic": "claude-sonnet", "gemini": "gemini-flash"}
@@ -268,7 +268,7 @@ def main() -> None:
         for m in mocks.values():
             m.shutdown()
     text = report(vm, cpu, fb, args)
-    RESULTS.with_suffix(".md").write_text(text)
+    RESULTS.write_text(text)
     RESULTS.with_suffix(".json").write_text(json.dumps({"vm": vm, "envoy_cpu": cpu, "fallback_ttft": fb}, indent=1))
     print(text)
 

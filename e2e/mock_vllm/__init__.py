@@ -42,6 +42,12 @@ Generation and token counting (documented rule; "token" = whitespace-separated w
     * ``prompt_tokens``: chat = sum over messages of (1 + words in its content); completions = words in the prompt.
       ``completion_tokens`` = tokens generated; ``total_tokens`` = the sum.
     * ``prompt_tokens + max_tokens > max_model_len`` (4096) -> 400, as vLLM does.
+    * tools: a forced call (``tool_choice`` ``"required"`` or ``{"type": "function", "function": {"name"}}``, what
+      vLLM's guided decoding serves) answers ``content ""`` and one ``tool_calls`` entry whose ``arguments`` are the
+      JSON object of the tool's required parameters filled by type (``"mock"``, ``1``, ``true``, ``[]``, ``{}``),
+      six characters a token; ``finish_reason`` stays ``"stop"``, as vLLM's does for forced calls. Streamed, the first
+      delta carries the call's ``id``, ``type`` and ``name``, later ones ``{"index": 0, "function": {"arguments"}}``.
+      ``"auto"`` is the model's choice: the mock answers text.
 
 Streaming (``"stream": true``)
     ``text/event-stream``, hand-written chunked encoding, one ``data: {json}\\n\\n`` event per token, then

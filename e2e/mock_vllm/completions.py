@@ -61,8 +61,12 @@ class Completions:
             ticket.wait(len(gen.tokens))
             _sleep_ms(fault.ttft_ms + token_delay * max(0, len(gen.tokens) - 1))
             if kind == "chat":
-                choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": gen.text,
-                                                                   "tool_calls": []},
+                msg: dict[str, Any] = {"role": "assistant", "content": gen.text, "tool_calls": []}
+                if gen.tool is not None:  # vLLM's forced (named / required) tool call
+                    msg = {"role": "assistant", "content": "", "tool_calls": [
+                        {"id": "chatcmpl-tool-" + request_id, "type": "function",
+                         "function": {"name": gen.tool, "arguments": gen.text}}]}
+                choice: dict[str, Any] = {"index": 0, "message": msg,
                                           "logprobs": None, "finish_reason": gen.finish_reason, "stop_reason": None}
             else:
                 choice = {"index": 0, "text": gen.text, "logprobs": None, "finish_reason": gen.finish_reason,
@@ -101,7 +105,14 @@ class Completions:
             events.append((chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                                    "finish_reason": None}]), 0))
             for i, tok in enumerate(gen.tokens):
-                events.append((chunk([{"index": 0, "delta": {"content": tok}, "logprobs": None,
+                delta: dict[str, Any] = {"content": tok}
+                if gen.tool is not None:  # the call's id and name come with its first piece of arguments
+                    call: dict[str, Any] = {"index": 0, "function": {"arguments": tok}}
+                    if i == 0:
+                        call = {"id": "chatcmpl-tool-" + rid, "type": "function", "index": 0,
+                                "function": {"name": gen.tool, "arguments": tok}}
+                    delta = {"tool_calls": [call]}
+                events.append((chunk([{"index": 0, "delta": delta, "logprobs": None,
                                        "finish_reason": gen.finish_reason if i == last else None}]), 1))
         else:
             for i, tok in enumerate(gen.tokens):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -35,6 +36,7 @@ class Generation:
     prompt_tokens: int
     adapter: str | None = None  # the LoRA adapter the request named, if any
     prompt_text: str = ""  # all prompt text (chat: the messages' contents, one a line), for the prefix cache
+    tool: str | None = None  # a forced tool call: the function's name (the tokens are its arguments)
 
     @property
     def text(self) -> str:
@@ -63,6 +65,33 @@ def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, list):
         return " ".join(_prompt_text(p) for p in prompt)
     return "" if prompt is None else str(prompt)
+
+
+_SAMPLE = {"string": "mock", "integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}
+
+
+def forced_tool(req: dict[str, Any]) -> tuple[str, str] | None:
+    """The tool call vLLM's guided decoding forces (``tool_choice`` "required" or a named function): (name, arguments
+    JSON with each required property of the schema filled). ``auto`` is the model's choice: this mock answers text."""
+    tools = req.get("tools")
+    choice = req.get("tool_choice")
+    if not isinstance(tools, list) or not tools or choice in (None, "auto", "none"):
+        return None
+    fns = [t.get("function") for t in tools if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        fns = [f for f in fns if f.get("name") == name]
+        if not fns:
+            raise ApiError(400, f"Tool '{name}' has not been passed in `tools`.", "tool_choice")
+    elif choice != "required":
+        raise ApiError(400, f"Invalid value for `tool_choice`: {choice!r}.", "tool_choice")
+    if not fns:
+        raise ApiError(400, "When using `tool_choice`, `tools` must be set.", "tools")
+    fn = fns[0]
+    schema = fn.get("parameters") or {}
+    props = schema.get("properties") or {}
+    args = {k: _SAMPLE.get((props.get(k) or {}).get("type"), "mock") for k in schema.get("required") or ()}
+    return fn.get("name", ""), json.dumps(args)
 
 
 def plan(served: str, kind: str, req: Any, max_model_len: int = MAX_MODEL_LEN,
@@ -112,5 +141,9 @@ def plan(served: str, kind: str, req: Any, max_model_len: int = MAX_MODEL_LEN,
     if req.get("ignore_eos") is True:
         words = [words[i % len(words)] for i in range(max_tokens)]
     tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    tool = forced_tool(req) if kind == "chat" else None
+    if tool is not None:  # the arguments, a few characters a token; vLLM's finish_reason stays "stop" here
+        tokens = [tool[1][i : i + 6] for i in range(0, len(tool[1]), 6)]
     finish = "length" if len(tokens) > max_tokens or req.get("ignore_eos") is True else "stop"
-    return Generation(tokens[:max_tokens], finish, prompt_tokens, adapter, prompt_text)
+    return Generation(tokens[:max_tokens], finish, prompt_tokens, adapter, prompt_text,
+                      tool[0] if tool is not None else None)

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 ATTEMPT_HEADER = "x-ai-attempt-ticket"  # the router-level filter's ticket for the attempt filter (never a client's)
-DEFAULT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+DEFAULT_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages",
+                 "/v1/messages/count_tokens")
 
 
 @record

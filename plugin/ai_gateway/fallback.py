@@ -149,5 +149,6 @@ class Fallback:
         """No attempt succeeded: let the primary's own error response through."""
         self.stream.response_headers.set("x-ai-fallback-exhausted", str(self.attempts - 1))
         self.stream.response_headers.set("x-ai-served-model", self.primary.name)
+        self.reader.held_answer()
         self.stream.resume_response()
         self.done(None, 0)

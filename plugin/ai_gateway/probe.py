@@ -10,6 +10,7 @@ from proxywasm import hostcalls as hc
 from .attempt import pool_of
 from .config import Config, Model
 from .lease import VM_TOKEN
+from .providers import PAIRS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ def _probe(root: RootContext, model: Model, idx: int) -> None:
     pool = pool_of(model)
     headers = [(":method", "GET"), (":path", keys.probe.path), (":authority", model.authority or model.cluster),
                pool.credential(idx)]
+    if model.provider is not None:  # the provider's own headers (e.g. Anthropic's anthropic-version) go along
+        headers += PAIRS[model.provider.kind][0].headers(model.provider)
 
     def done(resp: CalloutResponse) -> None:
         if 200 <= resp.status < 300:

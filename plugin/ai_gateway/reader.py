@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 class AnswerReader:
     """Mixed into the stream's HttpContext (``self`` is the stream): a separate object per request would cost a
     few thousand VM instructions on every request for nothing but the indirection. Reads ``status``,
-    ``drop_usage`` and ``body`` (the client's request, for an input estimate) from the stream."""
+    ``drop_usage``, ``client`` and ``body`` (the client's request, for an input estimate) from the stream."""
 
-    sse: SseScanner | None = None
+    sse: SseScanner | None = None  # (or a client protocol's stream translator: it has usage and done too)
     collector: JsonCollector | None = None
     tapped = False  # the response body goes on untouched and the VM keeps its end (see start_answer)
     counting = False  # the response tap counts the generated text of a stream (estimate.OUTPUT_KEYS)
@@ -107,6 +107,20 @@ class AnswerReader:
         buf.append(chunk)
         if len(buf) > 1 and sum(map(len, buf)) > self.keep_whole:
             self.cache_buf, self.keep_whole = None, 0  # too large to keep: not stored
+
+    def held_answer(self: Any) -> None:
+        """The primary's answer, held while falling back, goes to the client after all (Envoy hands a held body to
+        no further callback): a provider's (an error, whole by now) in OpenAI's shape, then in the client's
+        protocol (the stream's ``client``)."""
+        tr, c = self.translator, self.client
+        if (tr is None and c is None) or not self.ended:
+            return
+        body = self.response_body.read()
+        if tr is not None:
+            body = tr.feed(body, True)
+        if c is not None:
+            body = c.whole(self.status, body, self.response_headers.get("content-type"))
+        self.response_body.replace(body)
 
     def whole_answer(self, content_type: str | None, body: bytes) -> bytes:
         """An answer that came whole (a callout); returns the body the client gets."""

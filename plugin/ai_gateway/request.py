@@ -64,13 +64,17 @@ def as_dict(doc: RequestDoc | dict[str, Any]) -> dict[str, Any]:
     return doc.full() if isinstance(doc, RequestDoc) else doc
 
 
-def with_model(doc: RequestDoc | dict[str, Any], model: str) -> bytes:
-    """The request body with ``model`` replaced (other fields keep their order)."""
-    doc = {**as_dict(doc), "model": model}
+def encode_json(doc: Any) -> bytes:
+    """Compact JSON, UTF-8 (a lone surrogate such as ``"\ud800"`` has no UTF-8 form: then kept escaped, as sent)."""
     try:
         return _ENCODE_UTF8(doc).encode()
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800") has no UTF-8 form: keep it escaped, as sent
+    except UnicodeEncodeError:
         return _ENCODE_ASCII(doc).encode()
+
+
+def with_model(doc: RequestDoc | dict[str, Any], model: str) -> bytes:
+    """The request body with ``model`` replaced (other fields keep their order)."""
+    return encode_json({**as_dict(doc), "model": model})
 
 
 def needs_usage(doc: RequestDoc | dict[str, Any]) -> bool:

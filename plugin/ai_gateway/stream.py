@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from proxywasm import Action, HttpContext, LogLevel
+from proxywasm import Action, Counter, HttpContext, LogLevel, MetricCache
 from proxywasm import hostcalls as hc
 from proxywasm.properties import route_name
 
@@ -12,21 +12,26 @@ from . import cache, consumers, retries
 from .attempt import NO_KEYS, address, pool_of
 from .catalog import MODELS_PATH, is_model_path, model_object, models_list
 from .classify import classify
+from .clients import BY_PATH, CHAT_PATH, CLIENT_KEY_HEADER
 from .config import Config, Model
 from .content_routing import choose
 from .errors import JSON_HEADERS, GatewayError, shown
+from .estimate import OUTPUT_KEYS, input_tokens
 from .fallback import Fallback
 from .observe import Observation, attempts_json, client_cancelled, publish, record_failed_attempts
 from .paths import normalize
 from .picker import finished as endpoint_finished
 from .picker import route as pick_endpoint
 from .reader import AnswerReader
-from .request import duplicate_model, json_media_type, needs_usage, parse_body, with_usage_requested
+from .request import duplicate_model, encode_json, json_media_type, needs_usage, parse_body, with_usage_requested
 from .routing import resolve
 from .upstream import callout_headers, mirror
 
+_CLIENT_REQUESTS = MetricCache(Counter)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from .providers import Answer
 
 RNG = random.Random()  # seeded from the host's random_get, per VM
@@ -64,6 +69,7 @@ class GatewayStream(AnswerReader, HttpContext):
     attempts: retries.Attempts | None = None  # fallback as Envoy retries: the attempts so far
     upstream: retries.UpstreamAttempt | None = None  # set when this context is the attempt filter's
     answer: Answer | None = None  # how the answering attempt's answer becomes OpenAI's (None: it is already)
+    client: Any = None  # a client protocol other than OpenAI's (clients.BY_PATH): its translations, per request
 
     # -- request --
 
@@ -84,14 +90,19 @@ class GatewayStream(AnswerReader, HttpContext):
         for name in cfg.strip_headers:
             if name in hd:
                 h.remove(name)
+        raw, _, query = hd.get(":path", "").partition("?")
+        path = raw if raw in cfg.paths else normalize(raw)
+        client = None
+        if path in BY_PATH and path in cfg.paths:  # another protocol: its errors too (from here on)
+            client = self.client = BY_PATH[path]()
         cc = cfg.consumers
         if cc is not None:  # every request through the gateway names its consumer
             done = consumers.authenticate(self, cc, hd, cfg.consumer_header)
             if done is not None:
                 return done
+            if cc.query:  # the key parameter is gone from the path
+                query = hd.get(":path", "").partition("?")[2]
         method = hd.get(":method")
-        raw, _, query = hd.get(":path", "").partition("?")
-        path = raw if raw in cfg.paths else normalize(raw)
         if method == "GET" and cfg.models_endpoint and path.startswith(MODELS_PATH):
             if path == MODELS_PATH:
                 self.send_local_response(200, models_list(cfg), JSON_HEADERS)
@@ -104,9 +115,13 @@ class GatewayStream(AnswerReader, HttpContext):
                 return Action.PAUSE
         if method != "POST" or path not in cfg.paths:
             return Action.CONTINUE
-        self.upstream_path = path + "?" + query if query else path
-        if path != raw:  # the upstream gets the path the gateway judged (paths.py)
-            h.set(":path", self.upstream_path)
+        if client is not None:
+            self.upstream_path = CHAT_PATH
+            self._client_request_headers(h, hd, cc is None)
+        else:
+            self.upstream_path = path + "?" + query if query else path
+            if path != raw:  # the upstream gets the path the gateway judged (paths.py)
+                h.set(":path", self.upstream_path)
         ctype = hd.get("content-type")
         if ctype and ctype != "application/json" and not json_media_type(ctype):
             return self._reject(GatewayError(
@@ -139,6 +154,10 @@ class GatewayStream(AnswerReader, HttpContext):
             return Action.PAUSE
         body = self.request_body.read()
         try:
+            if self.client is not None:
+                body = self._client_request(body)
+                if self.client.counts_tokens:
+                    return self._count_tokens(cfg, body)
             self._route(cfg, body)
         except GatewayError as e:
             return self._reject(e)
@@ -165,6 +184,88 @@ class GatewayStream(AnswerReader, HttpContext):
         """The one place that names the stream's consumer (metrics, AI log): the trusted consumer header, or the
         gateway's own authentication. Metric labels are bounded and sanitised in observe.consumer_label."""
         self.consumer = name
+
+    # -- the client's protocol: its request becomes chat completions first, its answer is translated last --
+
+    def _client_request_headers(self, h: Any, hd: dict[str, str], forward_key: bool) -> None:
+        """A request in another protocol goes upstream to chat completions (the Messages API's query, such as
+        Claude Code's ``?beta=true``, stays here). Its ``x-api-key`` never goes upstream: without consumers it is
+        sent as ``authorization: Bearer`` (as an OpenAI client's key would be), unless the client sent that too."""
+        h.set(":path", CHAT_PATH)
+        key = h.get(CLIENT_KEY_HEADER)
+        if key is not None:
+            h.remove(CLIENT_KEY_HEADER)
+            if forward_key and "authorization" not in hd and key.strip():
+                hd["authorization"] = "Bearer " + key.strip()
+                h.set("authorization", hd["authorization"])
+
+    def _client_request(self, body: bytes) -> bytes:
+        """The client's body as the chat-completions request every later step reads (GatewayError: a 400)."""
+        new = encode_json(self.client.request(body))
+        self.request_body.replace(new)
+        self.request_headers.set("content-length", str(len(new)))
+        _CLIENT_REQUESTS(f"aigw.client.{self.client.protocol}.request_total").increment(1)
+        return new
+
+    def _count_tokens(self, cfg: Config, body: bytes) -> Action:
+        """A client's token count, answered here for a model the consumer may use (estimate.input_tokens)."""
+        _, requested = parse_body(body)
+        if resolve(cfg, requested, self.headers_in.get, RNG) is None:
+            raise GatewayError(404, f"The model `{shown(requested)}` does not exist.", "model_not_found", "model")
+        denied = consumers.model_allowed(self, requested) if self.who is not None else None
+        if denied is not None:
+            raise denied
+        self.send_local_response(200, b'{"input_tokens":%d}' % input_tokens(body), JSON_HEADERS)
+        return Action.PAUSE
+
+    def _client_answer_begins(self, content_type: str | None) -> None:
+        """The upstream's answer begins: read as every answer is (usage, TTFT), but chunk by chunk, as the
+        client's translation needs each one."""
+        self.start_answer(content_type, tap=False)
+        self.client.content_type = content_type
+        if self.client.answer_begins(self.status):
+            self.sse = self.client.translator  # it reads the stream's usage and end as it translates
+            self.count_response_strings(OUTPUT_KEYS)  # TTFT and estimates, in C
+            self.counting = True
+        elif self.status >= 400:
+            self.response_headers.set("content-type", "application/json")
+
+    def _client_answer(self, body_size: int, end_of_stream: bool) -> Action:
+        """The answer in the client's protocol: a stream translated as it comes, a JSON answer whole at its end."""
+        c = self.client
+        tr = self.translator  # a provider's answer becomes OpenAI's first (providers/)
+        if c.translator is not None:
+            chunk = self.response_body.read() if body_size else b""
+            if tr is not None:
+                chunk = tr.feed(chunk, end_of_stream)
+            if self.cache_buf is not None:
+                self._keep(chunk)  # the cache keeps the OpenAI stream (a hit is translated like an answer)
+            self.response_body.replace(c.translator.feed(chunk, end_of_stream))
+            if end_of_stream:
+                self.take_tap(True)
+                self._publish()
+            return Action.CONTINUE
+        if not end_of_stream:
+            return Action.PAUSE  # buffered until its end
+        body = self.response_body.read()
+        if tr is not None:
+            body = tr.feed(body, True)
+        if self.collector is not None:
+            self.collector.feed(body)
+        elif self.sse is not None:
+            self.sse.feed(body, True)
+        self.response_body.replace(c.whole(self.status, body, c.content_type))
+        self._publish()
+        return Action.CONTINUE
+
+    def send_local_response(self, status: int, body: bytes | str = b"", headers: Any = (),
+                            details: str = "") -> None:
+        """Every reply the gateway sends itself (errors, cache hits, a callout fallback's answer) goes out in the
+        client's protocol."""
+        c = self.client
+        if c is not None:
+            body, headers = c.local_reply(status, body.encode() if isinstance(body, str) else body, headers)
+        hc.send_local_response(status, body, headers, details.replace(" ", "_"))
 
     def _route(self, cfg: Config, body: bytes, target: str | None = None) -> None:
         """Route by the body's model (``target``: the one content routing's classifier picked)."""
@@ -244,6 +345,10 @@ class GatewayStream(AnswerReader, HttpContext):
         hd = self.response_headers.snapshot(_RESPONSE_HEADERS)  # one host call for the three read below
         status = hd.get(":status", "0")
         self.status = int(status) if status.isascii() and status.isdigit() else 0
+        client = self.client
+        if client is not None:
+            client.content_type = hd.get("content-type")
+            self.response_headers.remove("content-length")  # the answer is translated
         att = self.attempts
         if att is not None:  # Envoy retried: the attempt filter accounted each attempt's key
             model = self._answered(att, model)
@@ -275,15 +380,19 @@ class GatewayStream(AnswerReader, HttpContext):
         if self.gate is not None:
             for k, v in consumers.rate_headers(self):
                 self.response_headers.set(k, v)
-        self.start_answer(ctype)
+        if client is None:
+            self.start_answer(ctype)
+        else:
+            self._client_answer_begins(ctype)
         if end_of_stream:
             self._publish()
         return Action.CONTINUE
 
     def _translated(self, answer: Answer, ctype: str | None) -> str:
-        # the translator reports usage to the gateway itself: no usage chunk the client did not ask for
+        # the translator reports usage to the gateway itself: no usage chunk the client did not ask for (a client
+        # protocol's translator reads it: it gets one)
         status, ctype, self.translator = answer.begin(self.status, ctype, hc.now_ns() // 1_000_000_000,
-                                                      not self.drop_usage)
+                                                      not self.drop_usage or self.client is not None)
         h = self.response_headers
         if status != self.status:
             self.status = status
@@ -296,9 +405,14 @@ class GatewayStream(AnswerReader, HttpContext):
         if end_of_stream:
             self.ended = True
         if self.fallback is not None and self.fallback.current is not None:
+            c = self.client
+            if end_of_stream and c is not None:  # should it go out after all: in the client's protocol
+                self.response_body.replace(c.whole(self.status, self.response_body.read(), c.content_type))
             return Action.PAUSE  # the failed upstream's body is held back while falling back
         if self.model is None or self.published:
             return Action.CONTINUE
+        if self.client is not None:  # last of all: the answer in the client's protocol
+            return self._client_answer(body_size, end_of_stream)
         if end_of_stream and self.tapped:  # the usual end of a tapped answer: what the tap kept, read once
             self.take_tap(True)
         else:
@@ -335,7 +449,10 @@ class GatewayStream(AnswerReader, HttpContext):
             self._publish()
         elif self.fallback is not None:
             self.fallback.current = None  # the original response flows again
-            self.start_answer(self.response_headers.get("content-type"))
+            if self.client is None:
+                self.start_answer(self.response_headers.get("content-type"))
+            else:
+                self._client_answer_begins(self.response_headers.get("content-type"))
 
     # -- end --
 
@@ -382,6 +499,8 @@ class GatewayStream(AnswerReader, HttpContext):
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
             estimated=estimated, cancelled=cancelled,
         )
+        if self.client is not None:
+            obs.client = self.client.protocol
         tried = self.attempts.tried if self.attempts is not None else self.fallback.tried if self.fallback else None
         if tried and len(tried) > 1:  # fallen back (Envoy retries or callouts): every attempt, in order
             obs.attempts = attempts_json(tried)

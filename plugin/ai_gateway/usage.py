@@ -24,7 +24,7 @@ _FIELD_RE = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s
 # An event ends at a blank line: two line ends, each LF, CRLF or CR (WHATWG event streams), so LF LF, CRLF CRLF,
 # CR CR and the mixed LF CRLF (CRLF LF holds LF LF; CR CRLF holds CR CR). LF then a bare CR is not taken for one:
 # whether that CR starts a CRLF is known only from the next byte, which a chunk may not hold yet.
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\r\n|\n\n|\r\r")
+EVENT_END = re.compile(rb"\r\n\r\n|\n\r\n|\n\n|\r\r")
 _USUAL_END = b"\n\ndata: [DONE]\n\n"
 # "usage": {object, at most one level of nested objects}, then only scalar members and the closing "}"
 _USAGE_LAST = re.compile(rb'"usage"\s*:\s*(\{[^{}\[\]]*(?:\{[^{}\[\]]*\}[^{}\[\]]*)*\})[^{}\[\]]*\}\s*\Z')
@@ -164,7 +164,7 @@ class JsonCollector:
         return b"".join(self.parts) if self.parts else self.tail
 
 
-def _data(event: bytes) -> bytes:
+def event_data(event: bytes) -> bytes:
     """The data payload of one SSE event (multi-line data joined with newlines)."""
     line = event.rstrip(b"\n")
     if line[:6] == b"data: " and b"\n" not in line and b"\r" not in line:  # one data line (the usual)
@@ -316,7 +316,7 @@ class SseScanner:
             data = b"".join(self.tail) if whole else _last_bytes(self.tail, window)
             lo = 0
             if self.trimmed or not whole:  # the first bytes may be the end of an event: start after it
-                m = _EVENT_END.search(data)
+                m = EVENT_END.search(data)
                 lo = m.end() if m else len(data)
             hi = len(data) if self.ended else _last_event_end(data, lo, len(data))
             if hi > lo:
@@ -350,7 +350,7 @@ class SseScanner:
                 i = data.rfind(mark, lo, i)
                 continue
             start = _last_event_end(data, lo, i) or lo
-            m = _EVENT_END.search(data, i, hi)
+            m = EVENT_END.search(data, i, hi)
             end = m.end() if m else hi
             if end - start <= MAX_EVENT:
                 done, usage, _ = _read_event(data[start:end])
@@ -366,7 +366,7 @@ class SseScanner:
         self.clean = 0  # what stays held is looked at afresh next time
         out = []
         start = 0
-        for m in _EVENT_END.finditer(buf, scan_from):
+        for m in EVENT_END.finditer(buf, scan_from):
             event = buf[start : m.end()]
             start = m.end()
             if self.oversized or len(event) > MAX_EVENT:  # too long to hold (or to be a usage report)
@@ -400,11 +400,11 @@ class SseScanner:
 
 def _read_event(event: bytes) -> tuple[bool, Usage | None, bool]:
     """(is the [DONE] event, the usage it reports, is a usage-only event)."""
-    if b"[DONE]" in event and _data(event) == b"[DONE]":
+    if b"[DONE]" in event and event_data(event) == b"[DONE]":
         return True, None, False
     if b'"usage"' not in event:
         return False, None, False
-    payload = _data(event)
+    payload = event_data(event)
     if not payload or payload == b"[DONE]":
         return False, None, False
     try:

@@ -282,8 +282,10 @@ def test_cache_keeps_the_openai_answer_and_replays_it_in_anthropics_shape(make_h
     s.send_response_body(body, end_of_stream=True)
     assert s.response_header("x-ai-cache") == "miss"
     s.complete()
-    hit = send(h, ask).local_response  # the same question as JSON: the same Anthropic message
+    hs = send(h, ask)  # the same question as JSON: the same Anthropic message
+    hit = hs.local_response
     assert hit is not None and ("x-ai-cache", "hit") in hit.headers
+    assert json.loads(hs.get_property("ai_log"))["client"] == "anthropic"
     assert json.loads(hit.body) == json.loads(s.response_body)
     streamed = send(h, messages_body("llama-3", stream=True, temperature=0)).local_response  # asked streamed
     assert ("x-ai-cache", "hit") in streamed.headers and ("content-type", "text/event-stream") in streamed.headers

@@ -306,3 +306,19 @@ def test_hostile_messages_requests_through_the_gateway(gw, req: dict[str, Any]) 
     else:
         assert lr.status in (400, 404) and json.loads(lr.body)["type"] == "error"
     assert not gw.logs_at(LogLevel.ERROR)
+
+
+def test_content_routing_reads_the_translated_request(make_host) -> None:
+    h = make_host("ai_gateway")
+    cfg = {**CONFIG, "content_routing": [{"name": "auto", "default": "llama-3",
+                                          "rules": [{"model": "gemma-2-2b", "keywords": ["translate"]},
+                                                    {"model": "qwen2-1-5b", "tools": True}]}]}
+    assert h.start(cfg), h.logs
+    ask = {"model": "auto", "max_tokens": 8, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Please translate this"}]}]}
+    assert send(h, json.dumps(ask).encode()).request_header("x-ai-upstream") == "gemma"
+    tools = {**ask, "messages": [{"role": "user", "content": "hi"}],
+             "tools": [{"name": "f", "input_schema": {"type": "object"}}]}
+    assert send(h, json.dumps(tools).encode()).request_header("x-ai-upstream") == "qwen"
+    plain = {**ask, "messages": [{"role": "user", "content": "hi"}]}
+    assert send(h, json.dumps(plain).encode()).request_header("x-ai-upstream") == "llama"

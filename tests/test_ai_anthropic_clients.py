@@ -322,3 +322,16 @@ def test_content_routing_reads_the_translated_request(make_host) -> None:
     assert send(h, json.dumps(tools).encode()).request_header("x-ai-upstream") == "qwen"
     plain = {**ask, "messages": [{"role": "user", "content": "hi"}]}
     assert send(h, json.dumps(plain).encode()).request_header("x-ai-upstream") == "llama"
+
+
+def test_consumer_limits_answer_in_anthropics_shape(make_host) -> None:
+    cfg = {**CONFIG, "consumers": [{"name": "alice", "keys": ["sk-alice-0123456789"],
+                                    "limits": [{"requests": 1, "per": "minute"}]}]}
+    h = make_host("ai_gateway")
+    assert h.start(cfg), h.logs
+    key = {"x-api-key": "sk-alice-0123456789"}
+    assert send(h, messages_body("llama-3"), key).local_response is None
+    lr = send(h, messages_body("llama-3"), key).local_response
+    assert lr is not None and lr.status == 429
+    assert json.loads(lr.body)["error"]["type"] == "rate_limit_error"
+    assert any(k == "retry-after" and int(v) > 0 for k, v in lr.headers)

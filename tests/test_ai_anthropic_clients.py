@@ -282,8 +282,10 @@ def test_cache_keeps_the_openai_answer_and_replays_it_in_anthropics_shape(make_h
     s.send_response_body(body, end_of_stream=True)
     assert s.response_header("x-ai-cache") == "miss"
     s.complete()
-    hit = send(h, ask).local_response  # the same question as JSON: the same Anthropic message
+    hs = send(h, ask)  # the same question as JSON: the same Anthropic message
+    hit = hs.local_response
     assert hit is not None and ("x-ai-cache", "hit") in hit.headers
+    assert json.loads(hs.get_property("ai_log"))["client"] == "anthropic"
     assert json.loads(hit.body) == json.loads(s.response_body)
     streamed = send(h, messages_body("llama-3", stream=True, temperature=0)).local_response  # asked streamed
     assert ("x-ai-cache", "hit") in streamed.headers and ("content-type", "text/event-stream") in streamed.headers
@@ -304,3 +306,32 @@ def test_hostile_messages_requests_through_the_gateway(gw, req: dict[str, Any]) 
     else:
         assert lr.status in (400, 404) and json.loads(lr.body)["type"] == "error"
     assert not gw.logs_at(LogLevel.ERROR)
+
+
+def test_content_routing_reads_the_translated_request(make_host) -> None:
+    h = make_host("ai_gateway")
+    cfg = {**CONFIG, "content_routing": [{"name": "auto", "default": "llama-3",
+                                          "rules": [{"model": "gemma-2-2b", "keywords": ["translate"]},
+                                                    {"model": "qwen2-1-5b", "tools": True}]}]}
+    assert h.start(cfg), h.logs
+    ask = {"model": "auto", "max_tokens": 8, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Please translate this"}]}]}
+    assert send(h, json.dumps(ask).encode()).request_header("x-ai-upstream") == "gemma"
+    tools = {**ask, "messages": [{"role": "user", "content": "hi"}],
+             "tools": [{"name": "f", "input_schema": {"type": "object"}}]}
+    assert send(h, json.dumps(tools).encode()).request_header("x-ai-upstream") == "qwen"
+    plain = {**ask, "messages": [{"role": "user", "content": "hi"}]}
+    assert send(h, json.dumps(plain).encode()).request_header("x-ai-upstream") == "llama"
+
+
+def test_consumer_limits_answer_in_anthropics_shape(make_host) -> None:
+    cfg = {**CONFIG, "consumers": [{"name": "alice", "keys": ["sk-alice-0123456789"],
+                                    "limits": [{"requests": 1, "per": "minute"}]}]}
+    h = make_host("ai_gateway")
+    assert h.start(cfg), h.logs
+    key = {"x-api-key": "sk-alice-0123456789"}
+    assert send(h, messages_body("llama-3"), key).local_response is None
+    lr = send(h, messages_body("llama-3"), key).local_response
+    assert lr is not None and lr.status == 429
+    assert json.loads(lr.body)["error"]["type"] == "rate_limit_error"
+    assert any(k == "retry-after" and int(v) > 0 for k, v in lr.headers)

@@ -222,7 +222,7 @@ def _replay(stream: Any, body: bytes, ctype: str, usage: Usage) -> bool:
     cfg = stream.config
     line = (f'{{"cache":"hit","model":{_str(stream.requested)},"served_model":{_str(model.name)},'
             f'"consumer":{_str(stream.consumer or "none")},"status":200,"stream":{_B[stream.stream]},'
-            f'"tokens_saved":{usage.total}}}')
+            f'"tokens_saved":{usage.total},"client":{_str(stream.client.protocol if stream.client else "openai")}}}')
     if cfg.ai_log in ("filter_state", "both"):
         hc.set_property("ai_log", line)
     if cfg.ai_log in ("log", "both"):

@@ -18,7 +18,7 @@ from .content_routing import choose
 from .errors import JSON_HEADERS, GatewayError, shown
 from .estimate import OUTPUT_KEYS, input_tokens
 from .fallback import Fallback
-from .observe import Observation, attempts_json, client_cancelled, publish, record_failed_attempts
+from .observe import ClientObservation, Observation, attempts_json, client_cancelled, publish, record_failed_attempts
 from .paths import normalize
 from .picker import finished as endpoint_finished
 from .picker import route as pick_endpoint
@@ -492,15 +492,16 @@ class GatewayStream(AnswerReader, HttpContext):
         now = hc.now_ns()
         if not (charged or cached):
             usage, estimated = self.answer_usage()
-        obs = Observation(
+        c = self.client
+        obs = (Observation if c is None else ClientObservation)(
             model=self.requested, served=self.model.name, route=route_name(),
             cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, stream=self.stream,
             usage=usage, ttft_ms=(self.first_out_ns - self.started_ns) // 1_000_000 if self.first_out_ns else None,
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
             estimated=estimated, cancelled=cancelled,
         )
-        if self.client is not None:
-            obs.client = self.client.protocol
+        if c is not None:
+            obs.client = c.protocol
         tried = self.attempts.tried if self.attempts is not None else self.fallback.tried if self.fallback else None
         if tried and len(tried) > 1:  # fallen back (Envoy retries or callouts): every attempt, in order
             obs.attempts = attempts_json(tried)

@@ -187,7 +187,7 @@ def _hit(stream: Any, cfg: CacheConfig, raw: bytes, usage: Usage) -> Action:
     """Answer from the cache: JSON as stored, or an SSE stream for a streamed request."""
     model = stream.model
     body, ctype = raw, "application/json"  # as stored: the upstream's own JSON answer, or the one a stream stood for
-    if stream.stream:
+    if stream.sse_answer:
         answer = _decode(raw)
         try:
             body, ctype = replay.to_sse(answer, _wants_usage(stream)), "text/event-stream"  # type: ignore[arg-type]
@@ -221,7 +221,7 @@ def _replay(stream: Any, body: bytes, ctype: str, usage: Usage) -> bool:
         _counted("tokens_saved", model.name, usage.total)
     cfg = stream.config
     line = (f'{{"cache":"hit","model":{_str(stream.requested)},"served_model":{_str(model.name)},'
-            f'"consumer":{_str(stream.consumer or "none")},"status":200,"stream":{_B[stream.stream]},'
+            f'"consumer":{_str(stream.consumer or "none")},"status":200,"stream":{_B[stream.sse_answer]},'
             f'"tokens_saved":{usage.total},"client":{_str(stream.client.protocol if stream.client else "openai")}}}')
     if cfg.ai_log in ("filter_state", "both"):
         hc.set_property("ai_log", line)

@@ -16,7 +16,7 @@ from .content_routing import parse as parse_content_routes
 from .fieldcheck import echo, header_name, header_value, token, url_path
 from .keys import KeyPoolConfig, parse_pool
 from .picker.config import DEFAULT_HEADER as PICKER_HEADER
-from .picker.config import Pools
+from .picker.config import Pickers
 from .providers.config import KEY_HEADERS, Provider
 from .providers.config import parse as parse_provider
 
@@ -235,7 +235,7 @@ def parse(doc: dict[str, Any]) -> Config:
                 raise ConfigError(f"{defaults.path(key)}: unknown field (set models per model)")
         _policy(defaults, 1)  # checked even where no model uses them
     models: dict[str, Model] = {}
-    pools = Pools()
+    picker_cfg = Pickers()
     where: dict[str, str] = {}  # model name -> "models[i]", for errors found after the loop
     for m in f.objs("models", []):
         name = header_value(m, "name", m.str("name"))  # sent upstream in model_header
@@ -266,7 +266,7 @@ def parse(doc: dict[str, Any]) -> Config:
             keys=keys,
             provider=provider,
         )
-        pools.add(m, name, models[name].cluster)
+        picker_cfg.add(m, name, models[name].cluster)
         m.done()
     aliases: dict[str, Alias] = {}
     for a in f.objs("aliases", []):
@@ -291,7 +291,7 @@ def parse(doc: dict[str, Any]) -> Config:
                 raise ConfigError(f"{where[m.name]}.fallback.models: unknown model {fb!r}")
         if m.mirror and m.mirror.model not in models:
             raise ConfigError(f"{where[m.name]}.mirror.model: unknown model {m.mirror.model!r}")
-    pickers = pools.finish()
+    pickers = picker_cfg.finish()
     content_routes = parse_content_routes(f, set(models), {*models, *aliases})
     route_header = header_name(f, "route_header", "x-ai-upstream")
     model_header = header_name(f, "model_header", "x-ai-model")

@@ -82,15 +82,15 @@ class Observation:
     request, and a record's generic keyword __init__ costs microseconds inside V8)."""
 
     __slots__ = ("attempts", "cancelled", "cluster", "complete", "consumer", "duration_ms", "estimated",
-                 "fallback_from", "model", "route", "served", "status", "stream", "ttft_ms", "usage")
+                 "fallback_from", "model", "route", "served", "sse", "status", "ttft_ms", "usage")
 
-    def __init__(self, model: str, served: str, route: str, cluster: str, consumer: str, status: int, stream: bool,
+    def __init__(self, model: str, served: str, route: str, cluster: str, consumer: str, status: int, sse: bool,
                  usage: Usage | None, ttft_ms: int | None, duration_ms: int, fallback_from: str,
                  complete: bool = True, estimated: bool = False, cancelled: bool = False) -> None:
         self.model = model  # as requested by the client (model or alias)
         self.served = served  # the model that answered
         self.route, self.cluster, self.consumer = route, cluster, consumer
-        self.status, self.stream, self.usage = status, stream, usage
+        self.status, self.sse, self.usage = status, sse, usage
         self.ttft_ms, self.duration_ms = ttft_ms, duration_ms
         self.fallback_from = fallback_from  # "" when no fallback happened
         self.complete = complete  # False: the response never reached its end (cut off, reset, client gone)
@@ -115,7 +115,7 @@ class Observation:
                                   f'"route":{_str(self.route)},"cluster":{_str(self.cluster)},'
                                   f'"consumer":{_str(self.consumer)},')
         ttft = self.ttft_ms
-        return _LINE % (head, self.status, _BOOL[self.stream], inp, out, total, source,
+        return _LINE % (head, self.status, _BOOL[self.sse], inp, out, total, source,
                         _BOOL[u is not None and not self.estimated], "null" if ttft is None else str(int(ttft)),
                         self.duration_ms, _str(self.fallback_from) if self.fallback_from else "null",
                         _BOOL[bool(self.complete)], _BOOL[bool(self.cancelled)], self.attempts or "null")
@@ -216,7 +216,7 @@ def attempts_json(tried: list[list[Any]]) -> str:
 def record_failed_attempts(o: Observation, failed: list[tuple[str, str]]) -> None:
     """``attempt_failure_total`` for each (model, cluster) whose attempt failed before another was made."""
     for model, cluster in failed:
-        s = _series(Observation(o.model, model, o.route, cluster, o.consumer, 0, o.stream, None, None, 0, ""))
+        s = _series(Observation(o.model, model, o.route, cluster, o.consumer, 0, o.sse, None, None, 0, ""))
         hc._h.proxy_increment_metric(s.ids[_ATTEMPT_FAILURE] or s.id(_ATTEMPT_FAILURE), 1)
 
 

@@ -51,7 +51,7 @@ class GatewayStream(AnswerReader, HttpContext):
     active = False  # this stream is an inference request the gateway handles
     started_ns = 0
     consumer = ""
-    stream = False  # the client asked for SSE
+    sse_answer = False  # the client asked for an SSE answer
     drop_usage = False  # the gateway asked for usage on the client's behalf
     status = 0
     body = b""  # the request as the client sent it (an input estimate reads it, when the server reports no usage)
@@ -285,7 +285,7 @@ class GatewayStream(AnswerReader, HttpContext):
             if denied is not None:
                 raise denied
         rewrite = model.upstream_model != requested or duplicate_model(doc)  # one "model" goes upstream
-        self.stream = doc.get("stream") is True
+        self.sse_answer = doc.get("stream") is True
         if cfg.inject_stream_usage and needs_usage(doc):
             doc = with_usage_requested(doc)  # usage metrics need the final usage chunk
             self.drop_usage = cfg.strip_injected_usage
@@ -361,7 +361,7 @@ class GatewayStream(AnswerReader, HttpContext):
             if self.key_idx is not None and self.fallback is None:
                 pool = pool_of(model)
                 retry_after = hd.get("retry-after") if self.status == 429 else None
-                pool.report(self.key_idx, self.status, hc.now_ns() // 1_000_000, retry_after)
+                pool.report(self.key_idx, self.status, hc.now_ms(), retry_after)
                 key_failed = self.status in pool.cfg.eject_on
             fb = model.fallback
             if self.fallback is None and (key_failed or (fb is not None and self.status in fb.on_status)):
@@ -495,7 +495,7 @@ class GatewayStream(AnswerReader, HttpContext):
         c = self.client
         obs = (Observation if c is None else ClientObservation)(
             model=self.requested, served=self.model.name, route=route_name(),
-            cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, stream=self.stream,
+            cluster=self.model.cluster, consumer=self.consumer or "none", status=self.status, sse=self.sse_answer,
             usage=usage, ttft_ms=(self.first_out_ns - self.started_ns) // 1_000_000 if self.first_out_ns else None,
             duration_ms=(now - self.started_ns) // 1_000_000, fallback_from=self.fallback_from, complete=complete,
             estimated=estimated, cancelled=cancelled,

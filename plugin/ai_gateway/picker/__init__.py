@@ -31,46 +31,46 @@ __all__ = ["EndpointPicker", "add_destination", "finished", "period_ms", "pick",
 _COUNTERS = MetricCache(Counter)
 
 
-def criticality(pool: EndpointPicker, model: str, header_value: str | None) -> str:
+def criticality(picker: EndpointPicker, model: str, header_value: str | None) -> str:
     """The request's header (critical | standard | sheddable, any case) wins over the model's default."""
     if header_value:
         v = header_value.strip().lower()
         if v in ("critical", "standard", "sheddable"):
             return v
-    return pool.criticality.get(model, "standard")
+    return picker.criticality.get(model, "standard")
 
 
-def _endpoints(pool: EndpointPicker) -> list[state.Endpoint]:
-    eps = pool.states
+def _endpoints(picker: EndpointPicker) -> list[state.Endpoint]:
+    eps = picker.states
     if eps is None:
-        view = pool.view = state.view_of(pool.cluster, max(1, min(50, pool.scrape_interval_ms // 4)))
-        eps = pool.states = [view.endpoint(a) for a in pool.endpoints]
+        view = picker.view = state.view_of(picker.cluster, max(1, min(50, picker.scrape_interval_ms // 4)))
+        eps = picker.states = [view.endpoint(a) for a in picker.endpoints]
     return eps
 
 
-def pick(pool: EndpointPicker, model: str, upstream_model: str, doc: dict[str, Any], level: str, now_ms: int,
+def pick(picker: EndpointPicker, model: str, upstream_model: str, doc: dict[str, Any], level: str, now_ms: int,
          metrics: bool) -> state.Endpoint | None:
-    """The endpoint for a request to ``model`` on ``pool``; None: shed it."""
-    eps = _endpoints(pool)
-    view = pool.view
+    """The endpoint for a request to ``model`` on ``picker``; None: shed it."""
+    eps = _endpoints(picker)
+    view = picker.view
     view.refresh(now_ms)
-    prefix = chain(doc, upstream_model, pool.prefix_chars) if pool.prefix_chars else None
+    prefix = chain(doc, upstream_model, picker.prefix_chars) if picker.prefix_chars else None
     credit = (view.prefixes.credit(*prefix, (1 << len(view.endpoints)) - 1)
-              if prefix is not None and pool.weights.prefix > 0 else None)
-    e, how = score.choose(view, pool, eps, now_ms, level == "sheddable", upstream_model, credit)
+              if prefix is not None and picker.weights.prefix > 0 else None)
+    e, how = score.choose(view, picker, eps, now_ms, level == "sheddable", upstream_model, credit)
     if e is None:
         if metrics:
-            _COUNTERS(picker_metric(pool.cluster, "shed")).increment()
+            _COUNTERS(picker_metric(picker.cluster, "shed")).increment()
         return None
     e.picks += 1
     if prefix is not None:
         view.prefixes.sent(prefix[0], e.bit)
     if metrics:
         if e.counter is None:
-            e.counter = Counter(endpoint_metric(pool.cluster, e.addr, "picks"))
+            e.counter = Counter(endpoint_metric(picker.cluster, e.addr, "picks"))
         e.counter.increment()
         if how == score.UNSCORED:
-            _COUNTERS(picker_metric(pool.cluster, "unscored")).increment()
+            _COUNTERS(picker_metric(picker.cluster, "unscored")).increment()
     return e
 
 
@@ -99,16 +99,16 @@ def finished(e: state.Endpoint, model: str) -> None:
             del e.adapters[model]
 
 
-def route(pool: EndpointPicker, model: Any, doc: dict[str, Any], header: Callable[[str], str | None], now_ms: int,
+def route(picker: EndpointPicker, model: Any, doc: dict[str, Any], header: Callable[[str], str | None], now_ms: int,
           metrics: bool) -> state.Endpoint:
     """The endpoint for a client request (in flight there until ``finished``); a sheddable one finding every
     endpoint saturated gets 429."""
-    level = criticality(pool, model.name, header(pool.criticality_header) if pool.criticality_header else None)
-    ep = pick(pool, model.name, model.upstream_model, doc, level, now_ms, metrics)
+    level = criticality(picker, model.name, header(picker.criticality_header) if picker.criticality_header else None)
+    ep = pick(picker, model.name, model.upstream_model, doc, level, now_ms, metrics)
     if ep is None:
         raise GatewayError(429, f"every endpoint serving `{model.name}` is saturated; this request is sheddable, "
                                 "retry later", "endpoints_saturated",
-                           retry_after_s=max(1, -(-pool.scrape_interval_ms // 1000)))  # the next scrape may free one
+                           retry_after_s=max(1, -(-picker.scrape_interval_ms // 1000)))  # the next scrape may free one
     started(ep, model.upstream_model)
     return ep
 
@@ -118,10 +118,10 @@ def add_destination(pickers: dict[str, EndpointPicker], model: Any, doc: dict[st
                     sheddable: bool = False) -> list[tuple[str, str]] | None:
     """``headers`` of a callout (fallback, mirror) to ``model``, with the picked endpoint when its cluster
     has a picker; None if the request is shed (sheddable, or ``sheddable=True`` as for mirrors)."""
-    pool = pickers.get(model.cluster)
-    if pool is None:
+    picker = pickers.get(model.cluster)
+    if picker is None:
         return headers
     level = "sheddable" if sheddable else criticality(
-        pool, model.name, next((v for k, v in headers if k == pool.criticality_header), None))
-    ep = pick(pool, model.name, model.upstream_model, doc or {}, level, now_ms, metrics)
-    return None if ep is None else [*headers, (pool.header, ep.addr)]
+        picker, model.name, next((v for k, v in headers if k == picker.criticality_header), None))
+    ep = pick(picker, model.name, model.upstream_model, doc or {}, level, now_ms, metrics)
+    return None if ep is None else [*headers, (picker.header, ep.addr)]

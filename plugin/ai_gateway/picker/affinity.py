@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 MAX_SEGMENTS = 64  # hashes per request: the per-request cost is bounded
 BLOCK_CHARS = 1024  # segment size of a plain prompt (~256 tokens)
-MAX_ENTRIES = 1 << 14  # remembered prefixes per pool and worker
+MAX_ENTRIES = 1 << 14  # remembered prefixes per picker and worker
 FULL_CREDIT_CHARS = 4096  # a match this long (bytes, ~1k tokens) earns full credit: a short prompt has little to save
 
 

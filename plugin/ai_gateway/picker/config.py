@@ -49,7 +49,7 @@ class EndpointPicker:
     criticality: dict  # model name -> critical | standard | sheddable
 
     view = None  # this VM's state of the cluster (state.View), set on first use
-    states = None  # the View's Endpoint of each of this pool's endpoints, in order
+    states = None  # the View's Endpoint of each of this picker's endpoints, in order
 
     @property
     def target(self) -> str:
@@ -109,7 +109,7 @@ def parse_picker(f: Fields, cluster: str, criticality: dict) -> EndpointPicker:
     return picker
 
 
-class Pools:
+class Pickers:
     """Collects pickers and criticalities while ``models`` are parsed; ``finish()`` -> cluster -> picker."""
 
     def __init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Choosing the endpoint for one request from the pool's last scrapes.
+"""Choosing the endpoint for one request from the picker's last scrapes.
 
 Each endpoint is, as of this worker's copy of the shared record (``state``):
 
@@ -90,10 +90,11 @@ def _slowness(candidates: list[Endpoint]) -> list[float]:
     return out
 
 
-def scores(candidates: list[Endpoint], pool: EndpointPicker, model: str, credit: dict[int, float] | None) -> list[float]:
+def scores(candidates: list[Endpoint], picker: EndpointPicker, model: str,
+           credit: dict[int, float] | None) -> list[float]:
     """Each candidate's score, in requests: minus its load, plus what an affinity is worth."""
-    w = pool.weights
-    kt = pool.kv_cache_threshold
+    w = picker.weights
+    kt = picker.kv_cache_threshold
     slow = _slowness(candidates) if w.speed > 0 else [1.0] * len(candidates)
     adapter = w.lora > 0 and any(e.max_lora >= 0 for e in candidates) and all(e.model != model for e in candidates)
     out = []
@@ -113,15 +114,15 @@ def _least(view: View, endpoints: list[Endpoint]) -> Endpoint:
     return _rotate(view, [e for e in endpoints if e.inflight == low])
 
 
-def choose(view: View, pool: EndpointPicker, endpoints: list[Endpoint], now_ms: int, sheddable: bool,
+def choose(view: View, picker: EndpointPicker, endpoints: list[Endpoint], now_ms: int, sheddable: bool,
            model: str, credit: dict[int, float] | None) -> tuple[Endpoint | None, str]:
     """(endpoint, how) per the module's rules; (None, ...) = shed the request."""
-    horizon = now_ms - pool.stale_after_ms
+    horizon = now_ms - picker.stale_after_ms
     fresh = [e for e in endpoints if e.up and e.ok_ms >= horizon]
     if not fresh:
         stale = [e for e in endpoints if not e.down]
         return _least(view, stale or endpoints), UNSCORED
-    qt, kt = pool.queue_threshold, pool.kv_cache_threshold
+    qt, kt = picker.queue_threshold, picker.kv_cache_threshold
     free = [e for e in fresh if e.waiting < qt and e.kv < kt]
     how = SCORED
     if not free:
@@ -130,6 +131,6 @@ def choose(view: View, pool: EndpointPicker, endpoints: list[Endpoint], now_ms: 
         free, how = fresh, LEAST_LOADED  # all saturated: the same score picks the least loaded (load is live)
     if len(free) == 1:
         return free[0], how
-    s = scores(free, pool, model, credit)
+    s = scores(free, picker, model, credit)
     top = max(s)
     return _rotate(view, [e for e, v in zip(free, s, strict=True) if v >= top - _EPS]), how

@@ -33,8 +33,8 @@ _COUNTERS = MetricCache(Counter)
 class Scraper:
     """This VM's scraping of one cluster."""
 
-    def __init__(self, pool: EndpointPicker) -> None:
-        self.pool = pool
+    def __init__(self, picker: EndpointPicker) -> None:
+        self.picker = picker
         self.known: frozenset = frozenset()  # endpoints of the cluster, over all configs
         self.next_due = 0
         self.in_flight: dict[str, int] = {}  # endpoint -> when its scrape started (ms)
@@ -45,31 +45,31 @@ class Scraper:
         answers, self.answers = self.answers, []
         if not answers:
             return
-        pool = self.pool
-        before = state.record(pool.cluster, [(ep, t, m) for ep, t, m, _ in answers],
+        picker = self.picker
+        before = state.record(picker.cluster, [(ep, t, m) for ep, t, m, _ in answers],
                               hc.now_ms(), self.known)
         for ep, _, m, why in answers:
             was_up, fails, itl = before.get(ep, (False, 0, 0.0))
-            _GAUGES(endpoint_metric(pool.cluster, ep, "up")).set(int(m is not None))
+            _GAUGES(endpoint_metric(picker.cluster, ep, "up")).set(int(m is not None))
             if m is not None:
-                _GAUGES(endpoint_metric(pool.cluster, ep, "waiting")).set(int(m.waiting))
-                _GAUGES(endpoint_metric(pool.cluster, ep, "running")).set(int(m.running))
-                _GAUGES(endpoint_metric(pool.cluster, ep, "kv_cache_percent")).set(int(m.kv_cache * 100 + 0.5))
+                _GAUGES(endpoint_metric(picker.cluster, ep, "waiting")).set(int(m.waiting))
+                _GAUGES(endpoint_metric(picker.cluster, ep, "running")).set(int(m.running))
+                _GAUGES(endpoint_metric(picker.cluster, ep, "kv_cache_percent")).set(int(m.kv_cache * 100 + 0.5))
                 if itl > 0:
-                    _GAUGES(endpoint_metric(pool.cluster, ep, "itl_ms")).set(int(itl + 0.5))
+                    _GAUGES(endpoint_metric(picker.cluster, ep, "itl_ms")).set(int(itl + 0.5))
                 if not was_up and fails:
-                    hc.log(LogLevel.INFO, f"endpoint {ep} of {pool.cluster} is back (metrics scraped)")
+                    hc.log(LogLevel.INFO, f"endpoint {ep} of {picker.cluster} is back (metrics scraped)")
             else:
-                _COUNTERS(endpoint_metric(pool.cluster, ep, "scrape_failures")).increment()
+                _COUNTERS(endpoint_metric(picker.cluster, ep, "scrape_failures")).increment()
                 if was_up or not fails:
-                    hc.log(LogLevel.WARN, f"endpoint {ep} of {pool.cluster} is down: scrape of "
-                                          f"{pool.metrics_path} failed ({why})")
+                    hc.log(LogLevel.WARN, f"endpoint {ep} of {picker.cluster} is down: scrape of "
+                                          f"{picker.metrics_path} failed ({why})")
 
 
 _SCRAPERS: dict[str, Scraper] = {}
 
 
-def pools_by_cluster(pickers: list[EndpointPicker]) -> dict[str, tuple[EndpointPicker, tuple]]:
+def pickers_by_cluster(pickers: list[EndpointPicker]) -> dict[str, tuple[EndpointPicker, tuple]]:
     """cluster -> (its first picker, the union of its endpoints over all configs, in order)."""
     out: dict[str, tuple[EndpointPicker, tuple]] = {}
     for p in pickers:
@@ -84,28 +84,28 @@ def period_ms(pickers: list[EndpointPicker]) -> int:
 
 
 def scrape(root: RootContext, pickers: list[EndpointPicker], now_ms: int) -> None:
-    for cluster, (pool, endpoints) in pools_by_cluster(pickers).items():
+    for cluster, (picker, endpoints) in pickers_by_cluster(pickers).items():
         s = _SCRAPERS.get(cluster)
         if s is None:
-            s = _SCRAPERS[cluster] = Scraper(pool)
+            s = _SCRAPERS[cluster] = Scraper(picker)
         s.flush()  # answers of a round whose last scrape still hangs
         if now_ms < s.next_due:
             continue
-        interval = pool.scrape_interval_ms
+        interval = picker.scrape_interval_ms
         s.next_due = now_ms + interval - interval // 4  # a tick arriving a little early still counts
         if not take_lease(state.key_of(cluster) + ".lease", VM_TOKEN, now_ms, 2 * interval):
             continue  # another worker scrapes this round
-        s.pool, s.known = pool, frozenset(endpoints)
+        s.picker, s.known = picker, frozenset(endpoints)
         for ep in endpoints:
             started = s.in_flight.get(ep)
-            if started is not None and now_ms - started <= 2 * pool.scrape_timeout_ms + 1000:
+            if started is not None and now_ms - started <= 2 * picker.scrape_timeout_ms + 1000:
                 continue
             _start(root, s, ep, now_ms)
 
 
 def _start(root: RootContext, s: Scraper, ep: str, now_ms: int) -> None:
-    pool = s.pool
-    headers = [(":method", "GET"), (":path", pool.metrics_path), (":authority", ep), (pool.header, ep),
+    picker = s.picker
+    headers = [(":method", "GET"), (":path", picker.metrics_path), (":authority", ep), (picker.header, ep),
                ("accept", "text/plain")]
     s.in_flight[ep] = now_ms
 
@@ -123,7 +123,7 @@ def _start(root: RootContext, s: Scraper, ep: str, now_ms: int) -> None:
             s.flush()
 
     try:
-        root.http_call(pool.target, headers, b"", callback=done, timeout_ms=pool.scrape_timeout_ms)
+        root.http_call(picker.target, headers, b"", callback=done, timeout_ms=picker.scrape_timeout_ms)
     except HostError as e:  # e.g. no such cluster
         s.in_flight.pop(ep, None)
         s.answers.append((ep, now_ms, None, f"callout refused by Envoy ({e})"))

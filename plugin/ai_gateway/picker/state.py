@@ -1,4 +1,4 @@
-"""What every worker knows about a pool's endpoints: one JSON record per cluster in shared data.
+"""What every worker knows about a picker's endpoints: one JSON record per cluster in shared data.
 
 ``aigw.picker.<cluster>`` maps each endpoint to its last scrape::
 

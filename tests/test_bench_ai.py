@@ -120,12 +120,15 @@ def test_instruction_budget_per_request() -> None:
     Measured 447k (W1), 0.80M (W2, 200 SSE events), 0.61M (W3, 64 KB body) when last tightened; the ceilings leave
     ~25%. (wasmtime charges memory.copy a unit per byte, so the bodies' copies weigh more here than in V8.)
     W2 raised to 1.25M for issue 16: the tap now searches every streamed byte for generated output (true TTFT,
-    usage estimates), ~250k instructions for W2's 50 KB (5 a byte, SIMD): measured 0.71M before, 1.03M after."""
+    usage estimates), ~250k instructions for W2's 50 KB (5 a byte, SIMD): measured 0.71M before, 1.03M after.
+    W1 raised to 600k for issue 21: upstream providers and Anthropic-protocol clients cost OpenAI clients on vLLM
+    +1.5-2.5% (a client-protocol check and a provider's answer translator per callback; means of 600 requests:
+    500k -> 512k), which put W1 (10 requests, warm-up included: 561k) past the old ceiling."""
     from bench.ai import instructions
 
     from .conftest import wasm_path
 
     got = instructions.measure(wasm_path("ai_gateway"), ["W1", "W2", "W3"], n=10)
-    ceilings = {"W1": 560_000, "W2": 1_250_000, "W3": 770_000}
+    ceilings = {"W1": 600_000, "W2": 1_250_000, "W3": 770_000}
     for wl, ceiling in ceilings.items():
         assert 100_000 < got[wl]["total"] < ceiling, (wl, got[wl])

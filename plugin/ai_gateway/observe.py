@@ -177,7 +177,7 @@ def _series(o: Observation) -> _Series:
 def record_metrics(o: Observation) -> None:
     s = _series(o)
     ids, mid = s.ids, s.id
-    inc, rec = hc._h.proxy_increment_metric, hc._h.proxy_record_metric  # direct: ~10 calls per request
+    inc, rec = hc.raw_calls.proxy_increment_metric, hc.raw_calls.proxy_record_metric  # direct: ~10 calls per request
     inc(ids[0] or mid(0), 1)
     inc(ids[1] or mid(1), 1)
     d = ids[2] or mid(2)  # defined even when 0 ms: Envoy refuses an increment of 0
@@ -217,7 +217,7 @@ def record_failed_attempts(o: Observation, failed: list[tuple[str, str]]) -> Non
     """``attempt_failure_total`` for each (model, cluster) whose attempt failed before another was made."""
     for model, cluster in failed:
         s = _series(Observation(o.model, model, o.route, cluster, o.consumer, 0, o.sse, None, None, 0, ""))
-        hc._h.proxy_increment_metric(s.ids[_ATTEMPT_FAILURE] or s.id(_ATTEMPT_FAILURE), 1)
+        hc.raw_calls.proxy_increment_metric(s.ids[_ATTEMPT_FAILURE] or s.id(_ATTEMPT_FAILURE), 1)
 
 
 def publish(o: Observation, metrics: bool, to_filter_state: bool, to_log: bool) -> None:

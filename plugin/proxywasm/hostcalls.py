@@ -4,6 +4,11 @@ Statuses other than OK raise :class:`HostError`; NOT_FOUND (and EMPTY for queues
 becomes ``None`` where "absent" is an ordinary answer. The raw calls come from the
 native module ``_proxywasm`` inside the .wasm, or from a test host bound with
 :func:`bind` on ordinary CPython.
+
+``raw_calls`` is the public raw-call API: the ``proxy_*`` functions exactly as the ABI has them (bytes in, a
+``(status, value)`` tuple or a status out, no exceptions), for a plugin's per-request hot paths where the typed
+wrapper's checks cost too much (e.g. incrementing ten known metric ids). Read it as ``hostcalls.raw_calls`` at
+call time (a test host rebinds it).
 """
 
 from __future__ import annotations
@@ -13,14 +18,14 @@ import time
 
 from .abi import BufferType, LogLevel, MapType, MetricType, Result, StreamType
 
-try:
-    import _proxywasm as _h  # type: ignore[import-not-found]
+try:  # the raw ABI calls (public, see above)
+    import _proxywasm as raw_calls  # type: ignore[import-not-found]
 except ImportError:  # ordinary CPython: a test host binds itself later
-    _h = None
+    raw_calls = None
 
 # The shim's helpers (header maps, JSON scan, response taps): C functions of ``_proxywasm`` inside the VM; the
 # in-process host binds their Python twins (proxywasm.testing.shim_twins).
-shim = _h
+shim = raw_calls
 
 TYPE_CHECKING = False  # typing itself is not imported at VM start
 if TYPE_CHECKING:
@@ -54,8 +59,8 @@ _CAS_MISMATCH = int(Result.CAS_MISMATCH)
 def bind(host: Any, helpers: Any) -> None:
     """Route host calls to ``host`` (an object with the ``_proxywasm`` proxy_* functions and ``now_ns``) and the
     shim's helpers to ``helpers`` (the in-process host's proxywasm.testing.shim_twins.ShimTwins)."""
-    global _h, now_ns, shim
-    _h, now_ns, shim = host, host.now_ns, helpers
+    global raw_calls, now_ns, shim
+    raw_calls, now_ns, shim = host, host.now_ns, helpers
 
 
 # The host's wall clock in ns. Inside the VM this is WASI's clock_time_get, which Envoy answers from
@@ -94,43 +99,43 @@ def pack_pairs(pairs: HeaderInput) -> bytes:
 # --- logging, time, lifecycle ---
 
 def log(level: int, message: str) -> None:
-    _h.proxy_log(level, _b(message))
+    raw_calls.proxy_log(level, _b(message))
 
 
 def get_log_level() -> LogLevel:
-    st, level = _h.proxy_get_log_level()
+    st, level = raw_calls.proxy_get_log_level()
     if st:
         raise _error("proxy_get_log_level", st)
     return LogLevel(level)
 
 
 def get_current_time_ns() -> int:
-    st, now = _h.proxy_get_current_time_nanoseconds()
+    st, now = raw_calls.proxy_get_current_time_nanoseconds()
     if st:
         raise _error("proxy_get_current_time_nanoseconds", st)
     return now
 
 
 def set_tick_period_ms(period: int) -> None:
-    st = _h.proxy_set_tick_period_milliseconds(period)
+    st = raw_calls.proxy_set_tick_period_milliseconds(period)
     if st:
         raise _error("proxy_set_tick_period_milliseconds", st)
 
 
 def set_effective_context(context_id: int) -> None:
-    st = _h.proxy_set_effective_context(context_id)
+    st = raw_calls.proxy_set_effective_context(context_id)
     if st:
         raise _error("proxy_set_effective_context", st)
 
 
 def done() -> None:
-    st = _h.proxy_done()
+    st = raw_calls.proxy_done()
     if st:
         raise _error("proxy_done", st)
 
 
 def get_status() -> tuple[int, bytes]:
-    st, code, msg = _h.proxy_get_status()
+    st, code, msg = raw_calls.proxy_get_status()
     if st:
         raise _error("proxy_get_status", st)
     return code, msg
@@ -153,7 +158,7 @@ def _path(path: str | Sequence[str]) -> bytes:
 
 def get_property(path: str | Sequence[str]) -> bytes | None:
     """Read an Envoy attribute, e.g. ``"route_name"`` or ``("request", "path")``."""
-    st, value = _h.proxy_get_property(_path(path))
+    st, value = raw_calls.proxy_get_property(_path(path))
     if st == _NOT_FOUND:
         return None
     if st:
@@ -162,7 +167,7 @@ def get_property(path: str | Sequence[str]) -> bytes | None:
 
 
 def set_property(path: str | Sequence[str], value: bytes | str) -> None:
-    st = _h.proxy_set_property(_path(path), _b(value))
+    st = raw_calls.proxy_set_property(_path(path), _b(value))
     if st:
         raise _error("proxy_set_property", st)
 
@@ -170,7 +175,7 @@ def set_property(path: str | Sequence[str], value: bytes | str) -> None:
 # --- buffers ---
 
 def get_buffer(buffer_type: BufferType, start: int = 0, max_size: int = 0xFFFFFFFF) -> bytes | None:
-    st, data = _h.proxy_get_buffer_bytes(buffer_type, start, max_size)
+    st, data = raw_calls.proxy_get_buffer_bytes(buffer_type, start, max_size)
     if st == _NOT_FOUND:
         return None
     if st:
@@ -179,14 +184,14 @@ def get_buffer(buffer_type: BufferType, start: int = 0, max_size: int = 0xFFFFFF
 
 
 def get_buffer_status(buffer_type: BufferType) -> tuple[int, int]:
-    st, length, flags = _h.proxy_get_buffer_status(buffer_type)
+    st, length, flags = raw_calls.proxy_get_buffer_status(buffer_type)
     if st:
         raise _error("proxy_get_buffer_status", st)
     return length, flags
 
 
 def set_buffer(buffer_type: BufferType, start: int, size: int, data: bytes) -> None:
-    st = _h.proxy_set_buffer_bytes(buffer_type, start, size, data)
+    st = raw_calls.proxy_set_buffer_bytes(buffer_type, start, size, data)
     if st:
         raise _error("proxy_set_buffer_bytes", st)
 
@@ -212,20 +217,20 @@ def _map_status(status: int, empty: Any) -> Any:
 
 
 def set_header_map_pairs(map_type: MapType, pairs: HeaderInput) -> None:
-    st = _h.proxy_set_header_map_pairs(map_type, pack_pairs(pairs))
+    st = raw_calls.proxy_set_header_map_pairs(map_type, pack_pairs(pairs))
     if st:
         raise _error("proxy_set_header_map_pairs", st)
 
 
 def get_header_map_size(map_type: MapType) -> int:
-    st, size = _h.proxy_get_header_map_size(map_type)
+    st, size = raw_calls.proxy_get_header_map_size(map_type)
     if st:
         raise _error("proxy_get_header_map_size", st)
     return size
 
 
 def get_header_map_value(map_type: MapType, key: str) -> str | None:
-    st, value = _h.proxy_get_header_map_value(map_type, _b(key))
+    st, value = raw_calls.proxy_get_header_map_value(map_type, _b(key))
     if st == _NOT_FOUND:
         return None
     if st:
@@ -234,19 +239,19 @@ def get_header_map_value(map_type: MapType, key: str) -> str | None:
 
 
 def replace_header_map_value(map_type: MapType, key: str, value: str) -> None:
-    st = _h.proxy_replace_header_map_value(map_type, _b(key), _b(value))
+    st = raw_calls.proxy_replace_header_map_value(map_type, _b(key), _b(value))
     if st:
         raise _error("proxy_replace_header_map_value", st)
 
 
 def remove_header_map_value(map_type: MapType, key: str) -> None:
-    st = _h.proxy_remove_header_map_value(map_type, _b(key))
+    st = raw_calls.proxy_remove_header_map_value(map_type, _b(key))
     if st:
         raise _error("proxy_remove_header_map_value", st)
 
 
 def add_header_map_value(map_type: MapType, key: str, value: str) -> None:
-    st = _h.proxy_add_header_map_value(map_type, _b(key), _b(value))
+    st = raw_calls.proxy_add_header_map_value(map_type, _b(key), _b(value))
     if st:
         raise _error("proxy_add_header_map_value", st)
 
@@ -254,20 +259,20 @@ def add_header_map_value(map_type: MapType, key: str, value: str) -> None:
 # --- stream control ---
 
 def continue_stream(stream: StreamType) -> None:
-    st = _h.proxy_continue_stream(stream)
+    st = raw_calls.proxy_continue_stream(stream)
     if st:
         raise _error("proxy_continue_stream", st)
 
 
 def close_stream(stream: StreamType) -> None:
-    st = _h.proxy_close_stream(stream)
+    st = raw_calls.proxy_close_stream(stream)
     if st:
         raise _error("proxy_close_stream", st)
 
 
 def send_local_response(status: int, body: bytes | str = b"", headers: HeaderInput = (),
                         details: str = "", grpc_status: int = -1) -> None:
-    st = _h.proxy_send_local_response(status, _b(details), _b(body), pack_pairs(headers), grpc_status)
+    st = raw_calls.proxy_send_local_response(status, _b(details), _b(body), pack_pairs(headers), grpc_status)
     if st:
         raise _error("proxy_send_local_response", st)
 
@@ -276,7 +281,7 @@ def send_local_response(status: int, body: bytes | str = b"", headers: HeaderInp
 
 def http_call(upstream: str, headers: HeaderInput, body: bytes = b"", trailers: HeaderInput = (),
               timeout_ms: int = 5000) -> int:
-    st, token = _h.proxy_http_call(_b(upstream), pack_pairs(headers), body, pack_pairs(trailers), timeout_ms)
+    st, token = raw_calls.proxy_http_call(_b(upstream), pack_pairs(headers), body, pack_pairs(trailers), timeout_ms)
     if st:
         raise _error("proxy_http_call", st)
     return token
@@ -284,33 +289,33 @@ def http_call(upstream: str, headers: HeaderInput, body: bytes = b"", trailers: 
 
 def grpc_call(service: bytes, service_name: str, method: str, metadata: HeaderInput, message: bytes,
               timeout_ms: int) -> int:
-    st, token = _h.proxy_grpc_call(service, _b(service_name), _b(method), pack_pairs(metadata), message, timeout_ms)
+    st, token = raw_calls.proxy_grpc_call(service, _b(service_name), _b(method), pack_pairs(metadata), message, timeout_ms)
     if st:
         raise _error("proxy_grpc_call", st)
     return token
 
 
 def grpc_stream(service: bytes, service_name: str, method: str, metadata: HeaderInput) -> int:
-    st, token = _h.proxy_grpc_stream(service, _b(service_name), _b(method), pack_pairs(metadata))
+    st, token = raw_calls.proxy_grpc_stream(service, _b(service_name), _b(method), pack_pairs(metadata))
     if st:
         raise _error("proxy_grpc_stream", st)
     return token
 
 
 def grpc_send(token: int, message: bytes, end_stream: bool) -> None:
-    st = _h.proxy_grpc_send(token, message, int(end_stream))
+    st = raw_calls.proxy_grpc_send(token, message, int(end_stream))
     if st:
         raise _error("proxy_grpc_send", st)
 
 
 def grpc_cancel(token: int) -> None:
-    st = _h.proxy_grpc_cancel(token)
+    st = raw_calls.proxy_grpc_cancel(token)
     if st:
         raise _error("proxy_grpc_cancel", st)
 
 
 def grpc_close(token: int) -> None:
-    st = _h.proxy_grpc_close(token)
+    st = raw_calls.proxy_grpc_close(token)
     if st:
         raise _error("proxy_grpc_close", st)
 
@@ -319,7 +324,7 @@ def grpc_close(token: int) -> None:
 
 def get_shared_data(key: str) -> tuple[bytes | None, int]:
     """Return (value, cas); (None, 0) when the key is absent."""
-    st, value, cas = _h.proxy_get_shared_data(_b(key))
+    st, value, cas = raw_calls.proxy_get_shared_data(_b(key))
     if st == _NOT_FOUND:
         return None, 0
     if st:
@@ -329,20 +334,20 @@ def get_shared_data(key: str) -> tuple[bytes | None, int]:
 
 def set_shared_data(key: str, value: bytes, cas: int = 0) -> None:
     """Store ``value``; with a non-zero ``cas`` only if unchanged since read (else CasMismatch)."""
-    st = _h.proxy_set_shared_data(_b(key), value, cas)
+    st = raw_calls.proxy_set_shared_data(_b(key), value, cas)
     if st:
         raise _error("proxy_set_shared_data", st)
 
 
 def register_shared_queue(name: str) -> int:
-    st, qid = _h.proxy_register_shared_queue(_b(name))
+    st, qid = raw_calls.proxy_register_shared_queue(_b(name))
     if st:
         raise _error("proxy_register_shared_queue", st)
     return qid
 
 
 def resolve_shared_queue(vm_id: str, name: str) -> int | None:
-    st, qid = _h.proxy_resolve_shared_queue(_b(vm_id), _b(name))
+    st, qid = raw_calls.proxy_resolve_shared_queue(_b(vm_id), _b(name))
     if st == _NOT_FOUND:
         return None
     if st:
@@ -351,13 +356,13 @@ def resolve_shared_queue(vm_id: str, name: str) -> int | None:
 
 
 def enqueue_shared_queue(queue_id: int, data: bytes) -> None:
-    st = _h.proxy_enqueue_shared_queue(queue_id, data)
+    st = raw_calls.proxy_enqueue_shared_queue(queue_id, data)
     if st:
         raise _error("proxy_enqueue_shared_queue", st)
 
 
 def dequeue_shared_queue(queue_id: int) -> bytes | None:
-    st, data = _h.proxy_dequeue_shared_queue(queue_id)
+    st, data = raw_calls.proxy_dequeue_shared_queue(queue_id)
     if st == _EMPTY:
         return None
     if st:
@@ -368,26 +373,26 @@ def dequeue_shared_queue(queue_id: int) -> bytes | None:
 # --- metrics ---
 
 def define_metric(metric_type: MetricType, name: str) -> int:
-    st, mid = _h.proxy_define_metric(metric_type, _b(name))
+    st, mid = raw_calls.proxy_define_metric(metric_type, _b(name))
     if st:
         raise _error("proxy_define_metric", st)
     return mid
 
 
 def increment_metric(metric_id: int, offset: int) -> None:
-    st = _h.proxy_increment_metric(metric_id, offset)
+    st = raw_calls.proxy_increment_metric(metric_id, offset)
     if st:
         raise _error("proxy_increment_metric", st)
 
 
 def record_metric(metric_id: int, value: int) -> None:
-    st = _h.proxy_record_metric(metric_id, value)
+    st = raw_calls.proxy_record_metric(metric_id, value)
     if st:
         raise _error("proxy_record_metric", st)
 
 
 def get_metric(metric_id: int) -> int:
-    st, value = _h.proxy_get_metric(metric_id)
+    st, value = raw_calls.proxy_get_metric(metric_id)
     if st:
         raise _error("proxy_get_metric", st)
     return value
@@ -397,14 +402,14 @@ def get_metric(metric_id: int) -> int:
 
 def has_redis() -> bool:
     """Whether this module and host offer Higress's Redis calls (the "higress" build variant)."""
-    return hasattr(_h, "proxy_redis_call")
+    return hasattr(raw_calls, "proxy_redis_call")
 
 
 def redis_init(cluster: str, username: str = "", password: str = "", timeout_ms: int = 1000) -> None:
     """Set up the host's Redis client for ``cluster`` (Higress: ``name?db=N`` picks a database)."""
     if not has_redis():
         raise HostError("proxy_redis_init", int(Result.UNIMPLEMENTED))
-    st = _h.proxy_redis_init(_b(cluster), _b(username), _b(password), timeout_ms)
+    st = raw_calls.proxy_redis_init(_b(cluster), _b(username), _b(password), timeout_ms)
     if st:
         raise _error("proxy_redis_init", st)
 
@@ -413,14 +418,14 @@ def redis_call(cluster: str, query: bytes) -> int:
     """Send a RESP-encoded command; the reply comes to proxy_on_redis_call_response with this callout id."""
     if not has_redis():
         raise HostError("proxy_redis_call", int(Result.UNIMPLEMENTED))
-    st, token = _h.proxy_redis_call(_b(cluster), query)
+    st, token = raw_calls.proxy_redis_call(_b(cluster), query)
     if st:
         raise _error("proxy_redis_call", st)
     return token
 
 
 def call_foreign_function(name: str, args: bytes) -> bytes | None:
-    st, out = _h.proxy_call_foreign_function(_b(name), args)
+    st, out = raw_calls.proxy_call_foreign_function(_b(name), args)
     if st == _NOT_FOUND:
         return None
     if st:

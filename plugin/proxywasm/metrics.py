@@ -34,7 +34,7 @@ class Counter(Metric):
         """Add ``n`` (>= 0). Envoy refuses a zero increment: 0 only defines the metric (it shows as 0)."""
         mid = self._id if self._id is not None else self.id
         if n:
-            st = hc._h.proxy_increment_metric(mid, n)  # direct: runs on every request
+            st = hc.raw_calls.proxy_increment_metric(mid, n)  # direct: runs on every request
             if st:
                 raise hc._error("proxy_increment_metric", st)
 

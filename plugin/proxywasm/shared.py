@@ -26,7 +26,7 @@ def update(key: str, fn: Callable[[bytes | None], bytes], retries: int = 32) -> 
     before workers race to update it.
     """
     k = key.encode()
-    h = hc._h  # direct calls: this often runs on every request
+    h = hc.raw_calls  # direct calls: this often runs on every request
     for _ in range(retries):
         st, value, cas = h.proxy_get_shared_data(k)
         if st not in (0, _NOT_FOUND):

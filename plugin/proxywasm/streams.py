@@ -21,7 +21,7 @@ class Headers:
         self.map_type = int(map_type)
 
     def get(self, name: str, default: str | None = None) -> str | None:
-        st, value = hc._h.proxy_get_header_map_value(self.map_type, name.encode())
+        st, value = hc.raw_calls.proxy_get_header_map_value(self.map_type, name.encode())
         if st == 0:
             return value.decode("utf-8", "surrogateescape")
         if st == _NOT_FOUND:
@@ -39,7 +39,7 @@ class Headers:
 
     def set(self, name: str, value: str) -> None:
         """Replace every value of ``name`` (adds it when absent)."""
-        st = hc._h.proxy_replace_header_map_value(self.map_type, name.encode(), value.encode("utf-8", "surrogateescape"))
+        st = hc.raw_calls.proxy_replace_header_map_value(self.map_type, name.encode(), value.encode("utf-8", "surrogateescape"))
         if st:
             raise hc._error("proxy_replace_header_map_value", st)
 

@@ -12,7 +12,7 @@ import time
 from proxywasm import Action, HttpContext, MetricType, RootContext, set_root_context
 from proxywasm import hostcalls as hc
 
-_h = hc._h
+_h = hc.raw_calls
 REQ_HEADERS, RESP_HEADERS, REQ_BODY, RESP_BODY = 0, 2, 0, 1
 KEYS = [b"Bearer sk-bench-1", b"Bearer sk-bench-2", b"Bearer sk-bench-3"]
 ROUTES = {"bench-model": (b"llm", b"bench-model")}

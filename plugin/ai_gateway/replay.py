@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 
+from .request import encode_json
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 PIECE = 24  # characters of text per replayed chunk (cut at a space when there is one)
 
 
@@ -151,7 +152,7 @@ def _fold(events: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def to_json(answer: dict[str, Any]) -> bytes:
-    return _ENCODE(answer).encode()
+    return encode_json(answer)
 
 
 def pieces(s: str) -> list[str]:
@@ -180,7 +181,7 @@ def to_sse(answer: dict[str, Any], include_usage: bool) -> bytes:
         chunk = {**head, "choices": [choice] if choice is not None else []}
         if include_usage:
             chunk["usage"] = usage
-        out.append(b"data: " + _ENCODE(chunk).encode() + b"\n\n")
+        out.append(b"data: " + encode_json(chunk) + b"\n\n")
 
     for ch in answer.get("choices") or ():
         i = ch.get("index", 0)

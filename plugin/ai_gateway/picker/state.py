@@ -20,6 +20,7 @@ import json
 
 from proxywasm import Counter, shared
 
+from ..request import encode_json as encode
 from .affinity import Prefixes
 
 TYPE_CHECKING = False
@@ -41,10 +42,6 @@ def decode(raw: bytes | None) -> dict:
     except (ValueError, UnicodeDecodeError):
         return {}  # written by another plugin version, or garbage: start over
     return doc if isinstance(doc, dict) else {}
-
-
-def encode(doc: dict) -> bytes:
-    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 class Endpoint:

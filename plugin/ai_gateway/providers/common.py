@@ -12,14 +12,13 @@ import json
 from proxywasm.jsonscan import JsonObject
 
 from ..errors import GatewayError, error_body
+from ..request import encode_json as encode
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-ENCODE_ASCII = json.JSONEncoder(separators=(",", ":")).encode
 DONE = b"data: [DONE]\n\n"
 CHAT = "chat"  # the request kinds a translator is asked for (from the client's path)
 COMPLETIONS = "completions"
@@ -31,13 +30,6 @@ MAX_EVENT = 1 << 20  # a provider event longer than this ends the stream with an
 def kind_of(path: str) -> str:
     """The request kind of a client's path (``/v1/chat/completions?x=1`` -> ``chat``); "" for any other path."""
     return _KINDS.get(path.partition("?")[0], "")
-
-
-def encode(doc: Any) -> bytes:
-    try:
-        return ENCODE(doc).encode()
-    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form: keep it escaped, as sent
-        return ENCODE_ASCII(doc).encode()
 
 
 def untranslatable(provider: str, field: str, why: str) -> GatewayError:

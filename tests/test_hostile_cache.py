@@ -14,7 +14,7 @@ import pytest
 from proxywasm import LogLevel
 from tests.conftest import HostFactory
 from tests.gateway import chat
-from tests.test_ai_cache import ANSWER, MODELS, answer_json, body, config, hit
+from tests.test_ai_cache import ANSWER, MODELS, answer_json, body, config, events, hit
 from tests.test_ai_consumers import started
 
 
@@ -71,6 +71,21 @@ def test_a_stored_answer_that_cannot_stream_is_a_miss_not_a_crash(make_host: Hos
     s = chat(host, body(stream=True))  # a stream cannot be made of it: upstream
     assert s.local_response is None and s.response_header("x-ai-cache") is None
     assert host.metric("aigw.cache.model.qwen.miss") == 2
+    assert not host.logs_at(LogLevel.ERROR), host.logs_at(LogLevel.ERROR)
+
+
+def test_a_lone_surrogate_in_a_stored_answer_replays_escaped(make_host: HostFactory) -> None:
+    """``"\\ud800"`` is valid JSON with no UTF-8 form: a replayed stream keeps it escaped, as the server sent it."""
+    host = started(make_host, config())
+    odd = {**ANSWER, "choices": [{"index": 0, "message": {"role": "assistant", "content": "a\ud800b"},
+                                  "finish_reason": "stop"}]}
+    answer_json(chat(host, body()), odd)  # json.dumps sends it as "a\\ud800b"
+    again = chat(host, body(stream=True))
+    assert hit(again)
+    assert b"\\ud800" in again.local_response.body
+    text = "".join(e["choices"][0]["delta"].get("content") or ""
+                   for e in events(again.local_response.body) if isinstance(e, dict) and e["choices"])
+    assert text == "a\ud800b"
     assert not host.logs_at(LogLevel.ERROR), host.logs_at(LogLevel.ERROR)
 
 

@@ -54,6 +54,7 @@ def test_chat_routed_by_model(gw: AiStack, model: str) -> None:
     seen = gw.mocks[model].requests()
     assert [s["body"]["model"] for s in seen] == [model]
     assert seen[0]["headers"]["x-ai-upstream"] == model
+    assert seen[0]["headers"]["accept-encoding"] == "identity"  # the openai client asked for gzip, deflate
     assert other.count() == 0
 
 

@@ -242,6 +242,26 @@ def test_other_paths_pass_untouched(make_host: Any) -> None:
         assert s.request_header(":path") == path and s.request_body == b"{not json"
 
 
+@pytest.mark.parametrize("sent", ["gzip, deflate", "br", "gzip;q=1.0, identity;q=0.5", "*"])
+def test_answers_are_asked_uncompressed_so_usage_is_always_read(make_host: Any, sent: str) -> None:
+    """A client asking for a compressed answer (the openai client sends ``gzip, deflate``) must not get one the
+    gateway cannot read: its output tokens would go uncounted, past its consumer's token limit."""
+    h = start(make_host, {**CONFIG, "consumer_header": "x-mse-consumer"})
+    s = chat(h, chat_body(), {"accept-encoding": sent, "x-mse-consumer": "team-a"})
+    assert s.local_response is None and s.request_header("accept-encoding") == "identity"
+    s.send_response_headers({":status": "200", "content-type": "application/json"})
+    usage = {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14}
+    s.send_response_body(json.dumps({"choices": [], "usage": usage}).encode(), end_of_stream=True)
+    log = json.loads(s.get_property("ai_log"))
+    assert (log["output_tokens"], log["usage_source"]) == (9, "server")
+    other = chat(h, b"{}", {":path": "/healthz", "accept-encoding": sent})  # not the gateway's: untouched
+    assert other.request_header("accept-encoding") == sent
+    plain = chat(h, chat_body(), {"accept-encoding": "identity"})
+    assert plain.request_header("accept-encoding") == "identity"
+    none = chat(h, chat_body())
+    assert none.request_header("accept-encoding") is None  # nothing added where nothing was asked
+
+
 @pytest.mark.parametrize("path", AI_PATHS)
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; b=x",
                                    "application/jsonx", "json", "application/octet-stream", "text/html"])

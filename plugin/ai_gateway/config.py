@@ -302,8 +302,8 @@ def parse(doc: dict[str, Any]) -> Config:
     cache_cfg = parse_cache(f)
     if consumers is not None and not consumer_header:
         consumer_header = "x-mse-consumer"  # where the gateway names the authenticated consumer (Higress's header)
-    read = {":method", ":path", "content-type", "content-length", "authorization", consumer_header, route_header,
-            model_header, ATTEMPT_HEADER, *picker_headers, *(a.sticky_header for a in aliases.values()),
+    read = {":method", ":path", "content-type", "content-length", "authorization", "accept-encoding", consumer_header,
+            route_header, model_header, ATTEMPT_HEADER, *picker_headers, *(a.sticky_header for a in aliases.values()),
             *(consumers.headers if consumers is not None else ()),
             *(p.criticality_header for p in pickers.values()),
             *(("cache-control", cache_cfg.header) if cache_cfg is not None else ())}

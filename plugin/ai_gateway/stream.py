@@ -134,6 +134,11 @@ class GatewayStream(AnswerReader, HttpContext):
             return self._reject(self._too_large(cfg))
         self.active = True
         self.started_ns = hc.now_ns()
+        if hd.get("accept-encoding", "identity") != "identity":
+            # Every answer is read (usage, TTFT, limits, the cache): a compressed one could not be, and a client
+            # asking for gzip would skip its output tokens' accounting. Envoy's compressor can compress towards
+            # the client after the gateway.
+            h.set("accept-encoding", "identity")
         if cfg.consumer_header:  # declared trusted by the operator (set by an authentication in front)
             self.set_consumer(hd.get(cfg.consumer_header, ""))
         self.headers_in = hd

@@ -144,6 +144,7 @@ def test_alias_falls_back_in_one_clean_stream(gw: AiStack) -> None:
     kinds = [e.type for e in events]
     assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
     assert kinds.count("message_start") == 1 and "error" not in kinds
+    assert events[0].message.usage.input_tokens > 0  # the gateway's estimate, before any output (as Anthropic's)
     text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
     assert text == "[gemma-2-2b] echo: hello there"
     assert headers["x-ai-fallback-from"] == QWEN and headers["x-ai-served-model"] == GEMMA

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from ai_gateway.estimate import input_tokens
 from proxywasm import Action, LogLevel, StreamType
 
 from .gateway import CONFIG
@@ -129,6 +130,9 @@ def test_streamed_answer_is_translated_chunk_by_chunk(gw) -> None:
                                    "content_block_delta", "content_block_stop", "message_delta", "message_stop"]
     assert evs[5][1] == {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                          "usage": {"input_tokens": 7, "output_tokens": 2}}
+    # before any output, as Anthropic does: the input tokens (the gateway's estimate; the server's come at the end)
+    assert evs[0][1]["message"]["usage"] == {"input_tokens": input_tokens(s.request_body), "output_tokens": 0}
+    assert input_tokens(s.request_body) > 0
     assert b"chat.completion.chunk" not in s.response_body and b"[DONE]" not in s.response_body
     s.complete()
     log = json.loads(s.get_property("ai_log"))

@@ -228,7 +228,7 @@ class GatewayStream(AnswerReader, HttpContext):
         client's translation needs each one."""
         self.start_answer(content_type, tap=False)
         self.client.content_type = content_type
-        if self.client.answer_begins(self.status):
+        if self.client.answer_begins(self.status, input_tokens(self.body)):
             self.sse = self.client.translator  # it reads the stream's usage and end as it translates
             self.count_response_strings(OUTPUT_KEYS)  # TTFT and estimates, in C
             self.counting = True

@@ -47,11 +47,12 @@ class AnthropicClient:
         self.stops = tuple(s for s in stop if isinstance(s, str)) if isinstance(stop, list) else ()
         return doc
 
-    def answer_begins(self, status: int) -> bool:
+    def answer_begins(self, status: int, input_tokens: int = 0) -> bool:
         """An upstream answer (of ``content_type``) begins: True when it is a stream translated chunk by chunk
-        (``translator.feed``); else its whole body goes through ``whole``."""
+        (``translator.feed``, its ``message_start`` saying ``input_tokens``); else its whole body goes through
+        ``whole``."""
         if status < 400 and _is_sse(self.content_type):
-            self.translator = StreamTranslator(self.stops)
+            self.translator = StreamTranslator(self.stops, input_tokens)
             return True
         self.translator = None
         return False

@@ -48,10 +48,14 @@ def error_event(status: int, message: str) -> bytes:
 class StreamTranslator:
     """One answer's translation; ``feed`` returns the bytes the client gets for each piece of the upstream's."""
 
-    __slots__ = ("block", "buf", "done", "ended", "index", "kind", "reason", "started", "stops", "tools", "usage_doc")
+    __slots__ = ("block", "buf", "done", "ended", "index", "input_tokens", "kind", "reason", "started", "stops",
+                 "tools", "usage_doc")
 
-    def __init__(self, stops: tuple[str, ...] = ()) -> None:
+    def __init__(self, stops: tuple[str, ...] = (), input_tokens: int = 0) -> None:
         self.stops = stops  # the request's stop_sequences (which one ended the answer: vLLM's stop_reason)
+        # message_start's input tokens, as Anthropic sends them before any output: the gateway's estimate (the
+        # server reports its count only at the end, in the usage chunk that becomes message_delta's usage)
+        self.input_tokens = input_tokens
         self.buf = b""
         self.started = False  # message_start sent
         self.ended = False  # message_stop or an error sent: nothing more goes out
@@ -122,7 +126,7 @@ class StreamTranslator:
             out.append(sse("message_start", encode_json({"type": "message_start", "message": {
                 "id": message_id(obj.get("id")), "type": "message", "role": "assistant",
                 "model": obj.get("model", ""), "content": [], "stop_reason": None, "stop_sequence": None,
-                "usage": _EMPTY_USAGE}})))
+                "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}})))
         u = obj.get("usage")
         if isinstance(u, dict):
             self.usage_doc = u

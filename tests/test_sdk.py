@@ -343,6 +343,23 @@ def test_root_callout_outlives_its_stream_and_answers_the_root(host) -> None:
     assert not host.logs_at(LogLevel.ERROR)
 
 
+def test_a_root_callouts_answer_is_brought_back_to_its_stream(host) -> None:
+    s, action = send(host, "root_callout_back")
+    assert action == Action.PAUSE
+    (call,) = host.callouts
+    assert call.context_id == host.root_id
+    other, _ = send(host, "headers")  # another stream is current when the answer comes
+    host.respond_callout(call.token, 201, {}, b"")
+    assert s.request_header("x-back-status") == "201" and s.continued == [StreamType.REQUEST]
+    assert other.request_header("x-back-status") is None
+    gone, _ = send(host, "root_callout_back")
+    late = host.callouts[-1]
+    gone.complete()  # the client left: make_current says so, nothing acts on the stream
+    host.respond_callout(late.token, 200, {}, b"")
+    assert host.shared_data("sdk_ops.back") == b"gone"
+    assert not host.logs_at(LogLevel.ERROR)
+
+
 def test_bad_callout_raises_host_error(host) -> None:
     s, _ = send(host, "callout-bad")
     assert s.local_response is not None

@@ -141,9 +141,7 @@ def lookup(stream: Any, cfg: CacheConfig, proceed: Any) -> Action:
             _counted("store_unavailable", model.name)
             hc.log(LogLevel.WARN, f"cache: the {cfg.store.backend} store did not answer: going upstream")
         entry = _entry(value) if value else None
-        try:  # the store answers as the root context (at once, or later when Redis replies)
-            hc.set_effective_context(stream.context_id)
-        except hc.HostError:
+        if not stream.make_current():  # the store answers as the root (at once, or later when Redis replies)
             return  # the client left meanwhile
         if entry is not None:
             act = _hit(stream, cfg, *entry)

@@ -200,14 +200,28 @@ class HttpContext(_Context, _Generic):
                           trailers: hc.HeaderInput = ()) -> int:
         """Send an HTTP request that belongs to the root context: it neither holds this stream nor is cancelled
         when the stream ends (e.g. a mirrored copy); ``callback`` runs bound to the root."""
-        root_id = self.root.context_id
-        hc.set_effective_context(root_id)
-        try:
-            token = hc.http_call(cluster, headers, body, trailers, timeout_ms)
-        finally:
-            hc.set_effective_context(self.context_id)
+        token = self.as_root(lambda root: hc.http_call(cluster, headers, body, trailers, timeout_ms))
         vm.register_callout(token, self.root, callback)
         return token
+
+    def as_root(self, fn: Callable[[Any], C]) -> C:
+        """``fn(root)`` with the plugin's root context as the effective one: the calls it makes (callouts, Redis
+        calls) belong to the root, are never cancelled with this stream nor mixed with its own, and answer the
+        root. This stream is the effective context again afterwards."""
+        hc.set_effective_context(self.root.context_id)
+        try:
+            return fn(self.root)
+        finally:
+            hc.set_effective_context(self.context_id)
+
+    def make_current(self) -> bool:
+        """In a callback bound to another context (a root-owned call's answer): make this stream the effective
+        context again, to act on it. False when it is gone (the client left meanwhile): leave it alone."""
+        try:
+            hc.set_effective_context(self.context_id)
+        except hc.HostError:
+            return False
+        return True
 
     # -- actions on this stream --
 

@@ -140,9 +140,7 @@ def admit(stream: Any, cc: Consumers, model: str, proceed: Callable[[], bool | N
                     429, f"Consumer `{stream.consumer}` has exceeded its token quota (balance {balance}).",
                     "insufficient_quota")
         if g.waiting:  # Redis answered: the request was held until now
-            try:
-                hc.set_effective_context(stream.context_id)
-            except hc.HostError:
+            if not stream.make_current():
                 return  # the stream is gone (client left)
             if g.outcome is True:
                 if proceed() is False:  # it answered the request itself (a cache hit)
@@ -201,12 +199,7 @@ def charge(stream: Any, cc: Consumers, usage: Usage | None, served: str) -> None
 def as_root(stream: Any, store: SharedStore | RedisStore, fn: Callable[[Any], None]) -> None:
     """Call the store as the plugin's root context: its callouts then never mix with the stream's own (fallback
     attempts), and outlive the stream. Shared data needs no callout: called at once."""
-    root = stream.root
     if type(store) is not RedisStore:
-        fn(root)
+        fn(stream.root)
         return
-    hc.set_effective_context(root.context_id)
-    try:
-        fn(root)
-    finally:
-        hc.set_effective_context(stream.context_id)
+    stream.as_root(fn)

@@ -118,6 +118,18 @@ class SdkOps(HttpContext[dict]):
         self.request_headers.set("x-after-call", "1")  # the stream is still the effective context
         return Action.CONTINUE
 
+    def op_root_callout_back(self) -> Action:  # a root-owned call whose answer comes back to this stream
+        self.http_call_as_root("upstream", [(":method", "GET"), (":path", "/back"), (":authority", "up")],
+                               callback=self.on_back)
+        return Action.PAUSE
+
+    def on_back(self, resp: CalloutResponse) -> None:  # runs bound to the root
+        if not self.make_current():
+            shared.set("sdk_ops.back", b"gone")
+            return
+        self.request_headers.set("x-back-status", str(resp.status))
+        self.resume_request()
+
     def op_callout_bad(self) -> Action:
         try:
             self.http_call("upstream", [(":method", "GET"), (":path", "/")], callback=self.on_callout)
